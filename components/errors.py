@@ -1,0 +1,33 @@
+"""Errors a person can act on: each says what failed and what to do about it."""
+
+
+class LmRecsysError(Exception):
+    """Base class of every error the platform raises on purpose."""
+
+
+class SourceError(LmRecsysError):
+    """The input data could not be read: missing, empty, malformed or corrupted."""
+
+
+class ChecksumError(SourceError):
+    """A downloaded or cached file does not have the expected SHA-256."""
+
+
+class ValidationFailed(LmRecsysError):
+    """A snapshot failed its Great Expectations suites and was quarantined."""
+
+    def __init__(self, message: str, report_path: str | None = None):
+        super().__init__(message)
+        self.report_path = report_path
+
+
+class SnapshotRejected(LmRecsysError):
+    """A downstream stage was handed a snapshot that is not accepted."""
+
+
+class EncoderError(LmRecsysError):
+    """The configured text encoder cannot be loaded."""
+
+
+class RegistryError(LmRecsysError):
+    """The model registry could not be reached or is in an unexpected state."""

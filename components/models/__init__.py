@@ -1,0 +1,7 @@
+"""Recommenders behind one interface; ``build_model(name)`` makes one from its registry name."""
+
+from components.models.base import MODEL_REGISTRY, Recommender, build_model, load_model
+from components.models.lm_content import LMContent
+from components.models.popularity import Popularity
+
+__all__ = ["MODEL_REGISTRY", "Recommender", "build_model", "load_model", "LMContent", "Popularity"]

@@ -1,0 +1,91 @@
+"""The recommender interface every model implements, and their save/load format."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from pydantic import BaseModel
+
+from components.dataset import History, InteractionData
+
+MODEL_REGISTRY: dict[str, type["Recommender"]] = {}
+
+
+class Recommender(ABC):
+    """A model that scores every catalogue item for a user history.
+
+    Subclasses set ``name`` and ``Config`` (a pydantic model, one docstring per field), implement
+    ``fit``, ``score`` and the array state they save; ``recommend``, ``save`` and ``load`` are shared.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+    uses_text: ClassVar[bool] = False
+    """True when the model needs item text embeddings."""
+
+    def __init__(self, config: BaseModel | dict | None = None):
+        self.config = config if isinstance(config, BaseModel) else self.Config(**(config or {}))
+        self.n_items = 0
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            MODEL_REGISTRY[cls.name] = cls
+
+    @abstractmethod
+    def fit(self, data: InteractionData, item_vectors: np.ndarray | None = None) -> "Recommender":
+        """Learn from histories (and item text vectors, aligned with the catalogue index)."""
+
+    @abstractmethod
+    def score(self, histories: list[History]) -> np.ndarray:
+        """Scores of shape (len(histories), n_items); higher is better."""
+
+    @abstractmethod
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays that, with the config, fully restore a fitted model."""
+
+    @abstractmethod
+    def set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore from :meth:`state`."""
+
+    def recommend(self, histories: list[History], k: int, *, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indexes and scores per history, best first, seen items excluded."""
+        scores = self.score(histories).astype(np.float32, copy=True)
+        if exclude_seen:
+            for row, history in enumerate(histories):
+                scores[row, history.items] = -np.inf
+        return top_k(scores, k)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.json").write_text(json.dumps({"name": self.name, "n_items": self.n_items, "config": self.config.model_dump()}))
+        np.savez(folder / "state.npz", **self.state())
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k columns per row, ties broken by the lower index; returns (indexes, scores)."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    indexes = np.take_along_axis(part, order, axis=1)
+    return indexes, np.take_along_axis(scores, indexes, axis=1)
+
+
+def build_model(name: str, config: dict | None = None) -> Recommender:
+    if name not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODEL_REGISTRY))}")
+    return MODEL_REGISTRY[name](config)
+
+
+def load_model(folder: Path) -> Recommender:
+    meta = json.loads((folder / "model.json").read_text())
+    model = build_model(meta["name"], meta["config"])
+    model.n_items = meta["n_items"]
+    with np.load(folder / "state.npz", allow_pickle=False) as arrays:
+        model.set_state({key: arrays[key] for key in arrays.files})
+    return model

