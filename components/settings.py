@@ -80,8 +80,8 @@ class TrainSettings(BaseModel):
     """Recommenders to train; the best on the validation item becomes the challenger."""
     seed: int = 42
     """Seed for every random choice."""
-    recency_half_life: float = 20.0
-    """LM content: the weight of a history item halves every this many newer items."""
+    model_configs: dict[str, dict] = Field(default_factory=dict)
+    """Per-model config overrides, e.g. ``{"lm_content": {"whiten_dim": 128}}``."""
     bootstrap_samples: int = 1000
     """Resamples for the 95% confidence intervals."""
 

@@ -13,7 +13,7 @@ from components.models.base import Recommender
 class LMContentConfig(BaseModel):
     """How the interest vector is built and compared."""
 
-    recency_half_life: float = 20.0
+    recency_half_life: float = 5.0
     """The weight of a history item halves every this many newer items."""
     whiten_dim: int | None = 64
     """Project item vectors onto this many whitened principal components (None keeps raw vectors).

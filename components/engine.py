@@ -1,0 +1,203 @@
+"""The serving engine: everything a fitted recommender needs to answer requests fast.
+
+A :class:`ServingBundle` folder holds the fitted model, the catalogue, the training histories,
+popularity, and the raw text vectors. It is what the MLflow pyfunc carries, and what the BentoML
+service calls directly (no pandas on the hot path).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.columns import CATEGORIES_COL, ITEM_COL, TITLE_COL
+from components.dataset import NEGATIVE_EVENTS, Catalogue, History, InteractionData
+from components.models import Recommender, load_model
+from components.models.base import top_k
+
+MAX_HISTORY = 500
+"""Only a user's newest this many events are used at request time."""
+
+
+@dataclass
+class Recommendation:
+    item_id: object
+    title: str
+    score: float
+    rank: int
+    explanation: str | None = None
+
+
+def write_bundle(
+    folder: Path,
+    model: Recommender,
+    data: InteractionData,
+    text_vectors: np.ndarray | None,
+    meta: dict,
+) -> Path:
+    """Write a serving bundle for ``model`` fitted on ``data`` (all accepted interactions)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    model.save(folder / "model")
+    catalogue = data.catalogue
+    pd.DataFrame({ITEM_COL: catalogue.item_ids, TITLE_COL: catalogue.titles, CATEGORIES_COL: catalogue.categories}).to_parquet(
+        folder / "catalogue.parquet", index=False
+    )
+    rows = [(user, int(i), e, float(v), int(t)) for user, h in zip(data.user_ids, data.histories) for i, e, v, t in zip(h.items, h.events, h.values, h.timestamps)]
+    pd.DataFrame(rows, columns=["user_id", "item_index", "event", "value", "timestamp"]).to_parquet(folder / "histories.parquet", index=False)
+    np.save(folder / "popularity.npy", data.item_counts().astype(np.float32))
+    if text_vectors is not None:
+        np.save(folder / "text_vectors.npy", text_vectors.astype(np.float32))
+    (folder / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
+    return folder
+
+
+class ServingEngine:
+    """Answers recommend / session / similar / search requests from a loaded bundle."""
+
+    def __init__(self, folder: Path):
+        started = time.perf_counter()
+        self.folder = Path(folder)
+        self.meta = json.loads((self.folder / "bundle.json").read_text())
+        self.model = load_model(self.folder / "model")
+        frame = pd.read_parquet(self.folder / "catalogue.parquet")
+        self.catalogue = Catalogue(frame[ITEM_COL].to_numpy(), frame[TITLE_COL].to_numpy(dtype=object), frame[CATEGORIES_COL].to_numpy(dtype=object))
+        self.id_type = self.meta.get("id_type", "int")
+        self.popularity = np.load(self.folder / "popularity.npy")
+        vectors_path = self.folder / "text_vectors.npy"
+        self.text_vectors = np.load(vectors_path) if vectors_path.exists() else None
+        self.histories = self._load_histories()
+        self._category_masks: dict[str, np.ndarray] = {}
+        self.load_seconds = time.perf_counter() - started
+
+    def _load_histories(self) -> dict:
+        frame = pd.read_parquet(self.folder / "histories.parquet")
+        histories = {}
+        users = frame["user_id"].to_numpy()
+        if len(users) == 0:
+            return histories
+        boundaries = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
+        items, events = frame["item_index"].to_numpy(), frame["event"].to_numpy(dtype=object)
+        values, stamps = frame["value"].to_numpy(), frame["timestamp"].to_numpy()
+        for start, stop in zip(boundaries[:-1], boundaries[1:]):
+            histories[self.normalise_id(users[start])] = History(items[start:stop], events[start:stop].tolist(), values[start:stop], stamps[start:stop])
+        return histories
+
+    # -- ids
+    def normalise_id(self, value):
+        """Ids arrive as JSON numbers or strings; store and look them up in one form."""
+        if self.id_type == "int":
+            return int(value)
+        return str(value)
+
+    def item_index(self, item_id) -> int | None:
+        try:
+            return self.catalogue.index.get(self.normalise_id(item_id))
+        except (TypeError, ValueError):
+            return None
+
+    @property
+    def version_info(self) -> dict:
+        return {k: self.meta.get(k) for k in ("model_name", "snapshot_id", "feedback_watermark", "encoder_id")}
+
+    # -- histories
+    def history_for(self, user_id, recent_events: list[tuple] = ()) -> History | None:
+        """The user's training history plus events logged since training (item_id, event, value, ts)."""
+        base = self.histories.get(user_id)
+        extra = [(self.item_index(item), event, value, ts) for item, event, value, ts in recent_events]
+        extra = [e for e in extra if e[0] is not None]
+        disliked = {i for i, event, _, _ in extra if event in NEGATIVE_EVENTS}
+        extra = [e for e in extra if e[1] not in NEGATIVE_EVENTS]
+        if base is None and not extra:
+            return None
+        items = list(base.items) if base is not None else []
+        events = list(base.events) if base is not None else []
+        values = list(base.values) if base is not None else []
+        stamps = list(base.timestamps) if base is not None else []
+        for i, event, value, ts in extra:
+            items.append(i)
+            events.append(event)
+            values.append(np.nan if value is None else float(value))
+            stamps.append(int(ts))
+        history = History(np.array(items, dtype=np.int64), events, np.array(values, dtype=np.float64), np.array(stamps, dtype=np.int64))
+        history = history.tail(MAX_HISTORY)
+        history.disliked = disliked  # type: ignore[attr-defined]
+        return history
+
+    def session_history(self, item_ids: list) -> History:
+        indexes = [self.item_index(i) for i in item_ids]
+        indexes = np.array([i for i in indexes if i is not None], dtype=np.int64)
+        return History(indexes, ["view"] * len(indexes), np.full(len(indexes), np.nan), np.arange(len(indexes)))
+
+    # -- answers
+    def category_mask(self, categories: list[str]) -> np.ndarray:
+        key = "|".join(sorted(c.lower() for c in categories))
+        if key not in self._category_masks:
+            wanted = {c.lower() for c in categories}
+            self._category_masks[key] = np.array(
+                [bool(wanted & {p.lower() for p in str(cats).split("|") if p}) for cats in self.catalogue.categories]
+            )
+        return self._category_masks[key]
+
+    def rank(self, scores: np.ndarray, k: int, *, exclude: np.ndarray | None = None, categories: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.array(scores, dtype=np.float32, copy=True)
+        if exclude is not None and len(exclude):
+            scores[exclude] = -np.inf
+        if categories:
+            scores[~self.category_mask(categories)] = -np.inf
+        indexes, values = top_k(scores[None, :], k)
+        keep = np.isfinite(values[0])
+        return indexes[0][keep], values[0][keep]
+
+    def recommend_history(self, history: History | None, k: int, *, exclude_seen: bool = True, categories: list[str] | None = None) -> tuple[list[Recommendation], str]:
+        """Recommendations for a history; an empty history falls back to popularity."""
+        if history is None or len(history) == 0:
+            indexes, scores = self.rank(self.popularity, k, categories=categories)
+            return self._package(indexes, scores, None), "popularity"
+        scores = self.model.score([history])[0]
+        exclude = np.unique(np.r_[history.items, list(getattr(history, "disliked", set()))]).astype(np.int64) if exclude_seen else np.array(list(getattr(history, "disliked", set())), dtype=np.int64)
+        indexes, values = self.rank(scores, k, exclude=exclude, categories=categories)
+        return self._package(indexes, values, history), self.model.name
+
+    def similar_items(self, item_id, k: int) -> list[Recommendation]:
+        index = self.item_index(item_id)
+        if index is None:
+            raise KeyError(item_id)
+        matrix = self.text_vectors if self.text_vectors is not None else getattr(self.model, "item_matrix")
+        scores = matrix @ matrix[index]
+        indexes, values = self.rank(scores, k, exclude=np.array([index]))
+        return self._package(indexes, values, None)
+
+    def search_vector(self, query_vector: np.ndarray, k: int, categories: list[str] | None = None) -> list[Recommendation]:
+        if self.text_vectors is None:
+            raise RuntimeError("this model carries no text vectors, so free-text search is unavailable")
+        indexes, values = self.rank(self.text_vectors @ query_vector, k, categories=categories)
+        return self._package(indexes, values, None)
+
+    def explain(self, history: History | None, index: int) -> str | None:
+        """"Because you liked X": the history item whose text is closest to the recommendation."""
+        if history is None or len(history) == 0 or self.text_vectors is None:
+            return None
+        recent = history.items[-50:]
+        similarities = self.text_vectors[recent] @ self.text_vectors[index]
+        best = int(recent[int(np.argmax(similarities))])
+        return f"because you liked {self.catalogue.titles[best]}"
+
+    def _package(self, indexes: np.ndarray, scores: np.ndarray, history: History | None) -> list[Recommendation]:
+        return [
+            Recommendation(
+                item_id=self.catalogue.item_ids[i].item() if hasattr(self.catalogue.item_ids[i], "item") else self.catalogue.item_ids[i],
+                title=str(self.catalogue.titles[i]),
+                score=float(s),
+                rank=rank + 1,
+                explanation=self.explain(history, int(i)),
+            )
+            for rank, (i, s) in enumerate(zip(indexes, scores))
+        ]

@@ -1,0 +1,258 @@
+"""The life cycle as stage functions over small handles, plus an in-process runner.
+
+Each stage takes settings and handles (snapshot id, folder paths) and returns a handle, so an
+Airflow task body is one call and only short strings cross XCom. Outputs are written under a
+temporary name and renamed into place: a killed task leaves nothing half-written, and a retry
+starts clean.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from components.dataset import InteractionData, leave_last_out
+from components.embed import ItemEmbeddings, embed_items
+from components.engine import write_bundle
+from components.evaluate import evaluate_scores
+from components.ingest import ingest
+from components.models import build_model, load_model
+from components.settings import PROJECT_ROOT, Settings
+from components.snapshots import atomic_write_text, open_snapshot
+from components.validate import validate_snapshot
+
+log = logging.getLogger(__name__)
+
+
+def stage_ingest(settings: Settings) -> str:
+    """Build the next snapshot; returns its id."""
+    return ingest(settings).snapshot_id
+
+
+def stage_validate(settings: Settings, snapshot_id: str) -> str:
+    """Accept the snapshot or quarantine it (raising ValidationFailed); returns its id."""
+    return validate_snapshot(settings, open_snapshot(settings.snapshots_dir, snapshot_id)).snapshot_id
+
+
+def stage_embed(settings: Settings, snapshot_id: str) -> str:
+    """Item vectors for the snapshot (cached by text hash); returns their folder."""
+    return str(embed_items(settings, open_snapshot(settings.snapshots_dir, snapshot_id)))
+
+
+def _load_data(settings: Settings, snapshot_id: str) -> InteractionData:
+    snapshot = open_snapshot(settings.snapshots_dir, snapshot_id).require_accepted()
+    return InteractionData.from_frames(snapshot.items(), snapshot.interactions())
+
+
+def _aligned_vectors(data: InteractionData, embeddings_dir: str) -> tuple[np.ndarray, dict]:
+    embeddings = ItemEmbeddings.load(Path(embeddings_dir))
+    if not np.array_equal(embeddings.item_ids, data.catalogue.item_ids):
+        raise ValueError(f"embeddings at {embeddings_dir} do not match the snapshot's catalogue; re-run the embed stage")
+    return embeddings.vectors, embeddings.manifest
+
+
+def stage_train(settings: Settings, snapshot_id: str, embeddings_dir: str, run_key: str) -> str:
+    """Fit every configured candidate three times (validation, test, full data); returns the run folder.
+
+    The validation fit sees only history before each user's validation item, the test fit all
+    history before the test item, and the full fit every accepted interaction (what gets served).
+    """
+    started = time.perf_counter()
+    data = _load_data(settings, snapshot_id)
+    vectors, embed_manifest = _aligned_vectors(data, embeddings_dir)
+    split = leave_last_out(data)
+    target = settings.runs_dir / run_key
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{run_key}-"))
+    timings = {}
+    try:
+        for name in settings.train.candidates:
+            config = settings.train.model_configs.get(name, {})
+            fit_started = time.perf_counter()
+            for side, fit_data in (("val", split.val_train), ("test", split.test_train), ("full", data)):
+                model = build_model(name, config).fit(fit_data, vectors)
+                model.save(tmp / name / side)
+            timings[name] = round(time.perf_counter() - fit_started, 3)
+        meta = {
+            "snapshot_id": snapshot_id,
+            "embeddings_dir": embeddings_dir,
+            "encoder": embed_manifest["encoder"],
+            "candidates": settings.train.candidates,
+            "train_seconds": timings,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        (tmp / "train.json").write_text(json.dumps(meta, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def stage_evaluate(settings: Settings, run_dir: str) -> str:
+    """Score every candidate and the current champion on the same split; returns the report path."""
+    from components.registry import champion_scores, load_champion_engine
+
+    run = Path(run_dir)
+    meta = json.loads((run / "train.json").read_text())
+    data = _load_data(settings, meta["snapshot_id"])
+    split = leave_last_out(data)
+    seed, samples = settings.train.seed, settings.train.bootstrap_samples
+    counts = {"val": split.val_train.item_counts(), "test": split.test_train.item_counts()}
+    sides = {"val": (split.val_histories, split.val_targets), "test": (split.test_histories, split.test_targets)}
+
+    def score_all(scorer) -> dict:
+        out = {}
+        for side, (histories, targets) in sides.items():
+            started = time.perf_counter()
+            scores = scorer(side, histories)
+            result = evaluate_scores(scores, histories, targets, train_counts=counts[side], bootstrap_samples=samples, seed=seed)
+            out[side] = {**result.flat(), "inference_seconds": round(time.perf_counter() - started, 3)}
+            out[side + "_curve"] = result.hr_curve
+        return out
+
+    report = {"snapshot_id": meta["snapshot_id"], "users": int(len(split.eval_users)), "items": data.n_items, "candidates": {}}
+    for name in meta["candidates"]:
+        models = {side: load_model(run / name / side) for side in ("val", "test")}
+        report["candidates"][name] = {**score_all(lambda side, h: models[side].score(h)), "train_seconds": meta["train_seconds"][name]}
+    engine, version = load_champion_engine(settings)
+    if engine is not None:
+        report["champion"] = {"version": version, "model": engine.model.name, **score_all(lambda side, h: champion_scores(engine, data.catalogue.item_ids, h))}
+    metric = settings.registry.gate_metric.replace("@", "_at_")
+    report["gate_metric"] = metric
+    report["best"] = max(meta["candidates"], key=lambda n: (report["candidates"][n]["val"][metric], -meta["candidates"].index(n)))
+    path = run / "report.json"
+    atomic_write_text(path, json.dumps(report, indent=2))
+    atomic_write_text(run / "report.md", report_markdown(report))
+    return str(path)
+
+
+def report_markdown(report: dict) -> str:
+    """The evaluation table: test metrics with 95% intervals, validation gate metric, cold start."""
+    lines = [
+        f"Snapshot `{report['snapshot_id']}`: {report['users']} users, {report['items']} items, full ranking.",
+        "",
+        "| model | HR@10 | NDCG@10 | MRR@10 | Recall@20 | coverage@10 | cold HR@10 | val " + report["gate_metric"] + " |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = list(report["candidates"].items())
+    if "champion" in report:
+        rows.append((f"champion v{report['champion']['version']} ({report['champion']['model']})", report["champion"]))
+    for name, result in rows:
+        test = result["test"]
+
+        def cell(key):
+            return f"{test[key]:.4f} [{test[key + '_low']:.4f}, {test[key + '_high']:.4f}]"
+
+        lines.append(
+            f"| {name} | {cell('hr_at_10')} | {cell('ndcg_at_10')} | {cell('mrr_at_10')} | {cell('recall_at_20')} "
+            f"| {test['coverage_at_10']:.4f} | {test['cold_hr_at_10']:.4f} ({int(test['cold_users'])} users) | {result['val'][report['gate_metric']]:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict:
+    names = ["mlflow", "apache-airflow", "bentoml", "great-expectations", "torch", "transformers", "numpy", "pandas"]
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def stage_register(settings: Settings, report_path: str) -> dict:
+    """Log the run to MLflow, register the best candidate as ``challenger``, and run the gate."""
+    import mlflow
+
+    from components.registry import configure, log_bundle_model, promote_if_better
+
+    report_file = Path(report_path)
+    run = report_file.parent
+    report = json.loads(report_file.read_text())
+    meta = json.loads((run / "train.json").read_text())
+    snapshot = open_snapshot(settings.snapshots_dir, meta["snapshot_id"]).require_accepted()
+    data = InteractionData.from_frames(snapshot.items(), snapshot.interactions())
+    vectors, embed_manifest = _aligned_vectors(data, meta["embeddings_dir"])
+    best = report["best"]
+    client = configure(settings)
+    bundle = run / "bundle"
+    write_bundle(
+        bundle,
+        load_model(run / best / "full"),
+        data,
+        vectors,
+        {
+            "model_name": best,
+            "snapshot_id": snapshot.snapshot_id,
+            "feedback_watermark": snapshot.manifest["feedback_watermark"],
+            "id_type": snapshot.manifest["id_type"],
+            "encoder_id": embed_manifest["encoder"]["encoder_id"],
+            "encoder": embed_manifest["encoder"],
+        },
+    )
+    metric = report["gate_metric"]
+    with mlflow.start_run(run_name=f"{snapshot.snapshot_id}-{run.name}") as active:
+        mlflow.set_tags(
+            {
+                "snapshot_id": snapshot.snapshot_id,
+                "encoder_id": embed_manifest["encoder"]["encoder_id"],
+                "git_commit": git_commit(),
+                "best_candidate": best,
+                "python": platform.python_version(),
+                **{f"version.{k}": v for k, v in package_versions().items()},
+            }
+        )
+        mlflow.log_params({"candidates": ",".join(meta["candidates"]), "gate_metric": metric, "tolerance": settings.registry.tolerance, "users": report["users"], "items": report["items"], "max_users": settings.ingest.max_users})
+        for name, result in report["candidates"].items():
+            for side in ("val", "test"):
+                mlflow.log_metrics({f"{name}.{side}.{k}": float(v) for k, v in result[side].items() if np.isfinite(v)})
+        if "champion" in report:
+            mlflow.log_metrics({f"champion.val.{metric}": report["champion"]["val"][metric], f"champion.test.{metric}": report["champion"]["test"][metric]})
+        mlflow.log_artifact(str(report_file), "evaluation")
+        mlflow.log_artifact(str(run / "report.md"), "evaluation")
+        mlflow.log_artifact(str(snapshot.path / "manifest.json"), "snapshot")
+        mlflow.log_artifact(str(snapshot.path / "validation.json"), "validation")
+        mlflow.log_artifact(str(Path(meta["embeddings_dir"]) / "manifest.json"), "embeddings")
+        version, model_uri = log_bundle_model(bundle, settings.registry.model_name)
+        run_id = active.info.run_id
+    name = settings.registry.model_name
+    for key, value in {"snapshot_id": snapshot.snapshot_id, "model_kind": best, "run_id": run_id, metric: report["candidates"][best]["val"][metric]}.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    champion_metric = report["champion"]["val"][metric] if "champion" in report else None
+    popularity_metric = report["candidates"].get("popularity", {}).get("val", {}).get(metric)
+    decision = promote_if_better(
+        client, settings, version, report["candidates"][best]["val"][metric], champion_metric,
+        popularity_metric if best != "popularity" else None, f"models:/{name}/{version}",
+    )
+    return {"version": version, "run_id": run_id, "snapshot_id": snapshot.snapshot_id, **decision}
+
+
+def run_pipeline(settings: Settings, run_key: str | None = None) -> dict:
+    """Every stage in this process, in order; returns the registration decision."""
+    run_key = run_key or time.strftime("run-%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+    snapshot_id = stage_ingest(settings)
+    stage_validate(settings, snapshot_id)
+    embeddings_dir = stage_embed(settings, snapshot_id)
+    run_dir = stage_train(settings, snapshot_id, embeddings_dir, run_key)
+    report_path = stage_evaluate(settings, run_dir)
+    return stage_register(settings, report_path)

@@ -1,0 +1,199 @@
+"""MLflow tracking, the model registry, and the champion/challenger gate.
+
+The served artifact is a pyfunc (:class:`RecommenderPyfunc`) carrying a serving bundle. A new
+version gets alias ``challenger``; ``champion`` moves only through :func:`promote_if_better`, which
+records every decision as tags on the version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from components.errors import RegistryError
+from components.settings import Settings
+
+log = logging.getLogger(__name__)
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
+    """A pyfunc over a serving bundle. ``predict`` takes rows of (user_id, k) and returns top-k.
+
+    Fast paths (serving) call ``unwrap_python_model().engine`` directly.
+    """
+
+    def load_context(self, context):
+        from components.engine import ServingEngine
+
+        self.engine = ServingEngine(Path(context.artifacts["bundle"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        rows = []
+        for record in model_input.to_dict("records"):
+            user_id = self.engine.normalise_id(record["user_id"])
+            k = int(record.get("k", 10) or 10)
+            recs, source = self.engine.recommend_history(self.engine.history_for(user_id), k)
+            rows += [{"user_id": user_id, "item_id": r.item_id, "title": r.title, "score": r.score, "rank": r.rank, "source": source} for r in recs]
+        return pd.DataFrame(rows, columns=["user_id", "item_id", "title", "score", "rank", "source"])
+
+
+def configure(settings: Settings) -> MlflowClient:
+    """Point MLflow at the configured backend and make sure the experiment exists."""
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    client = MlflowClient(settings.tracking_uri)
+    try:
+        experiment = client.get_experiment_by_name(settings.registry.experiment_name)
+        if experiment is None:
+            artifact_location = None
+            if not settings.tracking_uri.startswith("http"):
+                Path(settings.artifact_root).mkdir(parents=True, exist_ok=True)
+                artifact_location = Path(settings.artifact_root).resolve().as_uri()
+            client.create_experiment(settings.registry.experiment_name, artifact_location=artifact_location)
+    except MlflowException as exc:
+        raise RegistryError(f"cannot use the MLflow tracking store at {settings.tracking_uri}: {exc}") from exc
+    mlflow.set_experiment(settings.registry.experiment_name)
+    return client
+
+
+def get_alias_version(client: MlflowClient, name: str, alias: str):
+    """The model version behind an alias, or None when the model or alias does not exist."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise RegistryError(f"cannot read alias {alias!r} of {name!r}: {exc}") from exc
+
+
+def log_bundle_model(bundle_dir: Path, registered_name: str) -> tuple[str, str]:
+    """Log the bundle as a pyfunc in the active run, register it, return (version, model_uri)."""
+    info = mlflow.pyfunc.log_model(
+        name="recommender",
+        python_model=RecommenderPyfunc(),
+        artifacts={"bundle": str(bundle_dir)},
+        registered_model_name=registered_name,
+        pip_requirements=[],  # the lm-recsys package itself must be importable where the model loads
+    )
+    return str(info.registered_model_version), info.model_uri
+
+
+def smoke_test(model_uri: str, tracking_uri: str, user_id=None, timeout_s: float = 300) -> tuple[bool, str]:
+    """Load the logged pyfunc and predict in a fresh process: proves the artifact is complete."""
+    code = (
+        "import sys, json, mlflow, pandas as pd; "
+        "mlflow.set_tracking_uri(sys.argv[2]); m = mlflow.pyfunc.load_model(sys.argv[1]); "
+        "e = m.unwrap_python_model().engine; "
+        "u = json.loads(sys.argv[3]) if sys.argv[3] != 'null' else next(iter(e.histories), 0); "
+        "out = m.predict(pd.DataFrame([{'user_id': u, 'k': 5}])); "
+        "assert len(out) > 0, 'no recommendations'; print('ok', len(out))"
+    )
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, model_uri, tracking_uri, json.dumps(user_id)],
+            capture_output=True, text=True, timeout=timeout_s, env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"smoke test timed out after {timeout_s}s"
+    if done.returncode != 0:
+        return False, "smoke test failed: " + (done.stderr.strip().splitlines() or ["no output"])[-1]
+    return True, done.stdout.strip()
+
+
+def record_decision(client: MlflowClient, name: str, version: str, decision: dict) -> None:
+    for key, value in decision.items():
+        client.set_model_version_tag(name, version, f"gate.{key}", str(value))
+
+
+def promote_if_better(
+    client: MlflowClient,
+    settings: Settings,
+    version: str,
+    challenger_metric: float,
+    champion_metric: float | None,
+    popularity_metric: float | None,
+    model_uri: str,
+    *,
+    smoke_user=None,
+) -> dict:
+    """The gate: move ``champion`` to ``version`` only if every condition holds; record why."""
+    name = settings.registry.model_name
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    current = get_alias_version(client, name, CHAMPION)
+    metric = settings.registry.gate_metric
+    reasons = []
+    if current is not None and champion_metric is not None and challenger_metric < champion_metric - settings.registry.tolerance:
+        reasons.append(f"validation {metric} {challenger_metric:.4f} is below the champion's {champion_metric:.4f} (tolerance {settings.registry.tolerance})")
+    if popularity_metric is not None and challenger_metric <= popularity_metric and not _is_popularity(client, name, version):
+        reasons.append(f"validation {metric} {challenger_metric:.4f} does not beat popularity's {popularity_metric:.4f}")
+    smoke_ok, smoke_msg = (False, "skipped") if reasons else smoke_test(model_uri, settings.tracking_uri, smoke_user)
+    if not reasons and not smoke_ok:
+        reasons.append(smoke_msg)
+    promoted = not reasons
+    decision = {
+        "decision": "promoted" if promoted else "rejected",
+        "reason": "; ".join(reasons) if reasons else (f"first champion" if current is None else f"at least as good as version {current.version}"),
+        "metric": metric,
+        "challenger_metric": f"{challenger_metric:.6f}",
+        "champion_metric": "none" if champion_metric is None else f"{champion_metric:.6f}",
+        "previous_champion": "none" if current is None else current.version,
+        "smoke_test": smoke_msg,
+        "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "by": "gate",
+    }
+    record_decision(client, name, version, decision)
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        client.set_model_version_tag(name, version, "champion_since", decision["decided_at"])
+    log.info("version %s %s: %s", version, decision["decision"], decision["reason"])
+    return decision
+
+
+def _is_popularity(client: MlflowClient, name: str, version: str) -> bool:
+    tags = client.get_model_version(name, version).tags
+    return tags.get("model_kind") == "popularity"
+
+
+def load_champion_engine(settings: Settings):
+    """The current champion's serving engine, or None when there is no champion."""
+    client = configure(settings)
+    current = get_alias_version(client, settings.registry.model_name, CHAMPION)
+    if current is None:
+        return None, None
+    model = mlflow.pyfunc.load_model(f"models:/{settings.registry.model_name}@{CHAMPION}")
+    return model.unwrap_python_model().engine, current.version
+
+
+def champion_scores(engine, catalogue_ids: np.ndarray, histories) -> np.ndarray:
+    """Score new-split histories with the champion, mapping between the two catalogues.
+
+    Items the champion never saw score -inf, so the comparison is on the same split and items.
+    """
+    mapping = np.array([engine.catalogue.index.get(i.item() if hasattr(i, "item") else i, -1) for i in catalogue_ids])
+    known = mapping >= 0
+    from components.dataset import History
+
+    translated = []
+    for h in histories:
+        champion_items = mapping[h.items]
+        keep = champion_items >= 0
+        translated.append(History(champion_items[keep], [e for e, k in zip(h.events, keep) if k], h.values[keep], h.timestamps[keep]))
+    scores = np.full((len(histories), len(catalogue_ids)), -np.inf, dtype=np.float32)
+    for start in range(0, len(histories), 256):
+        block = engine.model.score(translated[start : start + 256]) if len(engine.catalogue) else np.zeros((0, 0))
+        scores[start : start + 256, known] = block[:, mapping[known]]
+    return scores

@@ -1,0 +1,170 @@
+"""The validate stage: run the Great Expectations suites on a snapshot; accept or quarantine it.
+
+An accepted snapshot gains ``validation.json``. A rejected one moves to ``quarantine/`` with the
+GX result JSON, a readable offline HTML report, and a :class:`ValidationFailed` error naming each
+failed expectation with counts and sample offending values.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+
+from components.columns import EVENT_COL, ITEM_COL
+from components.errors import ValidationFailed
+from components.settings import Settings
+from components.snapshots import Snapshot, atomic_write_text, quarantine
+
+log = logging.getLogger(__name__)
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+
+@dataclass
+class CheckOutcome:
+    """One expectation's verdict, in plain terms."""
+
+    batch: str
+    expectation: str
+    column: str | None
+    success: bool
+    unexpected_count: int | None
+    element_count: int | None
+    sample: list
+    observed: object = None
+
+    def describe(self) -> str:
+        where = f" on column {self.column!r}" if self.column else ""
+        counts = ""
+        if self.unexpected_count is not None:
+            counts = f": {self.unexpected_count} of {self.element_count} rows fail"
+        elif self.observed is not None:
+            counts = f": observed {self.observed}"
+        sample = f", e.g. {self.sample[:5]}" if self.sample else ""
+        return f"[{self.batch}] {self.expectation}{where}{counts}{sample}"
+
+
+def _run_suite(context, name: str, frame: pd.DataFrame, suite) -> tuple[list[CheckOutcome], dict]:
+    source = context.data_sources.add_pandas(f"{name}-source")
+    batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all").get_batch(
+        batch_parameters={"dataframe": frame}
+    )
+    result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 10})
+    outcomes = []
+    for item in result.results:
+        config = item.expectation_config
+        details = item.result or {}
+        outcomes.append(
+            CheckOutcome(
+                batch=name,
+                expectation=config.type,
+                column=config.kwargs.get("column") or (",".join(config.kwargs.get("column_list", [])) or None),
+                success=bool(item.success),
+                unexpected_count=details.get("unexpected_count"),
+                element_count=details.get("element_count"),
+                sample=[_plain(v) for v in (details.get("partial_unexpected_list") or [])][:10],
+                observed=_plain(details.get("observed_value")),
+            )
+        )
+    return outcomes, result.to_json_dict()
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "item"):
+        return value.item()
+    return value if value is None or isinstance(value, (int, float, str, bool)) else str(value)
+
+
+def check_frames(settings: Settings, items: pd.DataFrame, interactions: pd.DataFrame) -> tuple[list[CheckOutcome], dict]:
+    """Run every suite on the frames; return outcomes and the raw GX results."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    from data_checks.suites import KNOWN_ITEM_FLAG, interactions_suite, items_suite, ratings_suite
+
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    cfg = settings.validation
+    outcomes, raw = [], {}
+    # Referential integrity as a flag column: GX's in-set check re-serialises a 10k-id set per call.
+    flagged = interactions.assign(**{KNOWN_ITEM_FLAG: interactions[ITEM_COL].isin(set(items[ITEM_COL].dropna()))})
+    for name, frame, suite in (
+        ("items", items, items_suite(cfg)),
+        ("interactions", flagged, interactions_suite(cfg)),
+        ("ratings", interactions[interactions[EVENT_COL] == "rating"], ratings_suite(cfg)),
+    ):
+        if name == "ratings" and frame.empty:
+            continue
+        found, result = _run_suite(context, name, frame, suite)
+        for outcome in found:
+            if outcome.column == KNOWN_ITEM_FLAG:
+                outcome.column = f"{ITEM_COL} (must exist in items)"
+                unknown = frame.loc[~frame[KNOWN_ITEM_FLAG], ITEM_COL]
+                outcome.sample = [_plain(v) for v in unknown.drop_duplicates().head(10)]
+        outcomes += found
+        raw[name] = result
+    return outcomes, raw
+
+
+def validate_snapshot(settings: Settings, snapshot: Snapshot) -> Snapshot:
+    """Accept the snapshot (writing validation.json) or quarantine it and raise ValidationFailed."""
+    if snapshot.accepted:
+        return snapshot
+    started = time.perf_counter()
+    outcomes, raw = check_frames(settings, snapshot.items(), snapshot.interactions())
+    failed = [o for o in outcomes if not o.success]
+    summary = {
+        "snapshot_id": snapshot.snapshot_id,
+        "success": not failed,
+        "validated_at": time.time(),
+        "seconds": round(time.perf_counter() - started, 3),
+        "checks": len(outcomes),
+        "failed": [o.describe() for o in failed],
+        "outcomes": [o.__dict__ for o in outcomes],
+    }
+    atomic_write_text(snapshot.path / "gx_result.json", json.dumps(raw, indent=1, default=str))
+    atomic_write_text(snapshot.path / "report.html", render_report(snapshot.snapshot_id, outcomes))
+    if failed:
+        summary["success"] = False
+        atomic_write_text(snapshot.path / "validation.json", json.dumps(summary, indent=2, default=str))
+        moved = quarantine(snapshot, settings.quarantine_dir)
+        message = (
+            f"snapshot {snapshot.snapshot_id} failed validation ({len(failed)} of {len(outcomes)} checks) "
+            f"and was quarantined at {moved}:\n  " + "\n  ".join(summary["failed"])
+        )
+        log.error(message)
+        raise ValidationFailed(message, report_path=str(moved / "report.html"))
+    atomic_write_text(snapshot.path / "validation.json", json.dumps(summary, indent=2, default=str))
+    log.info("snapshot %s passed %d checks in %.2fs", snapshot.snapshot_id, len(outcomes), summary["seconds"])
+    return snapshot
+
+
+def render_report(snapshot_id: str, outcomes: list[CheckOutcome]) -> str:
+    """A self-contained HTML summary (inline styles, no CDN), readable offline."""
+    rows = "\n".join(
+        f"<tr class='{'ok' if o.success else 'bad'}'><td>{'pass' if o.success else 'FAIL'}</td>"
+        f"<td>{html.escape(o.batch)}</td><td>{html.escape(o.expectation)}</td><td>{html.escape(str(o.column or ''))}</td>"
+        f"<td>{'' if o.unexpected_count is None else o.unexpected_count}</td>"
+        f"<td>{html.escape(json.dumps(o.sample[:5], default=str)) if o.sample else html.escape(str(o.observed if o.observed is not None else ''))}</td></tr>"
+        for o in outcomes
+    )
+    failed = sum(not o.success for o in outcomes)
+    verdict = "accepted" if not failed else f"rejected: {failed} failed check(s)"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Validation of {snapshot_id}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:14px}}tr.bad{{background:#fde2e2}}
+tr.ok td:first-child{{color:#1a7f37}}tr.bad td:first-child{{color:#b42318;font-weight:bold}}</style></head>
+<body><h1>Snapshot {html.escape(snapshot_id)}</h1><p><b>{html.escape(verdict)}</b></p>
+<table><tr><th>result</th><th>batch</th><th>expectation</th><th>column</th><th>unexpected rows</th><th>sample / observed</th></tr>
+{rows}</table></body></html>"""

@@ -1,0 +1,1 @@
+"""Great Expectations suites, as code, for every batch the pipeline accepts."""
