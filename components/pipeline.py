@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from components.dataset import InteractionData, leave_last_out
-from components.embed import ItemEmbeddings, embed_items
+from components.embed import ItemEmbeddings, embed_items, embed_shard, plan_shards
 from components.engine import write_bundle
 from components.evaluate import evaluate_scores
 from components.ingest import ingest
@@ -42,6 +42,16 @@ def stage_ingest(settings: Settings) -> str:
 def stage_validate(settings: Settings, snapshot_id: str) -> str:
     """Accept the snapshot or quarantine it (raising ValidationFailed); returns its id."""
     return validate_snapshot(settings, open_snapshot(settings.snapshots_dir, snapshot_id)).snapshot_id
+
+
+def stage_plan_shards(settings: Settings, snapshot_id: str, n_shards: int) -> list[int]:
+    """Shard indexes for the mapped embedding tasks."""
+    return plan_shards(open_snapshot(settings.snapshots_dir, snapshot_id).require_accepted(), n_shards)
+
+
+def stage_embed_shard(settings: Settings, snapshot_id: str, shard: int, n_shards: int) -> dict:
+    """Encode one shard of the uncached item texts into the cache; returns what it did and where."""
+    return embed_shard(settings, open_snapshot(settings.snapshots_dir, snapshot_id), shard, n_shards)
 
 
 def stage_embed(settings: Settings, snapshot_id: str) -> str:
@@ -181,7 +191,7 @@ def package_versions() -> dict:
 
 
 def stage_register(settings: Settings, report_path: str) -> dict:
-    """Log the run to MLflow, register the best candidate as ``challenger``, and run the gate."""
+    """Log the run to MLflow and register the best candidate as a new version; returns its handle."""
     import mlflow
 
     from components.registry import configure, log_bundle_model, promote_if_better
@@ -238,13 +248,35 @@ def stage_register(settings: Settings, report_path: str) -> dict:
     name = settings.registry.model_name
     for key, value in {"snapshot_id": snapshot.snapshot_id, "model_kind": best, "run_id": run_id, metric: report["candidates"][best]["val"][metric]}.items():
         client.set_model_version_tag(name, version, key, str(value))
-    champion_metric = report["champion"]["val"][metric] if "champion" in report else None
-    popularity_metric = report["candidates"].get("popularity", {}).get("val", {}).get(metric)
+    return {
+        "version": str(version),
+        "model_uri": f"models:/{name}/{version}",
+        "run_id": run_id,
+        "snapshot_id": snapshot.snapshot_id,
+        "model_kind": best,
+        "challenger_metric": report["candidates"][best]["val"][metric],
+        "champion_metric": report["champion"]["val"][metric] if "champion" in report else None,
+        "champion_version": report["champion"]["version"] if "champion" in report else None,
+        "popularity_metric": report["candidates"].get("popularity", {}).get("val", {}).get(metric) if best != "popularity" else None,
+    }
+
+
+def stage_promote(settings: Settings, registration: dict) -> dict:
+    """Run the gate on a registered challenger; ``champion`` moves only if it passes."""
+    from components.registry import configure, promote_if_better
+
+    client = configure(settings)
     decision = promote_if_better(
-        client, settings, version, report["candidates"][best]["val"][metric], champion_metric,
-        popularity_metric if best != "popularity" else None, f"models:/{name}/{version}",
+        client,
+        settings,
+        registration["version"],
+        registration["challenger_metric"],
+        registration["champion_metric"],
+        registration["popularity_metric"],
+        registration["model_uri"],
+        expected_champion=registration.get("champion_version"),
     )
-    return {"version": version, "run_id": run_id, "snapshot_id": snapshot.snapshot_id, **decision}
+    return {**registration, **decision}
 
 
 def run_pipeline(settings: Settings, run_key: str | None = None) -> dict:
@@ -255,4 +287,4 @@ def run_pipeline(settings: Settings, run_key: str | None = None) -> dict:
     embeddings_dir = stage_embed(settings, snapshot_id)
     run_dir = stage_train(settings, snapshot_id, embeddings_dir, run_key)
     report_path = stage_evaluate(settings, run_dir)
-    return stage_register(settings, report_path)
+    return stage_promote(settings, stage_register(settings, report_path))

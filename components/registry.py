@@ -128,17 +128,28 @@ def promote_if_better(
     popularity_metric: float | None,
     model_uri: str,
     *,
+    expected_champion: str | None = None,
     smoke_user=None,
 ) -> dict:
-    """The gate: move ``champion`` to ``version`` only if every condition holds; record why."""
+    """The gate: move ``champion`` to ``version`` only if every condition holds; record why.
+
+    ``expected_champion`` is the version the challenger was compared with; if the alias moved
+    since, the comparison is stale and the challenger is rejected rather than promoted blindly.
+    """
     name = settings.registry.model_name
     client.set_registered_model_alias(name, CHALLENGER, version)
     current = get_alias_version(client, name, CHAMPION)
     metric = settings.registry.gate_metric
     reasons = []
+    if current is not None and str(current.version) == str(version):
+        return {"decision": "promoted", "reason": f"version {version} is already the champion", "metric": metric}
+    if current is not None and expected_champion is not None and str(current.version) != str(expected_champion):
+        reasons.append(f"the champion moved from version {expected_champion} to {current.version} after evaluation; re-run to compare")
+    elif current is not None and expected_champion is None:
+        reasons.append(f"version {current.version} became champion after evaluation; re-run to compare")
     if current is not None and champion_metric is not None and challenger_metric < champion_metric - settings.registry.tolerance:
         reasons.append(f"validation {metric} {challenger_metric:.4f} is below the champion's {champion_metric:.4f} (tolerance {settings.registry.tolerance})")
-    if popularity_metric is not None and challenger_metric <= popularity_metric and not _is_popularity(client, name, version):
+    if popularity_metric is not None and challenger_metric <= popularity_metric:
         reasons.append(f"validation {metric} {challenger_metric:.4f} does not beat popularity's {popularity_metric:.4f}")
     smoke_ok, smoke_msg = (False, "skipped") if reasons else smoke_test(model_uri, settings.tracking_uri, smoke_user)
     if not reasons and not smoke_ok:
@@ -150,7 +161,7 @@ def promote_if_better(
         "metric": metric,
         "challenger_metric": f"{challenger_metric:.6f}",
         "champion_metric": "none" if champion_metric is None else f"{champion_metric:.6f}",
-        "previous_champion": "none" if current is None else current.version,
+        "previous_champion": "none" if current is None else str(current.version),
         "smoke_test": smoke_msg,
         "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "by": "gate",
@@ -161,11 +172,6 @@ def promote_if_better(
         client.set_model_version_tag(name, version, "champion_since", decision["decided_at"])
     log.info("version %s %s: %s", version, decision["decision"], decision["reason"])
     return decision
-
-
-def _is_popularity(client: MlflowClient, name: str, version: str) -> bool:
-    tags = client.get_model_version(name, version).tags
-    return tags.get("model_kind") == "popularity"
 
 
 def load_champion_engine(settings: Settings):

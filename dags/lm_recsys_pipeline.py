@@ -1,0 +1,113 @@
+"""
+# lm_recsys_pipeline
+
+The recommender's life cycle: **ingest → validate → embed (mapped shards) → train → evaluate →
+register → promote**.
+
+* Runs daily, and whenever `lm_recsys_feedback_watch` publishes the `lmrecsys_feedback` asset
+  (enough new feedback, or feedback old enough).
+* Pass `{"snapshot_id": "snap-…"}` as run conf to retrain on an existing accepted snapshot.
+* A failed validation fails `validate` and nothing downstream runs; the champion stays.
+* A rejected challenger ends the run green; the decision is in the `promote` log and on the
+  model version's `gate.*` tags in MLflow.
+
+Every task is one call into `components.pipeline`; only ids and paths cross XCom.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, dag, get_current_context, task
+from airflow.timetables.assets import AssetOrTimeSchedule
+from airflow.timetables.trigger import CronTriggerTimetable
+
+FEEDBACK_ASSET = Asset(name="lmrecsys_feedback", uri="lmrecsys://feedback/new-events")
+SCHEDULE = os.environ.get("LMRECSYS_PIPELINE_CRON", "@daily")
+EMBED_SHARDS = int(os.environ.get("LMRECSYS_EMBED_SHARDS", "2"))
+RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True}
+
+
+def _settings():
+    from components.settings import load_settings
+
+    return load_settings()
+
+
+@dag(
+    dag_id="lm_recsys_pipeline",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(SCHEDULE, timezone="UTC"), assets=FEEDBACK_ASSET),
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["lm-recsys", "training"],
+    default_args=RETRIES,
+    doc_md=__doc__,
+    params={"snapshot_id": None},
+)
+def lm_recsys_pipeline():
+    @task
+    def ingest() -> str:
+        from components.pipeline import stage_ingest
+
+        chosen = get_current_context()["params"].get("snapshot_id")
+        return chosen or stage_ingest(_settings())
+
+    @task(execution_timeout=timedelta(minutes=10))
+    def validate(snapshot_id: str) -> str:
+        from components.pipeline import stage_validate
+
+        return stage_validate(_settings(), snapshot_id)
+
+    @task
+    def plan_embedding_shards(snapshot_id: str) -> list[int]:
+        from components.pipeline import stage_plan_shards
+
+        return stage_plan_shards(_settings(), snapshot_id, EMBED_SHARDS)
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def embed_shard(shard: int, snapshot_id: str, shards: list[int]) -> dict:
+        from components.pipeline import stage_embed_shard
+
+        return stage_embed_shard(_settings(), snapshot_id, shard, len(shards))
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def embed(snapshot_id: str, shard_reports: list[dict]) -> str:
+        from components.pipeline import stage_embed
+
+        return stage_embed(_settings(), snapshot_id)
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def train(snapshot_id: str, embeddings_dir: str) -> str:
+        from components.pipeline import stage_train
+
+        return stage_train(_settings(), snapshot_id, embeddings_dir, get_current_context()["run_id"].replace(":", "_").replace("+", "_"))
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def evaluate(run_dir: str) -> str:
+        from components.pipeline import stage_evaluate
+
+        return stage_evaluate(_settings(), run_dir)
+
+    @task
+    def register(report_path: str) -> dict:
+        from components.pipeline import stage_register
+
+        return stage_register(_settings(), report_path)
+
+    @task
+    def promote(registration: dict) -> dict:
+        from components.pipeline import stage_promote
+
+        decision = stage_promote(_settings(), registration)
+        print(f"version {decision['version']} {decision['decision']}: {decision['reason']}")
+        return decision
+
+    snapshot_id = validate(ingest())
+    shards = plan_embedding_shards(snapshot_id)
+    reports = embed_shard.partial(snapshot_id=snapshot_id, shards=shards).expand(shard=shards)
+    promote(register(evaluate(train(snapshot_id, embed(snapshot_id, reports)))))
+
+
+lm_recsys_pipeline()
