@@ -282,9 +282,10 @@ def read_movielens(folder: Path, *, top_tags: int = 5, max_users: int | None = N
             SOURCE_COL: "movielens",
         }
     )
-    if max_users is not None:
+    if max_users is not None:  # a reduced config: the first users and only the items they touched
         keep = np.sort(interactions[USER_COL].unique())[:max_users]
         interactions = interactions[interactions[USER_COL].isin(keep)]
+        items = items[items[ITEM_COL].isin(interactions[ITEM_COL])]
     files = [p for p in (movies_path, ratings_path, tags_path) if p.exists()]
     return SourceData(
         items=items[ITEM_COLUMNS],

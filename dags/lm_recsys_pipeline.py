@@ -17,11 +17,9 @@ Every task is one call into `components.pipeline`; only ids and paths cross XCom
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from airflow.sdk import Asset, dag, get_current_context, task
-from airflow.timetables.assets import AssetOrTimeSchedule
-from airflow.timetables.trigger import CronTriggerTimetable
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
 
 FEEDBACK_ASSET = Asset(name="lmrecsys_feedback", uri="lmrecsys://feedback/new-events")
 SCHEDULE = os.environ.get("LMRECSYS_PIPELINE_CRON", "@daily")
@@ -38,8 +36,7 @@ def _settings():
 @dag(
     dag_id="lm_recsys_pipeline",
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(SCHEDULE, timezone="UTC"), assets=FEEDBACK_ASSET),
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
+    catchup=False,  # no start_date: the first scheduled run waits for the next cron time
     max_active_runs=1,
     tags=["lm-recsys", "training"],
     default_args=RETRIES,

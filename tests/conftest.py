@@ -1,0 +1,34 @@
+"""Shared test set-up: telemetry off, offline, and the harness importable."""
+
+import os
+import sys
+from pathlib import Path
+
+for _name, _value in {
+    "BENTOML_DO_NOT_TRACK": "True",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "GX_ANALYTICS_ENABLED": "False",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "SCARF_ANALYTICS": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+
+from components.settings import LOCAL_MOVIELENS  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def movielens_dir() -> Path:
+    """The shared ml-latest-small copy; tests that need it skip loudly when it is absent."""
+    path = Path(os.environ.get("LMRECSYS_TEST_MOVIELENS", LOCAL_MOVIELENS))
+    if not (path / "ratings.csv").exists():
+        pytest.skip(f"MovieLens ml-latest-small not found at {path}")
+    return path

@@ -1,0 +1,120 @@
+"""Shared, generic fixtures for the unit tests: tiny hand-written data sets and settings."""
+
+from __future__ import annotations
+
+import os
+
+for _name, _value in {
+    "GX_ANALYTICS_ENABLED": "False",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "HF_HUB_OFFLINE": "1",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from components.settings import load_settings  # noqa: E402
+
+# Four movies, three users, seven ratings; written by hand (not MovieLens data).
+TINY_MOVIES_CSV = """movieId,title,genres
+1,Toy Story (1995),Adventure|Animation|Children
+2,Heat (1995),Action|Crime|Thriller
+3,Babylon 5,(no genres listed)
+4,"Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)",Comedy|Romance
+"""
+TINY_RATINGS_CSV = """userId,movieId,rating,timestamp
+1,1,4.0,964982703
+1,2,3.5,964982931
+1,4,5.0,964983100
+2,1,5.0,1100000000
+2,3,2.5,1100000500
+3,2,4.5,1200000000
+3,4,1.0,1200000100
+"""
+TINY_TAGS_CSV = """userId,movieId,tag,timestamp
+1,1,Pixar,1139045764
+2,1,pixar,1139045800
+3,1,fun,1139045900
+1,1,toy,1139045950
+2,4,Paris,1139046000
+2,4,  quirky ,1139046100
+"""
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_env(monkeypatch):
+    """No LMRECSYS_* variable or proxy from the calling shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("LMRECSYS_") or name.lower() in ("http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+
+
+def write_movielens(folder: Path, *, movies: str = TINY_MOVIES_CSV, ratings: str = TINY_RATINGS_CSV,
+                    tags: str | None = TINY_TAGS_CSV) -> Path:
+    """Write a MovieLens-layout folder (movies.csv, ratings.csv, optional tags.csv)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "movies.csv").write_text(movies, encoding="utf-8")
+    (folder / "ratings.csv").write_text(ratings, encoding="utf-8")
+    if tags is not None:
+        (folder / "tags.csv").write_text(tags, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def movielens_folder(tmp_path):
+    """Factory: ``movielens_folder(name, movies=..., ratings=..., tags=...)`` writes a MovieLens folder
+    under tmp_path, defaulting each file to the tiny data set (``tags=None`` leaves tags.csv out)."""
+
+    def make(name: str = "ml", **files) -> Path:
+        return write_movielens(tmp_path / name, **files)
+
+    return make
+
+
+@pytest.fixture
+def tiny_movielens(tmp_path) -> Path:
+    """A 4-movie / 3-user MovieLens folder: ratings.csv, movies.csv, tags.csv."""
+    return write_movielens(tmp_path / "ml-tiny")
+
+
+@pytest.fixture
+def make_settings(tmp_path, tiny_movielens):
+    """Factory for settings rooted in the test's tmp dir; keyword sections override the defaults."""
+
+    def make(**overrides):
+        overrides.setdefault("data_root", tmp_path / "root")
+        ingest = {"source": str(tiny_movielens), **overrides.pop("ingest", {})}
+        return load_settings(ingest=ingest, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings):
+    """Settings over a fresh data root, ingesting the tiny MovieLens folder (SQLite feedback store)."""
+    return make_settings()
+
+
+@pytest.fixture
+def postgres_url():
+    """A freshly created PostgreSQL database (trust auth on 127.0.0.1:5432), dropped afterwards."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    admin_url = os.environ.get("LM_RECSYS_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        admin = psycopg2.connect(admin_url, connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {admin_url}: {exc}")
+    admin.autocommit = True
+    name = f"lmrecsys_test_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

@@ -1,0 +1,187 @@
+"""components.feedback.FeedbackStore on SQLite and on PostgreSQL (a fresh database per test)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pandas as pd
+import pytest
+
+from components.feedback import FeedbackError, FeedbackEvent, FeedbackStore
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fb' / 'feedback.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def store(store_url):
+    store = FeedbackStore(store_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def ev(event_id: str, user: str = "u1", item: str = "i1", event: str = "click", value=None, ts: float = 1_700_000_000.0):
+    return FeedbackEvent(user_id=user, item_id=item, event=event, value=value, event_ts=ts, event_id=event_id)
+
+
+# --------------------------------------------------------------------------- both backends
+
+
+def test_empty_store(store):
+    assert store.watermark() == 0
+    assert store.count() == 0
+    assert store.last_trigger_watermark() == 0
+    assert store.oldest_received_since(0) is None
+    assert store.events_between(0, 10).empty
+    assert store.append([]) == []
+
+
+def test_batch_append_and_read_back(store):
+    written = store.append(
+        [
+            ev("e1", "u1", "i1", "rating", 4.5, 1_700_000_001.0),
+            ev("e2", "u2", "i2", "like", None, 1_700_000_002.0),
+            ev("e3", " u1 ", " i3 ", "purchase", 1, 1_700_000_003.0),
+        ]
+    )
+    assert written == [("e1", True), ("e2", True), ("e3", True)]
+    assert store.count() == 3
+
+    frame = store.events_between(0, store.watermark())
+    assert frame["event_id"].tolist() == ["e1", "e2", "e3"]
+    assert frame["seq"].is_monotonic_increasing and frame["seq"].is_unique
+    assert frame["user_id"].tolist() == ["u1", "u2", "u1"]  # ids are stripped
+    assert frame["item_id"].tolist() == ["i1", "i2", "i3"]
+    assert frame["event"].tolist() == ["rating", "like", "purchase"]
+    assert frame["value"].iloc[0] == 4.5 and pd.isna(frame["value"].iloc[1]) and frame["value"].iloc[2] == 1.0
+    assert frame["event_ts"].tolist() == [1_700_000_001.0, 1_700_000_002.0, 1_700_000_003.0]
+    # Bounds are (after, upto].
+    first, second = int(frame["seq"].iloc[0]), int(frame["seq"].iloc[1])
+    assert store.events_between(first, second)["event_id"].tolist() == ["e2"]
+
+
+def test_append_is_idempotent_by_event_id(store):
+    assert store.append([ev("same", value=1.0)]) == [("same", True)]
+    mark = store.watermark()
+    assert store.append([ev("same", value=5.0), ev("other")]) == [("same", False), ("other", True)]
+    assert store.count() == 2
+    frame = store.events_between(0, store.watermark())
+    assert frame.loc[frame["event_id"] == "same", "value"].tolist() == [1.0]  # first write wins
+    assert store.append([ev("same")]) == [("same", False)]
+    assert store.count() == 2
+    assert store.watermark() > mark
+
+
+def test_watermark_is_monotonic_and_counts_follow_it(store):
+    marks = [store.watermark()]
+    for i in range(4):
+        store.append([ev(f"m{i}")])
+        marks.append(store.watermark())
+    assert marks == sorted(marks) and len(set(marks)) == 5
+    store.append([ev("m0")])  # a retried event does not move the watermark
+    assert store.watermark() == marks[-1]
+    assert store.count_since(marks[2]) == 2
+    assert store.count_since(marks[-1]) == 0
+    assert store.oldest_received_since(marks[2]) is not None
+
+
+def test_generated_event_id_and_timestamp(store):
+    (event_id, fresh), = store.append([FeedbackEvent(user_id="u9", item_id="i9", event="view")])
+    assert fresh and event_id.startswith("fb-")
+    row = store.events_between(0, store.watermark()).iloc[0]
+    assert row["event_ts"] > 1_700_000_000
+
+
+def test_user_events_since(store):
+    store.append([ev("a1", "alice", "i1", ts=1.0), ev("b1", "bob", "i2", ts=2.0)])
+    mark = store.watermark()
+    store.append([ev("a2", "alice", "i3", "like", ts=3.0), ev("a3", "alice", "i4", "rating", 2.0, ts=4.0)])
+    store.append([ev("a4", "alice", "i5", ts=5.0), ev("b2", "bob", "i6", ts=6.0)])
+
+    assert store.user_events_since("alice", 0) == [
+        ("i1", "click", None, 1.0),
+        ("i3", "like", None, 3.0),
+        ("i4", "rating", 2.0, 4.0),
+        ("i5", "click", None, 5.0),
+    ]
+    assert [row[0] for row in store.user_events_since("alice", mark)] == ["i3", "i4", "i5"]
+    assert [row[0] for row in store.user_events_since("alice", mark, limit=2)] == ["i4", "i5"]  # newest, oldest first
+    assert store.user_events_since("carol", 0) == []
+
+
+def test_record_trigger(store):
+    store.append([ev("t1"), ev("t2")])
+    store.record_trigger(store.watermark(), "test")
+    assert store.last_trigger_watermark() == store.watermark()
+
+
+def test_bad_event_type_rejects_the_whole_batch(store):
+    with pytest.raises(FeedbackError, match=r"unknown event type 'teleport'"):
+        store.append([ev("ok1"), ev("bad", event="teleport")])
+    assert store.count() == 0
+    with pytest.raises(FeedbackError, match="non-empty user_id and item_id"):
+        store.append([FeedbackEvent(user_id="  ", item_id="i1", event="click")])
+
+
+def test_concurrent_appends_from_threads(store):
+    def worker(t: int):
+        for i in range(10):
+            store.append([ev(f"t{t}-{i}", user=f"u{t}")])
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    frame = store.events_between(0, store.watermark())
+    assert len(frame) == 40 and frame["event_id"].is_unique and frame["seq"].is_unique
+
+
+# --------------------------------------------------------------------------- SQLite specifics
+
+
+def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path):
+    path = tmp_path / "feedback.db"
+    store = FeedbackStore(f"sqlite:///{path}")
+    try:
+        store.append([ev("w1")])
+        assert store._query("PRAGMA synchronous")[0][0] == 2  # FULL
+        other = sqlite3.connect(path)  # journal_mode=WAL is persistent: a fresh connection sees it
+        try:
+            assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert other.execute("SELECT event_id FROM feedback_events").fetchall() == [("w1",)]
+        finally:
+            other.close()
+    finally:
+        store.close()
+
+
+def test_store_survives_reopen(tmp_path):
+    url = f"sqlite:///{tmp_path / 'feedback.db'}"
+    first = FeedbackStore(url)
+    first.append([ev("r1"), ev("r2")])
+    mark = first.watermark()
+    first.close()
+    second = FeedbackStore(url)
+    try:
+        assert second.watermark() == mark and second.count() == 2
+    finally:
+        second.close()
+
+
+def test_unsupported_url_is_rejected():
+    with pytest.raises(FeedbackError, match="must start with sqlite:/// or postgresql://"):
+        FeedbackStore("mysql://localhost/feedback")
+
+
+def test_unreachable_postgres_is_a_feedback_error():
+    pytest.importorskip("psycopg2")
+    with pytest.raises(FeedbackError, match="cannot reach the feedback store"):
+        FeedbackStore("postgresql://postgres@127.0.0.1:1/none")
