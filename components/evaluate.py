@@ -15,6 +15,8 @@ from components.dataset import History
 
 METRICS = ("hr@10", "ndcg@10", "mrr@10", "recall@20")
 COLD_START_MAX_TRAIN = 5
+NEVER = 1 << 40
+"""The rank given to a target that cannot be recommended at all."""
 """A test item with at most this many training interactions is cold."""
 
 
@@ -26,8 +28,8 @@ def target_ranks(scores: np.ndarray, histories: list[History], targets: np.ndarr
         line = scores[row]
         line[history.items] = -np.inf
         target_score = line[target]
-        if not np.isfinite(target_score):  # target among the seen items: it can never be recommended
-            ranks[row] = scores.shape[1]
+        if not np.isfinite(target_score):  # target among the seen items: never recommendable, never a hit
+            ranks[row] = NEVER
             continue
         ranks[row] = int(np.count_nonzero(line >= target_score) - 1)
     return ranks
@@ -115,5 +117,5 @@ def top10_coverage(scores: np.ndarray, histories: list[History]) -> float:
     masked = np.array(scores, dtype=np.float32, copy=True)
     for row, history in enumerate(histories):
         masked[row, history.items] = -np.inf
-    indexes, _ = top_k(masked, 10)
-    return float(len(np.unique(indexes)) / scores.shape[1])
+    indexes, values = top_k(masked, 10)
+    return float(len(np.unique(indexes[np.isfinite(values)])) / scores.shape[1])

@@ -187,7 +187,7 @@ class FeedbackStore:
 
     def record_trigger(self, watermark: int, reason: str) -> None:
         """Remember that a pipeline run was requested covering events up to ``watermark``."""
-        self._query("INSERT INTO feedback_triggers (watermark, created_at, reason) VALUES (?, ?, ?)", (watermark, time.time(), reason))
+        self._query("INSERT INTO feedback_triggers (watermark, created_at, reason) VALUES (?, ?, ?)", (int(watermark), time.time(), reason))
 
     # -- reads
     def watermark(self) -> int:
@@ -199,13 +199,13 @@ class FeedbackStore:
         return int(rows[0][0])
 
     def count_since(self, watermark: int) -> int:
-        return int(self._query("SELECT COUNT(*) FROM feedback_events WHERE seq > ?", (watermark,))[0][0])
+        return int(self._query("SELECT COUNT(*) FROM feedback_events WHERE seq > ?", (int(watermark),))[0][0])
 
     def count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM feedback_events")[0][0])
 
     def oldest_received_since(self, watermark: int) -> float | None:
-        rows = self._query("SELECT MIN(received_at) FROM feedback_events WHERE seq > ?", (watermark,))
+        rows = self._query("SELECT MIN(received_at) FROM feedback_events WHERE seq > ?", (int(watermark),))
         return None if rows[0][0] is None else float(rows[0][0])
 
     def events_between(self, after: int, upto: int) -> pd.DataFrame:
@@ -213,7 +213,7 @@ class FeedbackStore:
         rows = self._query(
             "SELECT seq, event_id, user_id, item_id, event, value, event_ts FROM feedback_events "
             "WHERE seq > ? AND seq <= ? ORDER BY seq",
-            (after, upto),
+            (int(after), int(upto)),
         )
         return pd.DataFrame(rows, columns=["seq", *EVENT_FIELDS[:4], "value", "event_ts"])
 
@@ -222,6 +222,6 @@ class FeedbackStore:
         rows = self._query(
             "SELECT item_id, event, value, event_ts FROM feedback_events WHERE user_id = ? AND seq > ? "
             "ORDER BY seq DESC LIMIT ?",
-            (str(user_id), watermark, limit),
+            (str(user_id), int(watermark), int(limit)),
         )
         return list(reversed(rows))

@@ -94,7 +94,8 @@ def ingest(settings: Settings, *, parent: Snapshot | None = None, use_parent: bo
                 f"parent snapshot {parent.snapshot_id} has {parent.manifest['id_type']} ids but the source has "
                 f"{source.id_type} ids; ingest without a parent (--no-parent) to start a new lineage"
             )
-        frames_items.append(parent.items())
+        parent_items = parent.items()  # items the source no longer lists stay known; the source wins on conflicts
+        frames_items.append(parent_items[~parent_items[ITEM_COL].isin(source.items[ITEM_COL])])
         frames_inter.insert(0, parent.interactions())
     items = pd.concat([f for f in frames_items if len(f)], ignore_index=True)
     interactions = pd.concat([f for f in frames_inter if len(f)], ignore_index=True)

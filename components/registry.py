@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -147,9 +148,11 @@ def promote_if_better(
         reasons.append(f"the champion moved from version {expected_champion} to {current.version} after evaluation; re-run to compare")
     elif current is not None and expected_champion is None:
         reasons.append(f"version {current.version} became champion after evaluation; re-run to compare")
-    if current is not None and champion_metric is not None and challenger_metric < champion_metric - settings.registry.tolerance:
+    if challenger_metric is None or not math.isfinite(challenger_metric):
+        reasons.append(f"the challenger's validation {metric} is {challenger_metric} (no evaluation users?)")
+    elif current is not None and champion_metric is not None and challenger_metric < champion_metric - settings.registry.tolerance:
         reasons.append(f"validation {metric} {challenger_metric:.4f} is below the champion's {champion_metric:.4f} (tolerance {settings.registry.tolerance})")
-    if popularity_metric is not None and challenger_metric <= popularity_metric:
+    elif popularity_metric is not None and challenger_metric <= popularity_metric:
         reasons.append(f"validation {metric} {challenger_metric:.4f} does not beat popularity's {popularity_metric:.4f}")
     smoke_ok, smoke_msg = (False, "skipped") if reasons else smoke_test(model_uri, settings.tracking_uri, smoke_user)
     if not reasons and not smoke_ok:

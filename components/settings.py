@@ -57,7 +57,7 @@ class ValidationSettings(BaseModel):
     max_title_length: int = 500
     """Longest allowed item title."""
     max_duplicate_rate: float = 0.01
-    """Largest allowed share of rows repeating (user, item, timestamp)."""
+    """Largest allowed share of rows repeating (user, item, timestamp, event)."""
 
 
 class EmbedSettings(BaseModel):

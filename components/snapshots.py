@@ -93,9 +93,11 @@ def _frame_digest(frame: pd.DataFrame) -> bytes:
 
 
 def canonicalise(items: pd.DataFrame, interactions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Fixed column order, stable sort and unique event ids, so equal content hashes equally."""
-    items = items[ITEM_COLUMNS].drop_duplicates(ITEM_COL, keep="first")
-    items = items.sort_values(ITEM_COL, kind="stable").reset_index(drop=True)
+    """Fixed column order, stable sort and unique event ids, so equal content hashes equally.
+
+    Duplicate item ids are kept on purpose: validation must see and reject them.
+    """
+    items = items[ITEM_COLUMNS].sort_values(ITEM_COL, kind="stable").reset_index(drop=True)
     interactions = interactions[INTERACTION_COLUMNS].drop_duplicates(EVENT_ID_COL, keep="first")
     interactions = interactions.sort_values([USER_COL, TIMESTAMP_COL, ITEM_COL, EVENT_ID_COL], kind="stable")
     return items, interactions.reset_index(drop=True)

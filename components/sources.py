@@ -11,6 +11,7 @@ Every reader either returns clean frames or raises :class:`SourceError` naming t
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import shutil
@@ -82,6 +83,7 @@ def download_file(url: str, expected_sha256: str, cache_dir: Path, timeout_s: fl
     temporary name and renamed into place only after its length and hash check out, so a failed or
     interrupted download never leaves a file that looks valid.
     """
+    expected_sha256 = expected_sha256.strip().lower()
     cache_dir.mkdir(parents=True, exist_ok=True)
     name = Path(urllib.request.urlparse(url).path).name or "download"
     target = cache_dir / f"{expected_sha256[:16]}-{name}"
@@ -103,7 +105,7 @@ def download_file(url: str, expected_sha256: str, cache_dir: Path, timeout_s: fl
                     received += len(chunk)
         except urllib.error.HTTPError as exc:
             raise SourceError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             raise SourceError(f"download of {url} failed: {getattr(exc, 'reason', exc)}") from exc
         if expected_length is not None and received != int(expected_length):
             raise SourceError(
@@ -124,7 +126,7 @@ def download_file(url: str, expected_sha256: str, cache_dir: Path, timeout_s: fl
 def extract_movielens_zip(zip_path: Path, cache_dir: Path, expected_sha256: str | None = None) -> Path:
     """Extract a MovieLens zip once (atomically) and return the folder holding its CSV files."""
     digest = sha256_file(zip_path)
-    if expected_sha256 and digest != expected_sha256:
+    if expected_sha256 and digest != expected_sha256.strip().lower():
         raise ChecksumError(f"{zip_path} has SHA-256 {digest}, expected {expected_sha256}")
     target = cache_dir / f"extracted-{digest[:16]}"
     if not target.exists():
@@ -208,18 +210,20 @@ def _integer_column(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
 
 
 def parse_timestamps(values: pd.Series, where: str) -> pd.Series:
-    """Epoch seconds or ISO 8601 strings → int64 epoch seconds."""
+    """Epoch seconds or ISO 8601 strings (mixed is fine) → int64 epoch seconds."""
     numeric = pd.to_numeric(values, errors="coerce")
     if numeric.notna().all():
         return numeric.astype("int64")
-    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    text = values[numeric.isna()].astype(str)
+    parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
     bad = parsed.isna()
     if bad.any():
         raise SourceError(
             f"{where}: {int(bad.sum())} timestamp(s) are neither epoch seconds nor ISO 8601, "
-            f"e.g. {values[bad].head(3).tolist()}"
+            f"e.g. {text[bad].head(3).tolist()}"
         )
-    return (parsed.astype("int64") // 1_000_000_000).astype("int64")
+    seconds = (parsed - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)
+    return numeric.fillna(seconds).astype("int64")
 
 
 # --------------------------------------------------------------------------- MovieLens

@@ -52,7 +52,7 @@ def interactions_suite(cfg: ValidationSettings) -> gx.ExpectationSuite:
                 column=TIMESTAMP_COL, min_value=cfg.earliest_timestamp, max_value=int(time.time()) + FUTURE_SLACK_S
             ),
             gxe.ExpectCompoundColumnsToBeUnique(
-                column_list=[USER_COL, ITEM_COL, TIMESTAMP_COL], mostly=1.0 - cfg.max_duplicate_rate
+                column_list=[USER_COL, ITEM_COL, TIMESTAMP_COL, EVENT_COL], mostly=1.0 - cfg.max_duplicate_rate
             ),
             gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_interactions, max_value=cfg.max_interactions),
         ],

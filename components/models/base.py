@@ -68,11 +68,17 @@ class Recommender(ABC):
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best k columns per row, ties broken by the lower index; returns (indexes, scores)."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(scores.shape[1]), (len(scores), 1))
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    indexes = np.take_along_axis(part, order, axis=1)
+    n = scores.shape[1]
+    k = min(k, n)
+    indexes = np.empty((len(scores), k), dtype=np.int64)
+    if k == 0:
+        return indexes, np.empty((len(scores), 0), dtype=scores.dtype)
+    kth = np.partition(scores, n - k, axis=1)[:, n - k] if k < n else scores.min(axis=1)
+    for row, (line, cut) in enumerate(zip(scores, kth)):
+        above = np.flatnonzero(line > cut)
+        tied = np.flatnonzero(line == cut)[: k - len(above)]  # lower indexes win the tie at the cut
+        chosen = np.concatenate([above, tied])
+        indexes[row] = chosen[np.lexsort((chosen, -line[chosen]))]
     return indexes, np.take_along_axis(scores, indexes, axis=1)
 
 

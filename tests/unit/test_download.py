@@ -167,11 +167,6 @@ def test_unreachable_server_raises_source_error(tmp_path):
     assert list((tmp_path / "downloads").iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="download_file catches only HTTPError/URLError/OSError: a chunked response cut short raises "
-    "http.client.IncompleteRead (an HTTPException, not an OSError), which escapes instead of SourceError",
-)
 def test_truncated_chunked_body_raises_source_error(http_server, tmp_path):
     def chunked_then_close(request):
         request.protocol_version = "HTTP/1.1"

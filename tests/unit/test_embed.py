@@ -154,10 +154,6 @@ def test_corrupt_weights_are_not_an_encoder(tmp_path):
         TextEncoder(tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: encoder_identity json.loads config.json outside any try; invalid JSON raises JSONDecodeError, not EncoderError",
-)
 def test_unreadable_config_is_an_encoder_error(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     (tmp_path / "model.safetensors").write_bytes(b"weights")
@@ -250,11 +246,6 @@ def test_embed_shards_then_embed_items_give_every_vector(tmp_path, encoder):
     np.testing.assert_allclose(embeddings.vectors, encoder.encode(item_texts(items)), atol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: embed_shard picks its share (i % n_shards) from the texts still uncached when it runs, so shards that "
-    "run one after another skip texts (8 items, 3 shards: 3 + 2 + 1 encoded) and embed_items must encode the rest",
-)
 def test_embed_shards_run_one_after_another_cover_every_text(tmp_path, encoder):
     settings = load_settings(data_root=tmp_path)
     snapshot = accepted_snapshot(settings, items_frame())

@@ -135,11 +135,6 @@ def test_dislike_removes_an_item(engine):
     assert top not in ids(recs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: history_for returns None for an unknown user whose only recent events are dislikes, so the "
-    "popularity fallback recommends the very item the user just disliked",
-)
 def test_dislike_by_an_unknown_user_removes_the_item_from_the_fallback(engine):
     most_popular = engine.recommend_history(None, 1)[0][0].item_id
     history = engine.history_for(999, [(most_popular, "dislike", None, NOW)])

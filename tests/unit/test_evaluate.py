@@ -127,15 +127,11 @@ def test_target_among_seen_items_never_counts_as_a_hit():
     # a re-consumed item: the target is also in the history, so it can never be recommended
     scores = descending_scores(1, 30)
     ranks = target_ranks(scores, [History(np.array([0, 4]))], np.array([0]))
-    assert ranks.tolist() == [30]
+    assert ranks[0] >= 30
     result = evaluate_scores(scores, [History(np.array([0, 4]))], np.array([0]), bootstrap_samples=10)
     assert all(result.metrics[name] == 0.0 for name in METRICS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: target_ranks gives a seen target the sentinel rank n_items, which is a hit when the catalogue has < 10 items",
-)
 def test_target_among_seen_items_is_no_hit_in_a_small_catalogue():
     scores = np.array([[10.0, 9.0, 8.0]], dtype=np.float32)
     ranks = target_ranks(scores, [History(np.array([0]))], np.array([0]))
@@ -198,10 +194,6 @@ def test_coverage_at_10():
     assert top10_coverage(same, []) == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: top10_coverage counts seen (masked to -inf) items when a user has fewer than 10 unseen items",
-)
 def test_coverage_never_counts_seen_items():
     # 5 items, the only user has seen 3: only items 3 and 4 can be recommended, so coverage is 2/5
     scores = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]], dtype=np.float32)

@@ -177,11 +177,6 @@ def test_top_k_orders_best_first_and_breaks_full_ties_by_index():
     assert indexes.shape == (2, 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: top_k promises 'ties broken by the lower index', but argpartition picks an arbitrary "
-    "member of a tie that straddles the k-th position",
-)
 def test_top_k_breaks_ties_at_the_cut_by_the_lower_index():
     scores = np.array([[1, 1, 0, 0, 0, 0, 0, 0, 2, 1]], dtype=np.float32)
     indexes, _ = top_k(scores, 9)

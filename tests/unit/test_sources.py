@@ -136,11 +136,6 @@ def test_generic_books_with_string_ids_and_iso_timestamps(tmp_path):
     assert set(data.source_hashes) == {"books.csv", "book_events.csv"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_timestamps divides by 1e9 assuming datetime64[ns], but pandas 3 parses ISO strings at "
-    "microsecond resolution, so ISO 8601 timestamps come out 1000x too small (2021 -> 1970-01-19)",
-)
 def test_generic_iso_timestamps_become_epoch_seconds(tmp_path):
     items_path, inter_path = _write_books(tmp_path)
     data = read_generic(items_path, inter_path)
@@ -280,12 +275,6 @@ def test_unparsable_timestamps(movielens_folder):
     assert "'yesterday'" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_timestamps falls back to ISO parsing for the whole column once one value is not numeric, "
-    "so valid epoch seconds beside a bad value are counted and shown as offending "
-    "('2 timestamp(s) ... e.g. [\'964982703\', \'yesterday\']')",
-)
 def test_unparsable_timestamps_message_counts_only_the_bad_values(movielens_folder):
     folder = movielens_folder(
         "ml", ratings="userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,3.0,yesterday\n"

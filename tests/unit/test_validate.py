@@ -106,7 +106,7 @@ CORRUPTIONS = {
     ),
     "duplicates_30pct": (
         _duplicated_rows,
-        "[interactions] expect_compound_columns_to_be_unique on column 'user_id,item_id,timestamp'",
+        "[interactions] expect_compound_columns_to_be_unique on column 'user_id,item_id,timestamp,event'",
     ),
     "unknown_item": (
         _unknown_item,
