@@ -1,0 +1,271 @@
+"""Start and stop real local servers (Airflow, MLflow, BentoML), always by process group.
+
+Used by the demo and by the integration tests.
+
+Every server runs in its own session (``start_new_session=True``). Stopping collects the whole
+process tree first (BentoML workers live in their own sessions), sends SIGTERM to the group,
+waits, then SIGKILLs anything left, so no test leaves a server behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import psutil
+import requests
+
+VENV_BIN = Path(sys.executable).parent
+"""Console scripts (airflow, bentoml, mlflow) of the running interpreter's environment."""
+TELEMETRY_OFF = {
+    "BENTOML_DO_NOT_TRACK": "True",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "GX_ANALYTICS_ENABLED": "False",
+    "HF_HUB_OFFLINE": "1",
+    "SCARF_ANALYTICS": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ManagedProcess:
+    """A server process started in its own session, with its log in a file."""
+
+    def __init__(self, name: str, args: list[str], env: dict, log_dir: Path, cwd: Path | None = None):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            args, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tree(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout: float = 15.0) -> None:
+        procs = self.tree()
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=5)
+        self._log.close()
+
+    def kill9(self) -> None:
+        """SIGKILL the whole tree at once (a crash, not a shutdown)."""
+        for proc in self.tree():
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition", procs: list[ManagedProcess] = ()):
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+            last_error = exc
+        for proc in procs:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited while waiting for {what}:\n{proc.tail()}")
+        time.sleep(interval)
+    logs = "\n".join(f"--- {p.name}\n{p.tail()}" for p in procs)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})\n{logs}")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+class AirflowStack:
+    """api-server, scheduler and dag-processor (plus optional Celery workers) in a temporary AIRFLOW_HOME."""
+
+    def __init__(self, home: Path, dags_folder: Path, extra_env: dict | None = None, *, executor: str = "LocalExecutor", db_url: str | None = None):
+        self.home = home
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "passwords.json").write_text('{"admin": "admin"}')
+        self.env = {
+            **os.environ,
+            **TELEMETRY_OFF,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url or f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTOR": executor,
+            "AIRFLOW__CORE__PARALLELISM": "2",
+            "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": "lmrecsys-test-secret-0123456789abcdef",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            **(extra_env or {}),
+        }
+        self.procs: list[ManagedProcess] = []
+        self._token: str | None = None
+
+    def airflow(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([str(VENV_BIN / "airflow"), *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=self.home)
+
+    def start(self, *, workers: list[str] = (), timeout: float = 120) -> "AirflowStack":
+        migrated = self.airflow("db", "migrate")
+        if migrated.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed:\n{migrated.stdout[-3000:]}\n{migrated.stderr[-3000:]}")
+        logs = self.home / "proc-logs"
+        airflow = str(VENV_BIN / "airflow")
+        self.procs.append(ManagedProcess("api-server", [airflow, "api-server", "-p", str(self.port), "-w", "1"], self.env, logs, self.home))
+        self.procs.append(ManagedProcess("scheduler", [airflow, "scheduler", "--skip-serve-logs"], self.env, logs, self.home))
+        self.procs.append(ManagedProcess("dag-processor", [airflow, "dag-processor"], self.env, logs, self.home))
+        for name in workers:
+            self.start_worker(name)
+        wait_for(lambda: http_ok(f"{self.base}/api/v2/monitor/health"), timeout, what="the Airflow api-server", procs=self.procs)
+        return self
+
+    def start_worker(self, name: str) -> ManagedProcess:
+        airflow = str(VENV_BIN / "airflow")
+        proc = ManagedProcess(f"worker-{name}", [airflow, "celery", "worker", "--celery-hostname", f"{name}@%h", "--concurrency", "1", "--skip-serve-logs"], self.env, self.home / "proc-logs", self.home)
+        self.procs.append(proc)
+        return proc
+
+    def process(self, name: str) -> ManagedProcess:
+        return next(p for p in self.procs if p.name == name)
+
+    def restart(self, name: str) -> None:
+        old = self.process(name)
+        old.stop()
+        self.procs.remove(old)
+        args = {"scheduler": ["scheduler", "--skip-serve-logs"], "dag-processor": ["dag-processor"]}[name]
+        self.procs.append(ManagedProcess(name, [str(VENV_BIN / "airflow"), *args], self.env, self.home / "proc-logs", self.home))
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
+    # -- REST API
+    @property
+    def headers(self) -> dict:
+        if self._token is None:
+            response = requests.post(f"{self.base}/auth/token", json={"username": "admin", "password": "admin"}, timeout=10)
+            response.raise_for_status()
+            self._token = response.json()["access_token"]
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def api(self, method: str, path: str, **kwargs):
+        response = requests.request(method, f"{self.base}/api/v2{path}", headers=self.headers, timeout=30, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def wait_dag(self, dag_id: str, timeout: float = 120) -> None:
+        wait_for(lambda: self.api("GET", f"/dags/{dag_id}"), timeout, what=f"DAG {dag_id} to be parsed", procs=self.procs)
+
+    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        return self.api("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})["dag_run_id"]
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100, "order_by": "start_date"})["dag_runs"]
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return self.api("GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")["state"]
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.api("GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances", params={"limit": 100})["task_instances"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str):
+        quoted = urllib.parse.quote(run_id, safe="")
+        return self.api("GET", f"/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/xcomEntries/return_value")["value"]
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
+        def finished():
+            state = self.run_state(dag_id, run_id)
+            return state if state in ("success", "failed") else None
+
+        return wait_for(finished, timeout, interval=2, what=f"{dag_id} run {run_id}", procs=self.procs)
+
+
+class BentoServer(ManagedProcess):
+    """``bentoml serve serving.service:RecommenderService`` on a free port."""
+
+    def __init__(self, env: dict, log_dir: Path, cwd: Path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, **TELEMETRY_OFF, "BENTOML_HOME": str(log_dir / "bentoml-home"), **env}
+        super().__init__("bentoml", [str(VENV_BIN / "bentoml"), "serve", "serving.service:RecommenderService", "--host", "127.0.0.1", "--port", str(self.port)], env, log_dir, cwd)
+
+    def wait_ready(self, timeout: float = 120) -> "BentoServer":
+        wait_for(lambda: http_ok(f"{self.base}/readyz"), timeout, what="bentoml serve to be ready", procs=[self])
+        return self
+
+    def post(self, path: str, payload: dict, timeout: float = 30) -> requests.Response:
+        return requests.post(f"{self.base}{path}", json=payload, timeout=timeout)
+
+
+class MlflowServer(ManagedProcess):
+    """``mlflow server`` on PostgreSQL with proxied artifacts."""
+
+    def __init__(self, backend_uri: str, artifacts: Path, log_dir: Path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, **TELEMETRY_OFF, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        super().__init__(
+            "mlflow-server",
+            [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            env, log_dir,
+        )
+
+    def wait_ready(self, timeout: float = 90) -> "MlflowServer":
+        wait_for(lambda: http_ok(f"{self.base}/health"), timeout, what="mlflow server", procs=[self])
+        return self
