@@ -111,6 +111,14 @@ class ServingEngine:
     def history_for(self, user_id, recent_events: list[tuple] = ()) -> History | None:
         """The user's training history plus events logged since training (item_id, event, value, ts)."""
         base = self.histories.get(user_id)
+        if not recent_events:  # the common case: no copying, just the newest MAX_HISTORY events
+            if base is None:
+                return None
+            history = base if len(base) <= MAX_HISTORY else base.tail(MAX_HISTORY)
+            if history is base:
+                history = History(base.items, base.events, base.values, base.timestamps)
+            history.disliked = set()  # type: ignore[attr-defined]
+            return history
         extra = [(self.item_index(item), event, value, ts) for item, event, value, ts in recent_events]
         extra = [e for e in extra if e[0] is not None]
         disliked = {i for i, event, _, _ in extra if event in NEGATIVE_EVENTS}
@@ -175,7 +183,9 @@ class ServingEngine:
         index = self.item_index(item_id)
         if index is None:
             raise KeyError(item_id)
-        matrix = self.text_vectors if self.text_vectors is not None else getattr(self.model, "item_matrix")
+        matrix = self.text_vectors if self.text_vectors is not None else getattr(self.model, "item_matrix", None)
+        if matrix is None:
+            raise RuntimeError("this model carries no item vectors, so similar items are unavailable")
         scores = matrix @ matrix[index]
         indexes, values = self.rank(scores, k, exclude=np.array([index]))
         return self._package(indexes, values, None)
@@ -188,21 +198,37 @@ class ServingEngine:
 
     def explain(self, history: History | None, index: int) -> str | None:
         """"Because you liked X": the history item whose text is closest to the recommendation."""
-        if history is None or len(history) == 0 or self.text_vectors is None:
+        explanations = self._explanations(history, np.array([index]))
+        return explanations[0] if explanations else None
+
+    def _explanations(self, history: History | None, indexes: np.ndarray) -> list[str] | None:
+        # One matrix product for all recommendations instead of one per item.
+        if history is None or len(history) == 0 or self.text_vectors is None or len(indexes) == 0:
             return None
         recent = history.items[-50:]
-        similarities = self.text_vectors[recent] @ self.text_vectors[index]
-        best = int(recent[int(np.argmax(similarities))])
-        return f"because you liked {self.catalogue.titles[best]}"
+        similarities = self.text_vectors[recent] @ self.text_vectors[indexes].T
+        best = recent[np.argmax(similarities, axis=0)]
+        return [f"because you liked {self.catalogue.titles[b]}" for b in best]
+
+    def warm_up(self) -> None:
+        """Answer one request of each kind so the first real requests are not slower."""
+        user = next(iter(self.histories), None)
+        self.recommend_history(self.history_for(user) if user is not None else None, 10)
+        self.recommend_history(None, 10)
+        if len(self.catalogue) and (self.text_vectors is not None or hasattr(self.model, "item_matrix")):
+            self.similar_items(self.catalogue.item_ids[0].item() if hasattr(self.catalogue.item_ids[0], "item") else self.catalogue.item_ids[0], 10)
 
     def _package(self, indexes: np.ndarray, scores: np.ndarray, history: History | None) -> list[Recommendation]:
+        explanations = self._explanations(history, np.asarray(indexes, dtype=np.int64))
+        item_ids = self.catalogue.item_ids[indexes].tolist()  # tolist gives plain Python ints/strs
+        titles = self.catalogue.titles
         return [
             Recommendation(
-                item_id=self.catalogue.item_ids[i].item() if hasattr(self.catalogue.item_ids[i], "item") else self.catalogue.item_ids[i],
-                title=str(self.catalogue.titles[i]),
+                item_id=item_id,
+                title=str(titles[i]),
                 score=float(s),
                 rank=rank + 1,
-                explanation=self.explain(history, int(i)),
+                explanation=explanations[rank] if explanations else None,
             )
-            for rank, (i, s) in enumerate(zip(indexes, scores))
+            for rank, (item_id, i, s) in enumerate(zip(item_ids, indexes, scores))
         ]

@@ -69,8 +69,9 @@ def feedback_frame(events: pd.DataFrame, id_type: str) -> tuple[pd.DataFrame, in
 def ingest(settings: Settings, *, parent: Snapshot | None = None, use_parent: bool = True) -> Snapshot:
     """Build (or reuse) the snapshot for the current source and feedback; returns its handle.
 
-    The snapshot is the union of the parent's interactions, the source's, and the feedback
-    events past the parent's watermark, deduplicated by event id.
+    The snapshot is the union of the source's interactions, the parent's, and the feedback
+    events past the parent's watermark, deduplicated by event id (the source's version wins, so
+    a corrected or corrupted source row is what validation sees).
     """
     if parent is None and use_parent:
         parent = newest_accepted(settings.snapshots_dir)
@@ -96,7 +97,7 @@ def ingest(settings: Settings, *, parent: Snapshot | None = None, use_parent: bo
             )
         parent_items = parent.items()  # items the source no longer lists stay known; the source wins on conflicts
         frames_items.append(parent_items[~parent_items[ITEM_COL].isin(source.items[ITEM_COL])])
-        frames_inter.insert(0, parent.interactions())
+        frames_inter.insert(1, parent.interactions())  # after the source: a re-read source row wins over its old copy
     items = pd.concat([f for f in frames_items if len(f)], ignore_index=True)
     interactions = pd.concat([f for f in frames_inter if len(f)], ignore_index=True)
     sources = {

@@ -1,20 +1,33 @@
-"""MLflow tracking, the model registry, and the champion/challenger gate.
+"""MLflow tracking, the model registry, the champion/challenger gate, history and rollback.
 
 The served artifact is a pyfunc (:class:`RecommenderPyfunc`) carrying a serving bundle. A new
-version gets alias ``challenger``; ``champion`` moves only through :func:`promote_if_better`, which
-records every decision as tags on the version.
+version gets alias ``challenger``; ``champion`` moves only through :func:`promote_if_better` (the
+gate), :func:`force_promote` or :func:`rollback` (humans). Each records its decision as tags on the
+version, and every move of ``champion`` is appended to a durable promotion log kept as tags on the
+registered model (``champion_log.000001``, ...), from which :func:`champion_history` answers
+"which version was champion when, and why". Moves happen under a promotion lock (a PostgreSQL
+advisory lock, or an ``fcntl`` file lock next to the SQLite store), so racing promotions leave
+exactly one champion and a gap-free log.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import getpass
+import hashlib
 import json
 import logging
 import math
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import numpy as np
@@ -29,6 +42,19 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 CHAMPION, CHALLENGER = "champion", "challenger"
+LOG_TAG_PREFIX = "champion_log."
+"""Registered-model tags ``champion_log.<seq>`` hold one JSON event per move of ``champion``."""
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+"""MLflow's own defaults (7 retries, factor 2, 120 s) keep a caller waiting for minutes when the
+tracking server is down; these give up after about 10 s on a refused connection. Set the
+variables in the environment to override them."""
+LOCK_TIMEOUT_S = 120.0
+"""Longest wait for the promotion lock; it is held only for a few registry calls."""
+MAX_REASON_CHARS = 2000
 
 
 class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
@@ -53,7 +79,15 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def configure(settings: Settings) -> MlflowClient:
-    """Point MLflow at the configured backend and make sure the experiment exists."""
+    """Point MLflow at the configured backend and make sure the experiment exists.
+
+    For a tracking server (``http(s)://``) the client's retries are bounded first
+    (:data:`HTTP_RETRY_DEFAULTS`), so a server that is down gives a :class:`RegistryError` in
+    seconds rather than minutes.
+    """
+    if settings.tracking_uri.startswith(("http://", "https://")):
+        for name, value in HTTP_RETRY_DEFAULTS.items():
+            os.environ.setdefault(name, value)
     mlflow.set_tracking_uri(settings.tracking_uri)
     client = MlflowClient(settings.tracking_uri)
     try:
@@ -65,7 +99,11 @@ def configure(settings: Settings) -> MlflowClient:
                 artifact_location = Path(settings.artifact_root).resolve().as_uri()
             client.create_experiment(settings.registry.experiment_name, artifact_location=artifact_location)
     except MlflowException as exc:
-        raise RegistryError(f"cannot use the MLflow tracking store at {settings.tracking_uri}: {exc}") from exc
+        raise RegistryError(
+            f"cannot use the MLflow tracking store at {redact_url(settings.tracking_uri)} "
+            f"(gave up after {os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', 'the default')} retries for a server): {exc}. "
+            "Check that the tracking server or database is running and LMRECSYS_REGISTRY__TRACKING_URI is right."
+        ) from exc
     mlflow.set_experiment(settings.registry.experiment_name)
     return client
 

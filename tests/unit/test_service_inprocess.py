@@ -1,0 +1,403 @@
+"""The BentoML service in-process (``to_asgi()`` under Starlette's TestClient) on a real champion.
+
+One champion is built per test session by the real pipeline on a reduced ml-latest-small (60
+users) and reused; each test module gets its own feedback store so events never leak between
+tests that count them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="lmrecsys-prom-"))  # before bentoml imports prometheus_client
+
+import re
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = [pytest.mark.slow]
+
+ADMIN_TOKEN = "test-admin-token-7f3a"
+
+
+def build_champion(tmp_path_factory, movielens_dir: Path) -> Path:
+    """A data root holding one real champion, built once per session and shared by modules."""
+    from components.pipeline import run_pipeline
+    from components.settings import load_settings
+
+    prebuilt = os.environ.get("LMRECSYS_TEST_CHAMPION_ROOT")  # a data root from an earlier run, to iterate faster
+    if prebuilt:
+        return Path(prebuilt)
+    root = tmp_path_factory.getbasetemp() / "serving-champion"
+    if not (root / "READY").exists():
+        settings = load_settings(data_root=root, ingest={"source": str(movielens_dir), "max_users": 60}, train={"bootstrap_samples": 100})
+        decision = run_pipeline(settings)
+        assert decision.get("promoted") or decision.get("decision") == "promoted", decision
+        (root / "READY").write_text("ok")
+    return root
+
+
+def service_env(data_root: Path, feedback_db: Path, **extra: str) -> dict[str, str]:
+    return {
+        "LMRECSYS_DATA_ROOT": str(data_root),
+        "LMRECSYS_FEEDBACK__URL": f"sqlite:///{feedback_db}",
+        "LMRECSYS_SERVING__POLL_INTERVAL_S": "3600",
+        **extra,
+    }
+
+
+class EnvPatch:
+    """Set environment variables for the service's __init__ and put the old values back."""
+
+    def __init__(self, values: dict[str, str | None]):
+        self.values = values
+        self.saved = {name: os.environ.get(name) for name in values}
+
+    def __enter__(self):
+        for name, value in self.values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        return self
+
+    def __exit__(self, *exc):
+        for name, value in self.saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def champion_root(tmp_path_factory, movielens_dir) -> Path:
+    return build_champion(tmp_path_factory, movielens_dir)
+
+
+@pytest.fixture(scope="module")
+def catalogue(champion_root) -> pd.DataFrame:
+    from components.settings import load_settings
+    from components.snapshots import list_snapshots
+
+    snapshot = list_snapshots(load_settings(data_root=champion_root).snapshots_dir)[0]
+    return pd.read_parquet(snapshot.path / "items.parquet")
+
+
+@pytest.fixture(scope="module")
+def client(champion_root, tmp_path_factory):
+    from starlette.testclient import TestClient
+
+    from serving.service import RecommenderService
+
+    feedback_db = tmp_path_factory.mktemp("feedback") / "feedback.db"
+    with EnvPatch(service_env(champion_root, feedback_db, LMRECSYS_SERVING__ADMIN_TOKEN=ADMIN_TOKEN)):
+        with TestClient(RecommenderService.to_asgi(), raise_server_exceptions=False) as test_client:
+            test_client.feedback_db = feedback_db
+            yield test_client
+
+
+def no_traceback(response) -> None:
+    assert "Traceback" not in response.text and 'File "' not in response.text, response.text
+
+
+def post(client, path: str, payload):
+    return client.post(path, json=payload)
+
+
+# ---------------------------------------------------------------------------------------------- happy paths
+def test_health_ready_info_and_ui(client):
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    info = client.get("/info").json()
+    assert info["ready"] is True and info["model_version"].isdigit()
+    assert info["snapshot_id"] and info["model_name"] in ("lm_content", "popularity")
+    ui = client.get("/ui")
+    assert ui.status_code == 200 and "<h1>lm-recsys</h1>" in ui.text
+
+
+def test_recommend_known_user_excludes_seen_and_explains(client, champion_root):
+    from components.settings import load_settings
+    from components.snapshots import list_snapshots
+
+    response = post(client, "/recommend", {"user_id": 1, "k": 7})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["source"] == "history" and body["fallback"] is False
+    assert body["model_version"] == client.get("/info").json()["model_version"]
+    assert [item["rank"] for item in body["items"]] == list(range(1, 8))
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(item["title"] and item["explanation"].startswith("because you liked ") for item in body["items"])
+    interactions = pd.read_parquet(list_snapshots(load_settings(data_root=champion_root).snapshots_dir)[0].path / "interactions.parquet")
+    seen = set(interactions.loc[interactions["user_id"] == 1, "item_id"])
+    assert not seen & {item["item_id"] for item in body["items"]}
+    with_seen = post(client, "/recommend", {"user_id": 1, "k": 50, "exclude_seen": False}).json()
+    assert len(with_seen["items"]) == 50
+
+
+def test_recommend_category_filter(client, catalogue):
+    body = post(client, "/recommend", {"user_id": 1, "k": 10, "categories": ["Horror"]}).json()
+    assert len(body["items"]) == 10
+    categories = dict(zip(catalogue["item_id"], catalogue["categories"]))
+    assert all("horror" in categories[item["item_id"]].lower() for item in body["items"])
+
+
+def test_unknown_user_falls_back_to_popularity_and_says_so(client):
+    body = post(client, "/recommend", {"user_id": 999_999, "k": 5}).json()
+    assert body["fallback"] is True and body["source"] == "popularity (unknown user)"
+    assert [item["explanation"] for item in body["items"]] == [None] * 5
+    assert body["items"] == post(client, "/recommend", {"user_id": 888_888, "k": 5}).json()["items"]
+
+
+def test_unknown_user_with_a_session_uses_it(client, catalogue):
+    session = catalogue["item_id"].tolist()[:3]
+    body = post(client, "/recommend", {"user_id": 999_998, "k": 5, "session_item_ids": session}).json()
+    assert body["source"] == "session (unknown user)" and body["fallback"] is True
+    assert not set(session) & {item["item_id"] for item in body["items"]}
+    assert all(item["explanation"] for item in body["items"])
+    popular = post(client, "/recommend", {"user_id": 999_998, "k": 5}).json()
+    assert popular["items"] != body["items"]
+
+
+def test_recommend_session_and_similar_items(client, catalogue):
+    session = catalogue["item_id"].tolist()[10:13]
+    body = post(client, "/recommend_session", {"item_ids": session, "k": 4}).json()
+    assert body["source"] == "session" and len(body["items"]) == 4
+    assert not set(session) & {item["item_id"] for item in body["items"]}
+    toy_story = int(catalogue.loc[catalogue["title"].str.startswith("Toy Story (1995)"), "item_id"].iloc[0])
+    similar = post(client, "/similar_items", {"item_id": toy_story, "k": 5}).json()
+    assert similar["item_id"] == toy_story and len(similar["items"]) == 5
+    assert toy_story not in {item["item_id"] for item in similar["items"]}
+    assert any("Toy Story" in item["title"] for item in similar["items"]), similar["items"]
+
+
+def test_search_finds_items_by_text(client):
+    response = post(client, "/search", {"query": "Toy Story animated toys come to life", "k": 10})
+    assert response.status_code == 200, response.text
+    titles = [item["title"] for item in response.json()["items"]]
+    assert any("Toy Story" in title for title in titles), titles
+    horror = post(client, "/search", {"query": "scary ghosts", "k": 5, "categories": ["Horror"]}).json()
+    assert len(horror["items"]) == 5
+
+
+def test_ping(client):
+    assert post(client, "/ping", {}).json() == {"ok": True}
+
+
+# ---------------------------------------------------------------------------------------------- feedback
+def test_feedback_counts_at_once_without_retraining(client):
+    user = 3
+    before = post(client, "/recommend", {"user_id": user, "k": 5}).json()
+    top = [item["item_id"] for item in before["items"]]
+    assert before["recent_events_used"] == 0
+    for item_id in top[:2]:
+        assert post(client, "/feedback", {"user_id": user, "item_id": item_id, "event": "like"}).status_code == 200
+    assert post(client, "/feedback", {"user_id": user, "item_id": top[2], "event": "dislike"}).status_code == 200
+    after = post(client, "/recommend", {"user_id": user, "k": 5}).json()
+    assert after["recent_events_used"] == 3 and after["model_version"] == before["model_version"]
+    assert not set(top[:3]) & {item["item_id"] for item in after["items"]}
+    # the dislike is excluded even when seen items are not
+    kept = {item["item_id"] for item in post(client, "/recommend", {"user_id": user, "k": 100, "exclude_seen": False}).json()["items"]}
+    assert top[2] not in kept
+
+
+def test_feedback_makes_an_unknown_user_known(client, catalogue):
+    user = 777_001
+    liked = catalogue["item_id"].tolist()[20]
+    assert post(client, "/feedback", {"user_id": user, "item_id": liked, "event": "like"}).status_code == 200
+    body = post(client, "/recommend", {"user_id": user, "k": 5}).json()
+    assert body["source"] == "history" and body["fallback"] is False
+    assert liked not in {item["item_id"] for item in body["items"]}
+
+
+def test_feedback_is_idempotent_by_event_id(client, catalogue):
+    from components.feedback import FeedbackStore
+
+    store = FeedbackStore(f"sqlite:///{client.feedback_db}")
+    event = {"user_id": 5, "item_id": catalogue["item_id"].tolist()[30], "event": "rating", "value": 4.5, "event_id": f"idem-{uuid.uuid4().hex}"}
+    count = store.count()
+    first = post(client, "/feedback", event).json()
+    second = post(client, "/feedback", event).json()
+    assert first == {"accepted": 1, "new": 1, "duplicates": 0, "event_ids": [event["event_id"]]}
+    assert second == {"accepted": 1, "new": 0, "duplicates": 1, "event_ids": [event["event_id"]]}
+    assert store.count() == count + 1
+
+
+def test_feedback_batch_all_or_nothing(client, catalogue):
+    from components.feedback import FeedbackStore
+
+    store = FeedbackStore(f"sqlite:///{client.feedback_db}")
+    items = catalogue["item_id"].tolist()[40:45]
+    events = [{"user_id": 6, "item_id": i, "event": "click", "event_id": f"batch-{uuid.uuid4().hex}"} for i in items]
+    count = store.count()
+    body = post(client, "/feedback_batch", {"events": events}).json()
+    assert body["accepted"] == 5 and body["new"] == 5 and body["event_ids"] == [e["event_id"] for e in events]
+    assert store.count() == count + 5
+    again = post(client, "/feedback_batch", {"events": [*events[:2], {"user_id": 6, "item_id": items[0], "event": "view", "event_id": f"batch-{uuid.uuid4().hex}"}]}).json()
+    assert again["new"] == 1 and again["duplicates"] == 2
+    bad = post(client, "/feedback_batch", {"events": [{"user_id": 6, "item_id": items[0], "event": "view"}, {"user_id": 6, "item_id": 10**9, "event": "view"}]})
+    assert bad.status_code == 404 and str(10**9) in bad.json()["error"]
+    assert store.count() == count + 6
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("path", "payload", "field"),
+    [
+        ("/recommend", {"user_id": 1, "k": 0}, "k"),
+        ("/recommend", {"user_id": 1, "k": -3}, "k"),
+        ("/recommend", {"user_id": 1, "k": 101}, "k"),
+        ("/recommend", {"user_id": 1, "k": "ten"}, "k"),
+        ("/recommend", {"user_id": [1], "k": 5}, "user_id"),
+        ("/recommend", {"k": 5}, "user_id"),
+        ("/recommend", {"user_id": 1, "exclude_seen": "maybe"}, "exclude_seen"),
+        ("/recommend", {"user_id": 1, "session_item_ids": list(range(201))}, "session_item_ids"),
+        ("/recommend", {"user_id": 1, "categories": ["x" * 65]}, "categories"),
+        ("/recommend_session", {"item_ids": []}, "item_ids"),
+        ("/recommend_session", {"item_ids": list(range(201))}, "item_ids"),
+        ("/search", {"query": "q" * 501}, "query"),
+        ("/search", {"query": ""}, "query"),
+        ("/similar_items", {"item_id": 1, "k": 1000}, "k"),
+        ("/feedback", {"user_id": 1, "item_id": 1}, "event"),
+        ("/feedback", {"user_id": 1, "event": "like"}, "item_id"),
+        ("/feedback", {"item_id": 1, "event": "like"}, "user_id"),
+        ("/feedback", {"user_id": 1, "item_id": 1, "event": "shrug"}, "event"),
+        ("/feedback", {"user_id": 1, "item_id": 1, "event": "rating", "value": "high"}, "value"),
+        ("/feedback_batch", {"events": []}, "events"),
+        ("/feedback_batch", {"events": [{"user_id": 1}]}, "events"),
+    ],
+)
+def test_wrong_input_is_a_400_naming_the_field(client, path, payload, field):
+    response = post(client, path, payload)
+    assert response.status_code == 400, response.text
+    no_traceback(response)
+    body = response.json()
+    fields = [str(part) for detail in body.get("detail", []) for part in detail.get("loc", [])]
+    assert field in fields or body.get("field") == field, body
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "message"),
+    [
+        ({"user_id": "not-a-number", "k": 5}, "user_id", "not a valid int id"),
+        ({"user_id": "1.5", "k": 5}, "user_id", "not a valid int id"),
+    ],
+)
+def test_non_integer_movielens_user_is_a_400(client, payload, field, message):
+    response = post(client, "/recommend", payload)
+    assert response.status_code == 400 and response.json()["field"] == field and message in response.json()["error"]
+    no_traceback(response)
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "message"),
+    [
+        ({"user_id": 1, "item_id": 1, "event": "rating"}, "value", "need a value"),
+        ({"user_id": 1, "item_id": 1, "event": "rating", "value": 9}, "value", "outside"),
+        ({"user_id": 1, "item_id": 1, "event": "like", "timestamp": 100}, "timestamp", "before"),
+        ({"user_id": 1, "item_id": 1, "event": "like", "timestamp": 1e15}, "timestamp", "ahead"),
+        ({"user_id": "abc", "item_id": 1, "event": "like"}, "user_id", "not valid int ids"),
+    ],
+)
+def test_feedback_semantic_errors_write_nothing(client, payload, field, message):
+    from components.feedback import FeedbackStore
+
+    store = FeedbackStore(f"sqlite:///{client.feedback_db}")
+    count = store.count()
+    response = post(client, "/feedback", payload)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == field and message in response.json()["error"]
+    assert store.count() == count
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "unknown"),
+    [
+        ("/similar_items", {"item_id": 987654321}, 987654321),
+        ("/similar_items", {"item_id": "no-such-item"}, "no-such-item"),
+        ("/recommend_session", {"item_ids": [1, 987654321]}, 987654321),
+        ("/recommend", {"user_id": 999_997, "session_item_ids": [987654321]}, 987654321),
+        ("/feedback", {"user_id": 1, "item_id": 987654321, "event": "like"}, 987654321),
+    ],
+)
+def test_unknown_item_ids_are_404_naming_the_id(client, path, payload, unknown):
+    response = post(client, path, payload)
+    assert response.status_code == 404, response.text
+    assert str(unknown) in response.json()["error"] and unknown in response.json()["unknown_ids"]
+
+
+def test_malformed_json_and_wrong_body_types_are_4xx_without_tracebacks(client):
+    for body in (b"{not json", b"[1, 2]", b'"text"', b"null"):
+        response = client.post("/recommend", content=body, headers={"content-type": "application/json"})
+        assert 400 <= response.status_code < 500, (body, response.status_code, response.text)
+        no_traceback(response)
+
+
+def test_request_body_cap(client):
+    big = {"user_id": 1, "categories": ["x" * 1000] * 1100}
+    response = post(client, "/recommend", big)
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+
+    def chunks():
+        for _ in range(1100):
+            yield b" " * 1024
+
+    streamed = client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+    assert post(client, "/recommend", {"user_id": 1, "k": 3}).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------- admin and metrics
+def test_admin_reload_needs_the_right_token(client):
+    assert client.post("/admin/reload").status_code == 401
+    assert client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    response = client.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert response.status_code == 200 and response.json()["changed"] is False
+    assert response.json()["version"] == client.get("/info").json()["model_version"]
+
+
+def test_metrics_show_requests_latency_version_and_feedback(client, catalogue):
+    post(client, "/recommend", {"user_id": 1, "k": 3})
+    post(client, "/recommend", {"user_id": 1, "k": 0})
+    post(client, "/feedback", {"user_id": 8, "item_id": catalogue["item_id"].tolist()[50], "event": "view"})
+    text = client.get("/metrics").text
+    version = client.get("/info").json()["model_version"]
+    assert re.search(r'lmrecsys_requests_total\{endpoint="recommend",outcome="ok"\} [1-9]', text)
+    assert re.search(r'lmrecsys_request_seconds_bucket\{endpoint="recommend",le="0.05"\} [1-9]', text)
+    assert re.search(rf"lmrecsys_model_version {float(version)}", text)
+    assert re.search(r"lmrecsys_feedback_events_written_total [1-9]", text)
+    assert re.search(r'bentoml_service_request_total\{.*endpoint="/recommend".*http_response_code="400"', text)
+
+
+def test_admin_reload_is_disabled_without_a_token(champion_root, tmp_path):
+    from starlette.testclient import TestClient
+
+    from serving.service import RecommenderService
+
+    with EnvPatch({**service_env(champion_root, tmp_path / "fb.db"), "LMRECSYS_SERVING__ADMIN_TOKEN": None}):
+        with TestClient(RecommenderService.to_asgi()) as test_client:
+            response = test_client.post("/admin/reload", headers={"Authorization": "Bearer anything"})
+            assert response.status_code == 403 and "LMRECSYS_SERVING__ADMIN_TOKEN" in response.json()["error"]
+
+
+def test_not_ready_until_a_model_exists(tmp_path, catalogue):
+    from starlette.testclient import TestClient
+
+    from components.feedback import FeedbackStore
+    from serving.service import RecommenderService
+
+    empty_root = tmp_path / "empty"
+    with EnvPatch(service_env(empty_root, tmp_path / "fb.db")):
+        with TestClient(RecommenderService.to_asgi()) as test_client:
+            assert test_client.get("/healthz").status_code == 200
+            assert test_client.get("/readyz").status_code == 503
+            assert test_client.get("/info").status_code == 503
+            response = post(test_client, "/recommend", {"user_id": 1})
+            assert response.status_code == 503 and "readyz" in response.json()["error"]
+            # feedback is still accepted (and durable) while no model is loaded
+            assert post(test_client, "/feedback", {"user_id": 1, "item_id": 1, "event": "like"}).status_code == 200
+    assert FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}").count() == 1
