@@ -113,6 +113,7 @@ def ingest(settings: Settings, *, parent: Snapshot | None = None, use_parent: bo
         parent=parent.snapshot_id if parent else None,
         sources=sources,
         extra={
+            "source_rows": int(len(source.interactions)),
             "feedback_events_merged": int(len(feedback)),
             "feedback_events_unusable": unusable,
             "max_users": settings.ingest.max_users,

@@ -191,10 +191,18 @@ def package_versions() -> dict:
 
 
 def stage_register(settings: Settings, report_path: str) -> dict:
-    """Log the run to MLflow and register the best candidate as a new version; returns its handle."""
-    import mlflow
+    """Log the run to MLflow and register the best candidate as a new version; returns its handle.
 
-    from components.registry import configure, log_bundle_model, promote_if_better
+    The run carries the lineage a person needs in the MLflow UI: the full settings (params and
+    ``config/settings.json``), every metric with its 95% interval, HR@K curves as stepped
+    metrics, the evaluation table, PNG plots, the snapshot manifest, the validation summary and
+    the embedding manifest, and tags for snapshot, encoder, code and package versions.
+    """
+    import mlflow
+    from mlflow.entities import Metric
+
+    from components.plots import write_report_plots
+    from components.registry import configure, flatten_params, log_bundle_model, settings_for_logging
 
     report_file = Path(report_path)
     run = report_file.parent
@@ -220,41 +228,73 @@ def stage_register(settings: Settings, report_path: str) -> dict:
             "encoder": embed_manifest["encoder"],
         },
     )
+    plots = write_report_plots(report, run / "plots")
     metric = report["gate_metric"]
+    validation_file = snapshot.path / "validation.json"
+    validation = json.loads(validation_file.read_text()) if validation_file.exists() else {}
+    best_val, best_test = report["candidates"][best]["val"], report["candidates"][best]["test"]
+    summary = (
+        f"**{best}** is the best of {', '.join(meta['candidates'])} on snapshot `{snapshot.snapshot_id}` "
+        f"(validation {metric} {best_val[metric]:.4f}; test HR@10 {best_test['hr_at_10']:.4f} "
+        f"[{best_test['hr_at_10_low']:.4f}, {best_test['hr_at_10_high']:.4f}]). "
+        + (f"The champion, version {report['champion']['version']}, scored {report['champion']['val'][metric]:.4f} on the same split. " if "champion" in report else "There was no champion to compare with. ")
+        + f"Encoder `{embed_manifest['encoder']['encoder_id']}`; validation {'passed' if validation.get('success') else 'result unknown'} "
+        f"({validation.get('checks', '?')} checks). Plots are under `plots/`, the full table under `evaluation/`."
+    )
     with mlflow.start_run(run_name=f"{snapshot.snapshot_id}-{run.name}") as active:
         mlflow.set_tags(
             {
                 "snapshot_id": snapshot.snapshot_id,
+                "snapshot.parent": str(snapshot.manifest.get("parent")),
+                "snapshot.content_hash": str(snapshot.manifest.get("content_hash")),
+                "snapshot.feedback_watermark": str(snapshot.manifest.get("feedback_watermark")),
+                "validation.success": str(validation.get("success")),
+                "validation.checks": str(validation.get("checks")),
                 "encoder_id": embed_manifest["encoder"]["encoder_id"],
                 "git_commit": git_commit(),
+                "run_key": run.name,
                 "best_candidate": best,
                 "python": platform.python_version(),
+                "mlflow.note.content": summary + "\n\n" + (run / "report.md").read_text(),
                 **{f"version.{k}": v for k, v in package_versions().items()},
             }
         )
         mlflow.log_params({"candidates": ",".join(meta["candidates"]), "gate_metric": metric, "tolerance": settings.registry.tolerance, "users": report["users"], "items": report["items"], "max_users": settings.ingest.max_users})
-        for name, result in report["candidates"].items():
-            for side in ("val", "test"):
-                mlflow.log_metrics({f"{name}.{side}.{k}": float(v) for k, v in result[side].items() if np.isfinite(v)})
+        logged_settings = settings_for_logging(settings)
+        mlflow.log_params({f"settings.{k}": v for k, v in flatten_params(logged_settings).items()})
+        mlflow.log_dict(logged_settings, "config/settings.json")
+        scored = dict(report["candidates"])
         if "champion" in report:
-            mlflow.log_metrics({f"champion.val.{metric}": report["champion"]["val"][metric], f"champion.test.{metric}": report["champion"]["test"][metric]})
+            scored["champion"] = report["champion"]
+        stamp = int(time.time() * 1000)
+        for name, result in scored.items():
+            for side in ("val", "test"):
+                mlflow.log_metrics({f"{name}.{side}.{k}": float(v) for k, v in result[side].items() if isinstance(v, (int, float)) and np.isfinite(v)})
+            # HR@K as one stepped metric per model: the UI draws it as a curve over K
+            curves = [Metric(f"{name}.{side}.hr_curve", float(v), stamp, k) for side in ("val", "test") for k, v in enumerate(result.get(side + "_curve") or [], start=1)]
+            if curves:
+                client.log_batch(active.info.run_id, metrics=curves)
         mlflow.log_artifact(str(report_file), "evaluation")
         mlflow.log_artifact(str(run / "report.md"), "evaluation")
+        mlflow.log_artifact(str(run / "train.json"), "evaluation")
+        for path in plots.values():
+            mlflow.log_artifact(str(path), "plots")
         mlflow.log_artifact(str(snapshot.path / "manifest.json"), "snapshot")
-        mlflow.log_artifact(str(snapshot.path / "validation.json"), "validation")
+        mlflow.log_artifact(str(validation_file), "validation")
         mlflow.log_artifact(str(Path(meta["embeddings_dir"]) / "manifest.json"), "embeddings")
         version, model_uri = log_bundle_model(bundle, settings.registry.model_name)
         run_id = active.info.run_id
     name = settings.registry.model_name
-    for key, value in {"snapshot_id": snapshot.snapshot_id, "model_kind": best, "run_id": run_id, metric: report["candidates"][best]["val"][metric]}.items():
+    for key, value in {"snapshot_id": snapshot.snapshot_id, "model_kind": best, "run_id": run_id, "encoder_id": embed_manifest["encoder"]["encoder_id"], metric: best_val[metric]}.items():
         client.set_model_version_tag(name, version, key, str(value))
+    client.update_model_version(name, version, description=summary)
     return {
         "version": str(version),
         "model_uri": f"models:/{name}/{version}",
         "run_id": run_id,
         "snapshot_id": snapshot.snapshot_id,
         "model_kind": best,
-        "challenger_metric": report["candidates"][best]["val"][metric],
+        "challenger_metric": best_val[metric],
         "champion_metric": report["champion"]["val"][metric] if "champion" in report else None,
         "champion_version": report["champion"]["version"] if "champion" in report else None,
         "popularity_metric": report["candidates"].get("popularity", {}).get("val", {}).get(metric) if best != "popularity" else None,

@@ -56,6 +56,16 @@ class ValidationSettings(BaseModel):
     """Interactions must be after this epoch second (1995-01-01)."""
     max_title_length: int = 500
     """Longest allowed item title."""
+    drift_min_volume_ratio: float = 0.5
+    """Drift: the source's row count may not fall below this share of the reference snapshot's."""
+    drift_max_volume_ratio: float = 20.0
+    """Drift: nor grow beyond this multiple of it."""
+    drift_max_unknown_item_share: float = 0.2
+    """Drift: most new interactions may point at items the reference catalogue did not know."""
+    drift_max_new_user_ratio: float = 0.5
+    """Drift: largest share of users that the reference snapshot did not have."""
+    drift_max_divergence: float = 0.1
+    """Drift: largest Jensen-Shannon divergence (base 2) between the event/rating distributions."""
     max_duplicate_rate: float = 0.01
     """Largest allowed share of rows repeating (user, item, timestamp, event)."""
 

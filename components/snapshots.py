@@ -103,8 +103,11 @@ def canonicalise(items: pd.DataFrame, interactions: pd.DataFrame) -> tuple[pd.Da
     return items, interactions.reset_index(drop=True)
 
 
-def content_hash(items: pd.DataFrame, interactions: pd.DataFrame, feedback_watermark: int) -> str:
+def content_hash(items: pd.DataFrame, interactions: pd.DataFrame, feedback_watermark: int, source_hashes: list[str] = ()) -> str:
+    """Hash of the data, the watermark and the source files' hashes: same input, same id."""
     digest = hashlib.sha256()
+    for source_digest in sorted(h for h in source_hashes if h):
+        digest.update(source_digest.encode())
     digest.update(_frame_digest(items))
     digest.update(_frame_digest(interactions))
     digest.update(str(feedback_watermark).encode())
@@ -124,7 +127,7 @@ def write_snapshot(
 ) -> Snapshot:
     """Write a snapshot atomically and return its handle; an identical snapshot is reused."""
     items, interactions = canonicalise(items, interactions)
-    digest = content_hash(items, interactions, feedback_watermark)
+    digest = content_hash(items, interactions, feedback_watermark, [v.get("sha256") for v in sources.values() if isinstance(v, dict)])
     snapshot_id = f"snap-{digest[:16]}"
     target = snapshots_dir / snapshot_id
     if (target / "manifest.json").exists():

@@ -14,9 +14,10 @@ import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
-from components.columns import EVENT_COL, ITEM_COL
+from components.columns import EVENT_COL, EVENT_ID_COL, ITEM_COL, USER_COL, VALUE_COL
 from components.errors import ValidationFailed
 from components.settings import Settings
 from components.snapshots import Snapshot, atomic_write_text, quarantine
@@ -84,12 +85,54 @@ def _plain(value):
     return value if value is None or isinstance(value, (int, float, str, bool)) else str(value)
 
 
-def check_frames(settings: Settings, items: pd.DataFrame, interactions: pd.DataFrame) -> tuple[list[CheckOutcome], dict]:
-    """Run every suite on the frames; return outcomes and the raw GX results."""
+def _distribution(interactions: pd.DataFrame) -> pd.Series:
+    """Share of each event kind, with ratings binned to the half star."""
+    labels = interactions[EVENT_COL].astype(str)
+    ratings = interactions[EVENT_COL] == "rating"
+    labels = labels.where(~ratings, "rating:" + (interactions[VALUE_COL].astype(float) * 2).round().div(2).astype(str))
+    return labels.value_counts(normalize=True)
+
+
+def js_divergence(p: pd.Series, q: pd.Series) -> float:
+    """Jensen-Shannon divergence (base 2, in [0, 1]) between two discrete distributions."""
+    keys = p.index.union(q.index)
+    p, q = p.reindex(keys, fill_value=0.0).to_numpy(), q.reindex(keys, fill_value=0.0).to_numpy()
+    m = (p + q) / 2
+
+    def kl(a, b):
+        mask = a > 0
+        return float((a[mask] * np.log2(a[mask] / b[mask])).sum())
+
+    return max(0.0, 0.5 * kl(p, m) + 0.5 * kl(q, m))
+
+
+def drift_metrics(snapshot_manifest: dict, items: pd.DataFrame, interactions: pd.DataFrame, reference: Snapshot) -> pd.DataFrame:
+    """Drift of a snapshot against a reference (accepted) snapshot, as a one-row frame for GX."""
+    ref_manifest = reference.manifest
+    ref_inter = reference.interactions()
+    ref_items = set(reference.items()[ITEM_COL])
+    new_rows = interactions[~interactions[EVENT_ID_COL].isin(set(ref_inter[EVENT_ID_COL]))]
+    volume_now = snapshot_manifest.get("source_rows", len(interactions))
+    volume_ref = ref_manifest.get("source_rows", ref_manifest["row_counts"]["interactions"]) or 1
+    users = interactions[USER_COL].unique()
+    return pd.DataFrame(
+        {
+            "volume_ratio": [volume_now / volume_ref],
+            "unknown_item_share": [float((~new_rows[ITEM_COL].isin(ref_items)).mean()) if len(new_rows) else 0.0],
+            "new_user_ratio": [float((~pd.Series(users).isin(set(ref_inter[USER_COL]))).mean()) if len(users) else 0.0],
+            "event_divergence": [js_divergence(_distribution(interactions), _distribution(ref_inter))],
+        }
+    )
+
+
+def check_frames(
+    settings: Settings, items: pd.DataFrame, interactions: pd.DataFrame, *, drift: pd.DataFrame | None = None
+) -> tuple[list[CheckOutcome], dict]:
+    """Run every suite on the frames (and the drift suite when a reference exists); return outcomes and raw results."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    from data_checks.suites import KNOWN_ITEM_FLAG, interactions_suite, items_suite, ratings_suite
+    from data_checks.suites import KNOWN_ITEM_FLAG, drift_suite, interactions_suite, items_suite, ratings_suite
 
     for name in ("great_expectations", "great_expectations.data_context.types.base"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -103,8 +146,9 @@ def check_frames(settings: Settings, items: pd.DataFrame, interactions: pd.DataF
         ("items", items, items_suite(cfg)),
         ("interactions", flagged, interactions_suite(cfg)),
         ("ratings", interactions[interactions[EVENT_COL] == "rating"], ratings_suite(cfg)),
+        ("drift", drift, drift_suite(cfg)),
     ):
-        if name == "ratings" and frame.empty:
+        if frame is None or (name == "ratings" and frame.empty):
             continue
         found, result = _run_suite(context, name, frame, suite)
         for outcome in found:
@@ -122,7 +166,15 @@ def validate_snapshot(settings: Settings, snapshot: Snapshot) -> Snapshot:
     if snapshot.accepted:
         return snapshot
     started = time.perf_counter()
-    outcomes, raw = check_frames(settings, snapshot.items(), snapshot.interactions())
+    items, interactions = snapshot.items(), snapshot.interactions()
+    reference = _reference(settings, snapshot)
+    drift = None
+    if reference is not None:
+        try:
+            drift = drift_metrics(snapshot.manifest, items, interactions, reference)
+        except Exception as exc:  # drift is advisory only if it cannot be computed at all
+            log.warning("drift against %s could not be computed: %s", reference.snapshot_id, exc)
+    outcomes, raw = check_frames(settings, items, interactions, drift=drift)
     failed = [o for o in outcomes if not o.success]
     summary = {
         "snapshot_id": snapshot.snapshot_id,
@@ -130,6 +182,8 @@ def validate_snapshot(settings: Settings, snapshot: Snapshot) -> Snapshot:
         "validated_at": time.time(),
         "seconds": round(time.perf_counter() - started, 3),
         "checks": len(outcomes),
+        "drift_reference": reference.snapshot_id if reference is not None else None,
+        "drift": drift.iloc[0].to_dict() if drift is not None else None,
         "failed": [o.describe() for o in failed],
         "outcomes": [o.__dict__ for o in outcomes],
     }
@@ -148,6 +202,22 @@ def validate_snapshot(settings: Settings, snapshot: Snapshot) -> Snapshot:
     atomic_write_text(snapshot.path / "validation.json", json.dumps(summary, indent=2, default=str))
     log.info("snapshot %s passed %d checks in %.2fs", snapshot.snapshot_id, len(outcomes), summary["seconds"])
     return snapshot
+
+
+def _reference(settings: Settings, snapshot: Snapshot) -> Snapshot | None:
+    """The snapshot to measure drift against: the parent, else the newest accepted one."""
+    from components.snapshots import newest_accepted, open_snapshot
+
+    parent = snapshot.manifest.get("parent")
+    if parent:
+        try:
+            candidate = open_snapshot(settings.snapshots_dir, parent)
+            if candidate.accepted:
+                return candidate
+        except Exception:  # noqa: BLE001 - a missing parent falls back to the newest accepted
+            pass
+    newest = newest_accepted(settings.snapshots_dir)
+    return newest if newest is not None and newest.snapshot_id != snapshot.snapshot_id else None
 
 
 def render_report(snapshot_id: str, outcomes: list[CheckOutcome]) -> str:

@@ -68,3 +68,19 @@ def ratings_suite(cfg: ValidationSettings) -> gx.ExpectationSuite:
             gxe.ExpectColumnValuesToBeBetween(column=VALUE_COL, min_value=cfg.value_min, max_value=cfg.value_max),
         ],
     )
+
+
+DRIFT_COLUMNS = ("volume_ratio", "unknown_item_share", "new_user_ratio", "event_divergence")
+"""One-row frame computed by components.validate.drift_metrics against the reference snapshot."""
+
+
+def drift_suite(cfg: ValidationSettings) -> gx.ExpectationSuite:
+    return gx.ExpectationSuite(
+        name="drift",
+        expectations=[
+            gxe.ExpectColumnValuesToBeBetween(column="volume_ratio", min_value=cfg.drift_min_volume_ratio, max_value=cfg.drift_max_volume_ratio),
+            gxe.ExpectColumnValuesToBeBetween(column="unknown_item_share", min_value=0.0, max_value=cfg.drift_max_unknown_item_share),
+            gxe.ExpectColumnValuesToBeBetween(column="new_user_ratio", min_value=0.0, max_value=cfg.drift_max_new_user_ratio),
+            gxe.ExpectColumnValuesToBeBetween(column="event_divergence", min_value=0.0, max_value=cfg.drift_max_divergence),
+        ],
+    )

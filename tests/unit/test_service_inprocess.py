@@ -73,6 +73,20 @@ class EnvPatch:
                 os.environ[name] = value
 
 
+_APP = None
+
+
+def service_app():
+    """One ASGI app per process: BentoML registers its HTTP metrics once per app, so the clients
+    of every test (each with its own environment and service instance) share it."""
+    global _APP
+    if _APP is None:
+        from serving.service import RecommenderService
+
+        _APP = RecommenderService.to_asgi()
+    return _APP
+
+
 @pytest.fixture(scope="session")
 def champion_root(tmp_path_factory, movielens_dir) -> Path:
     return build_champion(tmp_path_factory, movielens_dir)
@@ -91,11 +105,9 @@ def catalogue(champion_root) -> pd.DataFrame:
 def client(champion_root, tmp_path_factory):
     from starlette.testclient import TestClient
 
-    from serving.service import RecommenderService
-
     feedback_db = tmp_path_factory.mktemp("feedback") / "feedback.db"
     with EnvPatch(service_env(champion_root, feedback_db, LMRECSYS_SERVING__ADMIN_TOKEN=ADMIN_TOKEN)):
-        with TestClient(RecommenderService.to_asgi(), raise_server_exceptions=False) as test_client:
+        with TestClient(service_app(), raise_server_exceptions=False) as test_client:
             test_client.feedback_db = feedback_db
             yield test_client
 
@@ -376,10 +388,8 @@ def test_metrics_show_requests_latency_version_and_feedback(client, catalogue):
 def test_admin_reload_is_disabled_without_a_token(champion_root, tmp_path):
     from starlette.testclient import TestClient
 
-    from serving.service import RecommenderService
-
     with EnvPatch({**service_env(champion_root, tmp_path / "fb.db"), "LMRECSYS_SERVING__ADMIN_TOKEN": None}):
-        with TestClient(RecommenderService.to_asgi()) as test_client:
+        with TestClient(service_app()) as test_client:
             response = test_client.post("/admin/reload", headers={"Authorization": "Bearer anything"})
             assert response.status_code == 403 and "LMRECSYS_SERVING__ADMIN_TOKEN" in response.json()["error"]
 
@@ -388,11 +398,10 @@ def test_not_ready_until_a_model_exists(tmp_path, catalogue):
     from starlette.testclient import TestClient
 
     from components.feedback import FeedbackStore
-    from serving.service import RecommenderService
 
     empty_root = tmp_path / "empty"
     with EnvPatch(service_env(empty_root, tmp_path / "fb.db")):
-        with TestClient(RecommenderService.to_asgi()) as test_client:
+        with TestClient(service_app()) as test_client:
             assert test_client.get("/healthz").status_code == 200
             assert test_client.get("/readyz").status_code == 503
             assert test_client.get("/info").status_code == 503
