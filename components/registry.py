@@ -365,9 +365,10 @@ def _set_challenger(client: MlflowClient, name: str, version: str) -> None:
 def _mark_abandoned(client: MlflowClient, name: str, decided_version: str) -> list[str]:
     """Tag older versions that never reached the gate (their run died after registering)."""
     marked = []
+    aliased = {str(v) for v in (client.get_registered_model(name).aliases or {}).values()}
     for found in client.search_model_versions(f"name='{name}'"):
         tags = found.tags or {}
-        if int(found.version) < int(decided_version) and "gate.decision" not in tags and "human.action" not in tags and not found.aliases:
+        if int(found.version) < int(decided_version) and "gate.decision" not in tags and "human.action" not in tags and str(found.version) not in aliased:
             record_decision(client, name, str(found.version), {
                 "decision": "abandoned",
                 "reason": f"registered but never reached the gate (its run stopped); version {decided_version} was decided after it",
@@ -444,7 +445,7 @@ def promote_if_better(
         record_decision(client, name, version, decision)
         if promoted:
             _move_champion(client, name, version, {
-                "action": "promoted", "by": "gate", "previous": current, "reason": decision["reason"], "metric": metric,
+                "action": "promoted", "by": "gate", "at": decision["decided_at"], "previous": current, "reason": decision["reason"], "metric": metric,
                 "challenger_metric": decision["challenger_metric"], "champion_metric": decision["champion_metric"],
             })
         _mark_abandoned(client, name, version)
@@ -508,13 +509,17 @@ def list_versions(settings: Settings) -> list[dict]:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return []
         raise
+    # search results carry no aliases on every store; the registered model has them all
+    aliases: dict[str, list[str]] = {}
+    for alias, alias_version in (client.get_registered_model(name).aliases or {}).items() if found else ():
+        aliases.setdefault(str(alias_version), []).append(alias)
     out = []
     for mv in sorted(found, key=lambda v: int(v.version)):
         tags = mv.tags or {}
         out.append({
             "version": str(mv.version),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mv.creation_timestamp / 1000)) if mv.creation_timestamp else None,
-            "aliases": sorted(mv.aliases or []),
+            "aliases": sorted(aliases.get(str(mv.version), [])),
             "run_id": mv.run_id,
             "snapshot_id": tags.get("snapshot_id"),
             "model_kind": tags.get("model_kind"),

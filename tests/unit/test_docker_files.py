@@ -24,7 +24,7 @@ import yaml
 
 from components.settings import Settings
 
-PROJECT_ROOT = Path(os.environ.get("MUT_ROOT") or Path(__file__).resolve().parents[2])
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DOCKER = PROJECT_ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"

@@ -120,6 +120,36 @@ def post(client, path: str, payload):
     return client.post(path, json=payload)
 
 
+# ---------------------------------------------------------------------------------------------- own service instances
+# These run first, before the module's shared client starts: clients of one app must not overlap,
+# because closing one tears down the service instance the app holds.
+def test_admin_reload_is_disabled_without_a_token(champion_root, tmp_path):
+    from starlette.testclient import TestClient
+
+    with EnvPatch({**service_env(champion_root, tmp_path / "fb.db"), "LMRECSYS_SERVING__ADMIN_TOKEN": None}):
+        with TestClient(service_app()) as test_client:
+            response = test_client.post("/admin/reload", headers={"Authorization": "Bearer anything"})
+            assert response.status_code == 403 and "LMRECSYS_SERVING__ADMIN_TOKEN" in response.json()["error"]
+
+
+def test_not_ready_until_a_model_exists(tmp_path, catalogue):
+    from starlette.testclient import TestClient
+
+    from components.feedback import FeedbackStore
+
+    empty_root = tmp_path / "empty"
+    with EnvPatch(service_env(empty_root, tmp_path / "fb.db")):
+        with TestClient(service_app()) as test_client:
+            assert test_client.get("/healthz").status_code == 200
+            assert test_client.get("/readyz").status_code == 503
+            assert test_client.get("/info").status_code == 503
+            response = post(test_client, "/recommend", {"user_id": 1})
+            assert response.status_code == 503 and "readyz" in response.json()["error"]
+            # feedback is still accepted (and durable) while no model is loaded
+            assert post(test_client, "/feedback", {"user_id": 1, "item_id": 1, "event": "like"}).status_code == 200
+    assert FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}").count() == 1
+
+
 # ---------------------------------------------------------------------------------------------- happy paths
 def test_health_ready_info_and_ui(client):
     assert client.get("/healthz").status_code == 200
@@ -383,30 +413,3 @@ def test_metrics_show_requests_latency_version_and_feedback(client, catalogue):
     assert re.search(rf"lmrecsys_model_version {float(version)}", text)
     assert re.search(r"lmrecsys_feedback_events_written_total [1-9]", text)
     assert re.search(r'bentoml_service_request_total\{.*endpoint="/recommend".*http_response_code="400"', text)
-
-
-def test_admin_reload_is_disabled_without_a_token(champion_root, tmp_path):
-    from starlette.testclient import TestClient
-
-    with EnvPatch({**service_env(champion_root, tmp_path / "fb.db"), "LMRECSYS_SERVING__ADMIN_TOKEN": None}):
-        with TestClient(service_app()) as test_client:
-            response = test_client.post("/admin/reload", headers={"Authorization": "Bearer anything"})
-            assert response.status_code == 403 and "LMRECSYS_SERVING__ADMIN_TOKEN" in response.json()["error"]
-
-
-def test_not_ready_until_a_model_exists(tmp_path, catalogue):
-    from starlette.testclient import TestClient
-
-    from components.feedback import FeedbackStore
-
-    empty_root = tmp_path / "empty"
-    with EnvPatch(service_env(empty_root, tmp_path / "fb.db")):
-        with TestClient(service_app()) as test_client:
-            assert test_client.get("/healthz").status_code == 200
-            assert test_client.get("/readyz").status_code == 503
-            assert test_client.get("/info").status_code == 503
-            response = post(test_client, "/recommend", {"user_id": 1})
-            assert response.status_code == 503 and "readyz" in response.json()["error"]
-            # feedback is still accepted (and durable) while no model is loaded
-            assert post(test_client, "/feedback", {"user_id": 1, "item_id": 1, "event": "like"}).status_code == 200
-    assert FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}").count() == 1
