@@ -98,6 +98,18 @@ class ManagedProcess:
             return ""
 
 
+def worker_hostname() -> str:
+    """The host name a Celery worker reports for its task instances: ``<worker name>@<machine>``.
+
+    Airflow records ``socket.getfqdn()`` by default, which is the same for every worker on one
+    machine; :meth:`AirflowStack.start_worker` points ``[core] hostname_callable`` here and sets
+    ``LMRECSYS_WORKER_NAME`` per worker, so the UI and the REST API show which worker ran a task.
+    """
+    machine = socket.getfqdn()
+    name = os.environ.get("LMRECSYS_WORKER_NAME")
+    return f"{name}@{machine}" if name else machine
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition", procs: list[ManagedProcess] = ()):
     deadline = time.monotonic() + timeout
     last_error = None
@@ -175,8 +187,10 @@ class AirflowStack:
         return self
 
     def start_worker(self, name: str) -> ManagedProcess:
+        """A Celery worker (concurrency 1) whose task instances report ``<name>@<machine>`` as host."""
         airflow = str(VENV_BIN / "airflow")
-        proc = ManagedProcess(f"worker-{name}", [airflow, "celery", "worker", "--celery-hostname", f"{name}@%h", "--concurrency", "1", "--skip-serve-logs"], self.env, self.home / "proc-logs", self.home)
+        env = {**self.env, "LMRECSYS_WORKER_NAME": name, "AIRFLOW__CORE__HOSTNAME_CALLABLE": "components.localstack.worker_hostname"}
+        proc = ManagedProcess(f"worker-{name}", [airflow, "celery", "worker", "--celery-hostname", f"{name}@%h", "--concurrency", "1", "--skip-serve-logs"], env, self.home / "proc-logs", self.home)
         self.procs.append(proc)
         return proc
 
@@ -224,9 +238,22 @@ class AirflowStack:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.api("GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances", params={"limit": 100})["task_instances"]
 
-    def xcom(self, dag_id: str, run_id: str, task_id: str):
+    def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1):
         quoted = urllib.parse.quote(run_id, safe="")
-        return self.api("GET", f"/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/xcomEntries/return_value")["value"]
+        return self.api("GET", f"/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/xcomEntries/return_value", params={"map_index": map_index})["value"]
+
+    def task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict:
+        return self.api("GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}")
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1) -> str:
+        """One try's task log as text, read through the REST API like the UI does."""
+        quoted = urllib.parse.quote(run_id, safe="")
+        body = self.api("GET", f"/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/logs/{try_number}", params={"full_content": "true", "map_index": map_index})
+        content = body.get("content", "")
+        if isinstance(content, str):
+            return content
+        # Airflow 3 returns structured records; keep the message and any extra fields readable
+        return "\n".join(entry if isinstance(entry, str) else " ".join(str(v) for v in entry.values()) for entry in content)
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
         def finished():

@@ -1,0 +1,330 @@
+"""SASRec and LM-SASRec: causal transformers over a user's item sequence.
+
+SASRec (Kang & McAuley 2018) reads the history oldest → newest with causal self-attention and
+predicts the next item at every position. Training uses cross-entropy over the whole catalogue
+(full softmax), not one sampled negative: Klenitskiy & Vasilev (2023) and gSASRec show sampled
+binary losses underrate the model. Item input and output embeddings are tied.
+
+LM-SASRec represents each item as its ID embedding plus a learned linear projection of its frozen
+text vector, PCA-whitened to a few dimensions first (raw sentence embeddings are anisotropic:
+they crowd into a narrow cone, which whitening spreads out). An item with no training
+interactions has its ID embedding masked to zero, so it is represented by its text alone and can
+still be recommended.
+
+Early stopping and honest evaluation. ``fit`` receives only histories, so it holds out each
+user's last interaction itself: the network trains on everything before it and is scored
+(NDCG@10, full ranking, seen items excluded) on the held-out items after every epoch; the best
+epoch's weights are kept. Fitted on the evaluation split's test-side training data, the held-out
+item is exactly each user's validation item, so early stopping never sees the test item; on the
+validation side it is the item before the validation item. The held-out item is never a
+training target, but at scoring time it is part of the history the model reads, as the protocol
+allows. Setting ``epochs`` instead trains that many epochs on every interaction with no hold-out
+(for example the epoch count an earlier early-stopped fit found).
+
+Training is seeded and deterministic on CPU, shows a progress bar, and runs on CUDA when present.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import time
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from components.dataset import History, InteractionData
+from components.evaluate import per_user_metrics, target_ranks
+from components.models.base import Recommender
+from components.models.lm_content import fit_whitening
+
+log = logging.getLogger(__name__)
+
+
+class SASRecConfig(BaseModel):
+    """Architecture, optimiser and early-stopping settings of SASRec."""
+
+    hidden: int = Field(64, ge=1)
+    """Width of item embeddings and of the transformer."""
+    blocks: int = Field(2, ge=1)
+    """Number of causal self-attention blocks."""
+    heads: int = Field(1, ge=1)
+    """Attention heads per block (must divide ``hidden``)."""
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    """Dropout on embeddings, attention and the feed-forward layers."""
+    max_len: int = Field(200, ge=1)
+    """Only the newest this many items of a history are read."""
+    batch_size: int = Field(64, ge=1)
+    """Sequences per optimiser step."""
+    lr: float = Field(1e-3, gt=0)
+    """Adam learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    max_epochs: int = Field(200, ge=1)
+    """Upper bound on training epochs when early stopping."""
+    patience: int = Field(10, ge=1)
+    """Stop after this many epochs without a better validation NDCG@10."""
+    epochs: int | None = Field(None, ge=1)
+    """Train exactly this many epochs on every interaction, with no hold-out and no early stopping."""
+    min_history_to_validate: int = Field(2, ge=2)
+    """Users with at least this many interactions give their last one to early stopping."""
+    seed: int = 42
+    """Seeds parameter initialisation, dropout and batch order."""
+    device: str | None = None
+    """torch device; None picks CUDA when available, else CPU."""
+    threads: int | None = Field(None, ge=1)
+    """CPU threads for torch; None leaves torch's default."""
+    progress: bool = True
+    """Show a progress bar over epochs."""
+
+
+class LMSASRecConfig(SASRecConfig):
+    """SASRec settings plus how the frozen text vectors enter the item representation."""
+
+    text_dim: int | None = Field(64, ge=1)
+    """PCA-whiten the text vectors onto this many components; None uses the raw vectors."""
+    use_id_embeddings: bool = True
+    """Add a learned ID embedding to the projected text vector (False: text only)."""
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool):
+    """Deterministic torch kernels while training on CPU; the previous setting is restored."""
+    import torch
+
+    previous, previous_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+
+
+def _build_network(n_items: int, config: SASRecConfig, text_matrix: np.ndarray | None, id_mask: np.ndarray | None):
+    """The torch module; built lazily so importing this file does not import torch."""
+    import torch
+    from torch import nn
+
+    class SASRecNetwork(nn.Module):
+        """Embeddings, causal transformer blocks and the tied output layer.
+
+        Index 0 is padding; catalogue item ``i`` is token ``i + 1``.
+        """
+
+        def __init__(self):
+            super().__init__()
+            hidden = config.hidden
+            self.item_embedding = nn.Embedding(n_items + 1, hidden, padding_idx=0)
+            self.position_embedding = nn.Embedding(config.max_len, hidden)
+            self.embedding_dropout = nn.Dropout(config.dropout)
+            layer = nn.TransformerEncoderLayer(
+                hidden, config.heads, dim_feedforward=hidden, dropout=config.dropout, batch_first=True, norm_first=True
+            )
+            self.encoder = nn.TransformerEncoder(layer, config.blocks, enable_nested_tensor=False)
+            self.final_norm = nn.LayerNorm(hidden)
+            if text_matrix is not None:
+                self.register_buffer("text", torch.as_tensor(text_matrix, dtype=torch.float32))
+                self.text_projection = nn.Linear(text_matrix.shape[1], hidden)
+            else:
+                self.text = None
+            self.register_buffer("id_mask", torch.as_tensor(id_mask if id_mask is not None else np.ones(n_items), dtype=torch.float32))
+            for name, parameter in self.named_parameters():
+                if parameter.dim() > 1:
+                    nn.init.xavier_normal_(parameter)
+            with torch.no_grad():
+                self.item_embedding.weight[0].zero_()
+
+        def item_table(self) -> torch.Tensor:
+            """Item representations, shape (n_items, hidden): ID part (masked) plus text part."""
+            table = self.item_embedding.weight[1:]
+            if not getattr(config, "use_id_embeddings", True):
+                table = torch.zeros_like(table)
+            table = table * self.id_mask[:, None]
+            if self.text is not None:
+                table = table + self.text_projection(self.text)
+            return table
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            """Hidden states (batch, length, hidden) of left-padded token sequences."""
+            table = self.item_table()
+            padded = torch.cat([torch.zeros_like(table[:1]), table], dim=0)
+            real = tokens > 0
+            length = tokens.shape[1]
+            states = padded[tokens] * (config.hidden**0.5)
+            states = states + self.position_embedding.weight[config.max_len - length :][None]
+            states = self.embedding_dropout(states) * real[..., None]
+            # a query may attend to earlier real items and to itself (a padding position attends
+            # only to itself, so no row is fully masked)
+            causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
+            allowed = causal[None] & (real[:, None, :] | torch.eye(length, dtype=torch.bool, device=tokens.device)[None])
+            mask = (~allowed).repeat_interleave(config.heads, dim=0)
+            states = self.encoder(states, mask=mask)
+            return self.final_norm(states) * real[..., None]
+
+    return SASRecNetwork()
+
+
+def _left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
+    """Token matrix (len(sequences), length): the newest ``length`` items, shifted by one, left-padded."""
+    out = np.zeros((len(sequences), length), dtype=np.int64)
+    for row, items in enumerate(sequences):
+        tail = items[-length:] if length else items[:0]
+        if len(tail):
+            out[row, length - len(tail) :] = tail + 1
+    return out
+
+
+class SASRec(Recommender):
+    """Causal self-attention over the item sequence, trained with full-softmax cross-entropy."""
+
+    name = "sasrec"
+    Config = SASRecConfig
+
+    def _text_matrix(self, data: InteractionData, item_vectors: np.ndarray | None) -> np.ndarray | None:
+        return None
+
+    def fit(self, data: InteractionData, item_vectors: np.ndarray | None = None) -> "SASRec":
+        import torch
+
+        config = self.config
+        self.n_items = data.n_items
+        self.popularity = data.item_counts().astype(np.float32)
+        text_matrix = self._text_matrix(data, item_vectors)
+        device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        rng = np.random.default_rng(config.seed)
+
+        train_sequences, val_histories, val_targets = [], [], []
+        for history in data.histories:
+            items = history.items
+            if config.epochs is None and len(items) >= config.min_history_to_validate:
+                val_histories.append(history.head(-1))
+                val_targets.append(int(items[-1]))
+                items = items[:-1]
+            if len(items) >= 2:
+                train_sequences.append(items)
+        # the ID embedding of an item never seen in training is masked out: text alone represents it
+        id_mask = (self.popularity > 0).astype(np.float32)
+        with _deterministic(device.type == "cpu"):
+            self.network = _build_network(data.n_items, config, text_matrix, id_mask).to(device)
+            self.device = device
+            self.validation_curve: list[float] = []
+            if not train_sequences:
+                log.warning("%s: no history has two interactions; the model stays at its initialisation", self.name)
+                self.best_epoch = 0
+                return self
+            self._train(train_sequences, val_histories, np.array(val_targets, dtype=np.int64), rng)
+        return self
+
+    def _train(self, sequences: list[np.ndarray], val_histories: list[History], val_targets: np.ndarray, rng: np.random.Generator) -> None:
+        import torch
+        from tqdm.auto import tqdm
+
+        config = self.config
+        network, device = self.network, self.device
+        # inputs are items[:-1], targets items[1:], both the newest max_len of them
+        inputs = torch.as_tensor(_left_pad([s[:-1] for s in sequences], config.max_len))
+        targets = torch.as_tensor(_left_pad([s[1:] for s in sequences], config.max_len))
+        optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        early_stopping = config.epochs is None and len(val_targets) > 0
+        total = config.epochs or config.max_epochs
+        best_score, best_state, best_epoch, stale = -1.0, None, 0, 0
+        bar = tqdm(range(1, total + 1), desc=f"training {self.name}", unit="epoch", disable=not config.progress, leave=False)
+        started = time.perf_counter()
+        for epoch in bar:
+            network.train()
+            order = rng.permutation(len(sequences))
+            losses = []
+            for start in range(0, len(order), config.batch_size):
+                batch = order[start : start + config.batch_size]
+                batch_inputs, batch_targets = inputs[batch].to(device), targets[batch].to(device)
+                # drop leading all-padding columns: shorter batches run faster
+                used = int((batch_inputs > 0).any(dim=0).to(torch.int8).argmax())
+                batch_inputs, batch_targets = batch_inputs[:, used:], batch_targets[:, used:]
+                states = network(batch_inputs)
+                keep = batch_targets > 0
+                logits = states[keep] @ network.item_table().T
+                loss = torch.nn.functional.cross_entropy(logits, batch_targets[keep] - 1)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                losses.append(float(loss.detach()))
+            postfix = {"loss": f"{np.mean(losses):.3f}"}
+            if early_stopping:
+                score = self._validation_ndcg(val_histories, val_targets)
+                self.validation_curve.append(score)
+                postfix["val_ndcg@10"] = f"{score:.4f}"
+                if score > best_score:
+                    best_score, best_epoch, stale = score, epoch, 0
+                    best_state = copy.deepcopy(network.state_dict())
+                else:
+                    stale += 1
+            bar.set_postfix(postfix)
+            if early_stopping and stale >= config.patience:
+                break
+        bar.close()
+        if early_stopping and best_state is not None:
+            network.load_state_dict(best_state)
+        self.best_epoch = best_epoch if early_stopping else total
+        self.train_seconds_per_epoch = (time.perf_counter() - started) / max(epoch, 1)
+        log.info("%s: best epoch %d of %d (validation NDCG@10 %.4f), %.2fs per epoch", self.name, self.best_epoch, epoch, best_score, self.train_seconds_per_epoch)
+
+    def _validation_ndcg(self, histories: list[History], targets: np.ndarray) -> float:
+        ranks = target_ranks(self.score(histories), histories, targets)
+        return float(per_user_metrics(ranks)["ndcg@10"].mean())
+
+    def score(self, histories: list[History], *, batch_size: int = 256) -> np.ndarray:
+        import torch
+
+        scores = np.empty((len(histories), self.n_items), dtype=np.float32)
+        network = self.network.eval()
+        with torch.inference_mode():
+            table = network.item_table()
+            for start in range(0, len(histories), batch_size):
+                chunk = histories[start : start + batch_size]
+                lengths = [min(len(h), self.config.max_len) for h in chunk]
+                width = max(max(lengths), 1)
+                tokens = torch.as_tensor(_left_pad([h.items for h in chunk], width), device=self.device)
+                last = network(tokens)[:, -1]
+                block = (last @ table.T).float().cpu().numpy()
+                for row, length in enumerate(lengths):
+                    if length == 0:  # nothing to attend to: fall back to training popularity
+                        block[row] = self.popularity
+                scores[start : start + len(chunk)] = block
+        return scores
+
+    def state(self) -> dict[str, np.ndarray]:
+        arrays = {"net." + key: value.detach().cpu().numpy() for key, value in self.network.state_dict().items()}
+        arrays["popularity"] = self.popularity
+        arrays["best_epoch"] = np.array(self.best_epoch, dtype=np.int64)
+        arrays["validation_curve"] = np.array(self.validation_curve, dtype=np.float64)
+        return arrays
+
+    def set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        import torch
+
+        self.popularity = arrays["popularity"]
+        self.best_epoch = int(arrays["best_epoch"])
+        self.validation_curve = arrays["validation_curve"].tolist()
+        text = arrays.get("net.text")
+        self.device = torch.device(self.config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.network = _build_network(self.n_items, self.config, text, arrays["net.id_mask"]).to(self.device)
+        self.network.load_state_dict({key[4:]: torch.as_tensor(value) for key, value in arrays.items() if key.startswith("net.")})
+
+
+class LMSASRec(SASRec):
+    """SASRec whose items are an ID embedding plus a projection of whitened frozen text vectors."""
+
+    name = "lm_sasrec"
+    Config = LMSASRecConfig
+    uses_text = True
+
+    def _text_matrix(self, data: InteractionData, item_vectors: np.ndarray | None) -> np.ndarray:
+        if item_vectors is None or len(item_vectors) != data.n_items:
+            raise ValueError("lm_sasrec needs item text vectors aligned with the catalogue")
+        mean, projection = fit_whitening(item_vectors, self.config.text_dim)
+        return ((item_vectors - mean) @ projection).astype(np.float32)

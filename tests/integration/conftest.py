@@ -1,0 +1,142 @@
+"""Fixtures for the Airflow integration tests: the reduced config, a reference run, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DAGS_FOLDER = PROJECT_ROOT / "dags"
+PIPELINE = "lm_recsys_pipeline"
+WATCH = "lm_recsys_feedback_watch"
+REDUCED_USERS = 40
+BOOTSTRAP_SAMPLES = 100
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_DB = 5
+"""A Redis database of its own, so flushing it cannot touch another user of the server."""
+
+
+def reduced_env(data_root: Path, source: Path, **extra: str) -> dict[str, str]:
+    """``LMRECSYS_*`` variables for the reduced pipeline (first 40 users, 100 bootstrap samples)."""
+    return {
+        "LMRECSYS_DATA_ROOT": str(data_root),
+        "LMRECSYS_INGEST__SOURCE": str(source),
+        "LMRECSYS_INGEST__MAX_USERS": str(REDUCED_USERS),
+        "LMRECSYS_TRAIN__BOOTSTRAP_SAMPLES": str(BOOTSTRAP_SAMPLES),
+        "LMRECSYS_PIPELINE_CRON": "0 0 1 1 *",  # never due during a test: only our triggers start runs
+        "LMRECSYS_EMBED_SHARDS": "2",
+        **extra,
+    }
+
+
+def reduced_settings(data_root: Path, source: Path):
+    from components.settings import load_settings
+
+    return load_settings(
+        data_root=data_root,
+        ingest={"source": str(source), "max_users": REDUCED_USERS},
+        train={"bootstrap_samples": BOOTSTRAP_SAMPLES},
+    )
+
+
+def metric_numbers(report: dict) -> dict:
+    """The evaluation numbers of a report.json, without the timings (which differ run to run)."""
+    out = {}
+    for name, result in report["candidates"].items():
+        for side in ("val", "test"):
+            out.update({f"{name}.{side}.{key}": value for key, value in result[side].items() if not key.endswith("seconds")})
+            out[f"{name}.{side}_curve"] = result[side + "_curve"]
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, movielens_dir) -> dict:
+    """The reduced pipeline run in this process with no Airflow: the result every stack must match.
+
+    Its embedding cache also seeds the stacks' data roots, so the tests encode the catalogue once.
+    """
+    from components.pipeline import run_pipeline
+
+    data_root = tmp_path_factory.mktemp("reference-data")
+    settings = reduced_settings(data_root, movielens_dir)
+    decision = run_pipeline(settings, "reference")
+    report = json.loads((settings.runs_dir / "reference" / "report.json").read_text())
+    return {"data_root": data_root, "decision": decision, "report": report, "cache": next((data_root / "embeddings" / "cache").iterdir())}
+
+
+def seed_embedding_cache(reference_cache: Path, data_root: Path, *, leave_out_every: int = 0) -> int:
+    """Copy the reference's embedding cache into a data root; returns how many texts were left out.
+
+    ``leave_out_every=k`` drops two of every k texts in the sorted order the shards use (index
+    ``i % k`` in {0, 1}), so each of two mapped shards has texts of its own to encode.
+    """
+    table: dict[str, np.ndarray] = {}
+    for segment in sorted(reference_cache.glob("segment-*.npz")):
+        with np.load(segment) as data:
+            table.update(zip(data["keys"].tolist(), data["vectors"]))
+    keys = sorted(table)
+    kept = [key for i, key in enumerate(keys) if not leave_out_every or i % leave_out_every not in (0, 1)]
+    target = data_root / "embeddings" / "cache" / reference_cache.name
+    target.mkdir(parents=True, exist_ok=True)
+    np.savez(target / "segment-0-seed.npz", keys=np.array(kept, dtype="U32"), vectors=np.stack([table[k] for k in kept]).astype(np.float32))
+    return len(keys) - len(kept)
+
+
+def copy_source(movielens_dir: Path, target: Path) -> Path:
+    """A private copy of the MovieLens CSV files, so a test can corrupt and restore them."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in movielens_dir.glob("*.csv"):
+        shutil.copy2(path, target / path.name)
+    return target
+
+
+@pytest.fixture
+def airflow_postgres_url():
+    """A fresh PostgreSQL database for Airflow's metadata, dropped (even with open sessions) afterwards."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    name = f"lmrecsys_airflow_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg2.connect(POSTGRES_ADMIN, connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc}")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def celery_broker_url():
+    """Redis database 5 as the Celery broker, empty before and flushed after."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis at 127.0.0.1:6379 is not reachable: {exc}")
+    client.flushdb()
+    try:
+        yield f"redis://127.0.0.1:6379/{REDIS_DB}"
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def describe_run(stack, run_id: str, dag_id: str = PIPELINE) -> str:
+    """Task states and the servers' log tails, for assertion messages."""
+    try:
+        states = {f"{ti['task_id']}[{ti['map_index']}]": (ti["state"], ti["try_number"]) for ti in stack.task_instances(dag_id, run_id)}
+    except Exception as exc:  # noqa: BLE001 - diagnostics only
+        states = {"error": str(exc)}
+    logs = "\n".join(f"--- {proc.name}\n{proc.tail(30)}" for proc in stack.procs)
+    return f"task states: {states}\n{logs}"
