@@ -35,6 +35,8 @@ def _show(title: str, body: dict) -> None:
 def _port(preferred: int) -> int:
     import socket
 
+    if not preferred:
+        return free_port()
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", preferred))
@@ -122,7 +124,7 @@ def run_demo(
         shown["first_version"] = decision["version"]
 
         _say("starting the BentoML service …")
-        server = BentoServer(env, data_root / "logs", PROJECT_ROOT)
+        server = BentoServer(env, data_root / "logs", PROJECT_ROOT, port=_port(bento_port))
         processes.append(server)
         server.wait_ready(timeout=300)
         wait_for(lambda: http_ok(f"http://127.0.0.1:{mlflow_port}/health"), 120, what="the MLflow UI", procs=[mlflow_ui])
@@ -140,8 +142,9 @@ def run_demo(
         shown["search"] = body
         unrated = items[~items["item_id"].isin(interactions["item_id"])]
         new_item = unrated.iloc[-1] if len(unrated) else items.iloc[-1]
+        why_new = "which nobody has rated yet" if len(unrated) else "the newest item in the catalogue"
         body = server.post("/similar_items", {"item_id": new_item["item_id"].item() if hasattr(new_item["item_id"], "item") else new_item["item_id"], "k": 5}).json()
-        _show(f"items like {new_item['title']!r}, which nobody has rated yet (served from its text)", body)
+        _show(f"items like {new_item['title']!r}, {why_new} (served from its text)", body)
         shown["new_item"] = body
 
         runs_before = {run["dag_run_id"] for run in stack.runs("lm_recsys_pipeline")}

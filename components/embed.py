@@ -120,33 +120,88 @@ def configure_threads() -> int:
     return cores
 
 
+BACKENDS = ("torch", "onnx")
+"""``torch``: the model through transformers (the reference path). ``onnx``: the same model exported
+once to ONNX, with ONNX Runtime's transformer fusions (attention, GELU, layer norms)."""
+QUANTIZE_MODES = (None, "ffn-int8")
+"""``ffn-int8``: int8 weights (per output channel) for the feed-forward linears only; attention
+and its output projection stay fp32, which keeps neighbours in agreement with fp32 (docs/embeddings.md)."""
+ONNX_EXPORT_VERSION = 1
+"""Bumped when the exported graph changes, so stale exports in a cache are rebuilt."""
+
+
 class TextEncoder:
     """A Hugging Face encoder with mean pooling and L2 norm, fast on CPU and on CUDA.
 
     Texts are sorted by length so each batch pads little, run under ``torch.inference_mode``,
     and on CUDA in half precision. Texts longer than ``max_length`` tokens are truncated.
     Empty texts are encoded as they are (the encoder's [CLS] [SEP] vector), never an error.
+
+    ``backend="onnx"`` (CPU) runs an ONNX export of the same weights through ONNX Runtime;
+    ``quantize="ffn-int8"`` additionally quantises its feed-forward linears. The export is built
+    on first use in ``artifacts_dir`` (default ``<data_root>/embeddings/onnx``) under the encoder id,
+    and reused afterwards. Each variant has its own :attr:`encoder_id`, so cached vectors of one
+    variant are never mixed with another's.
     """
 
-    def __init__(self, path: str | Path | None = None, *, max_length: int = 128, device: str | None = None, dtype: str | None = None):
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        max_length: int = 128,
+        device: str | None = None,
+        dtype: str | None = None,
+        backend: str = "torch",
+        quantize: str | None = None,
+        artifacts_dir: str | Path | None = None,
+    ):
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
+        if backend not in BACKENDS:
+            raise EncoderError(f"unknown encoder backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if quantize not in QUANTIZE_MODES:
+            raise EncoderError(f"unknown quantize mode {quantize!r}; choose none or one of {', '.join(q for q in QUANTIZE_MODES if q)}")
+        if quantize and backend != "onnx":
+            raise EncoderError(f"quantize={quantize!r} needs backend='onnx' (the torch backend runs unquantised)")
+        if max_length < 2:
+            raise EncoderError(f"max_length must be at least 2 tokens ([CLS] and [SEP]), got {max_length}")
         self.path = Path(path).expanduser() if path else default_encoder_path()
-        self.identity = encoder_identity(self.path)
+        self.base_identity = encoder_identity(self.path)
+        self.identity = dict(self.base_identity)
+        self.backend = backend
+        self.quantize = quantize
+        if backend == "onnx" or quantize:
+            # Another numeric path gives (slightly) other vectors: its own id keeps the cache honest.
+            variant = "onnx" + (f"-{quantize}" if quantize else "")
+            self.identity.update(backend=backend, quantize=quantize, encoder_id=f"{self.base_identity['encoder_id']}-{variant}")
         self.max_length = max_length
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if backend == "onnx" and self.device != "cpu":
+            raise EncoderError("backend='onnx' runs on CPU only; use backend='torch' on CUDA")
         if dtype is None:
             dtype = "float16" if self.device == "cuda" else "float32"
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise EncoderError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
         self.dtype = getattr(torch, dtype)
-        configure_threads()
+        self.threads = configure_threads()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-            self.model = AutoModel.from_pretrained(self.path, local_files_only=True, dtype=self.dtype)
+            config = _load_config(self.path)
         except Exception as exc:  # transformers raises many types; all mean "not a usable encoder"
             raise EncoderError(f"{self.path} could not be loaded as a text encoder: {exc}") from exc
-        self.model.to(self.device).eval()
-        self.dim = int(self.model.config.hidden_size)
+        self.dim = int(config.hidden_size)
+        self.model = None
+        self.session = None
+        if backend == "torch":
+            self.model = _load_torch_model(self.path, self.dtype)
+            self.model.to(self.device).eval()
+        else:
+            root = Path(artifacts_dir) if artifacts_dir else _default_artifacts_dir()
+            onnx_path = ensure_onnx_export(self.path, self.base_identity, root, quantize=quantize)
+            self.session = _onnx_session(onnx_path, self.threads)
+            self.onnx_path = onnx_path
+            self._onnx_inputs = [i.name for i in self.session.get_inputs()]
 
     @property
     def encoder_id(self) -> str:
@@ -156,9 +211,14 @@ class TextEncoder:
         """L2-normalised float32 vectors, one row per text, in input order."""
         import torch
 
+        if batch_size < 1:
+            raise EncoderError(f"batch_size must be positive, got {batch_size}")
         vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return vectors
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise EncoderError(f"texts must be strings; rows {bad[:5]} are {type(texts[bad[0]]).__name__}")
         lengths = [len(t) for t in texts]
         order = np.argsort(lengths, kind="stable")[::-1]  # longest first: memory peaks early
         bar = None
@@ -169,29 +229,200 @@ class TextEncoder:
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
                 index = order[start : start + batch_size]
-                batch = self.tokenizer(
-                    [texts[i] for i in index],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-                vectors[index] = pooled.cpu().numpy()
+                batch_texts = [texts[i] for i in index]
+                if self.session is not None:
+                    vectors[index] = self._encode_onnx(batch_texts)
+                else:
+                    vectors[index] = self._encode_torch(batch_texts)
                 if bar is not None:
                     bar.update(len(index))
         if bar is not None:
             bar.close()
         return vectors
 
+    def _encode_torch(self, batch_texts: list[str]) -> np.ndarray:
+        import torch
+
+        batch = self.tokenizer(batch_texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+
+    def _encode_onnx(self, batch_texts: list[str]) -> np.ndarray:
+        batch = self.tokenizer(batch_texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        feeds = {name: np.asarray(batch[name], dtype=np.int64) for name in self._onnx_inputs if name in batch}
+        if "token_type_ids" in self._onnx_inputs and "token_type_ids" not in feeds:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        return self.session.run(None, feeds)[0].astype(np.float32, copy=False)
+
+
+def _load_config(path: Path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, local_files_only=True)
+
+
+def _load_torch_model(path: Path, dtype, *, attn_implementation: str | None = None):
+    from transformers import AutoModel
+
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        return AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype, **kwargs)
+    except Exception as exc:  # transformers raises many types; all mean "not a usable encoder"
+        raise EncoderError(f"{path} could not be loaded as a text encoder: {exc}") from exc
+
+
+def _default_artifacts_dir() -> Path:
+    return Settings().embeddings_dir / "onnx"
+
+
+def _onnx_session(onnx_path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def ensure_onnx_export(path: Path, identity: dict, root: Path, *, quantize: str | None = None) -> Path:
+    """The ONNX file for an encoder (and quantize mode), exported and optimised on first use.
+
+    Lives at ``root/<encoder id>/<variant>.onnx`` beside a JSON note of how it was made; a file
+    made by another export version or ONNX Runtime is rebuilt. Written to a temporary name and
+    renamed, so concurrent workers never read a half-written export.
+    """
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise EncoderError("backend='onnx' needs onnxruntime and onnx: pip install onnxruntime onnx") from exc
+    folder = Path(root) / identity["encoder_id"]
+    variant = "model" + (f"-{quantize}" if quantize else "")
+    target = folder / f"{variant}.onnx"
+    note_path = folder / f"{variant}.json"
+    note = {"export_version": ONNX_EXPORT_VERSION, "onnxruntime": onnxruntime.__version__, "weights_sha256": identity["weights_sha256"], "quantize": quantize}
+    if target.exists() and note_path.exists():
+        try:
+            if json.loads(note_path.read_text()) == note:
+                return target
+        except ValueError:
+            pass  # an unreadable note: rebuild
+    folder.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=folder, prefix=".export-"))
+    try:
+        started = time.perf_counter()
+        if quantize == "ffn-int8":
+            built = work / "quantized.onnx"
+            _quantize_ffn(ensure_onnx_export(path, identity, root), built)  # from the (cached) fp32 export
+        else:
+            built = _export_optimised_onnx(path, work)
+        os.replace(built, target)
+        atomic_write_text(note_path, json.dumps(note, indent=2))
+        log.info("exported %s to ONNX (%s) in %.1fs", identity["encoder_id"], variant, time.perf_counter() - started)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _export_optimised_onnx(path: Path, work: Path) -> Path:
+    """Export model + mean pooling + L2 norm to ONNX, then fuse it for ONNX Runtime."""
+    import torch
+    from transformers import AutoTokenizer
+
+    # Eager attention exports as plain MatMul/Softmax, the pattern ONNX Runtime fuses into one op.
+    model = _load_torch_model(path, torch.float32, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    sample = tokenizer(["a short text", "a slightly longer text for the export"], padding=True, return_tensors="pt")
+    input_names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
+
+    class PooledEncoder(torch.nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, *inputs):
+            named = dict(zip(input_names, inputs))
+            hidden = self.encoder(**named).last_hidden_state
+            mask = named["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1)
+
+    raw = work / "raw.onnx"
+    import warnings
+
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            PooledEncoder(model),
+            tuple(sample[name] for name in input_names),
+            str(raw),
+            input_names=input_names,
+            output_names=["embedding"],
+            dynamic_axes={**{name: {0: "batch", 1: "sequence"} for name in input_names}, "embedding": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    optimised = work / "optimised.onnx"
+    config = model.config
+    try:
+        from onnxruntime.transformers import optimizer
+
+        fused = optimizer.optimize_model(
+            str(raw), model_type="bert", num_heads=int(config.num_attention_heads), hidden_size=int(config.hidden_size), opt_level=1
+        )
+        fused.save_model_to_file(str(optimised))
+    except Exception as exc:  # an architecture the fuser does not know still runs unfused
+        log.warning("ONNX Runtime could not fuse %s (%s); using the plain export", path, exc)
+        os.replace(raw, optimised)
+    return optimised
+
+
+def _quantize_ffn(source: Path, target: Path) -> None:
+    """Per-channel int8 weights for the feed-forward MatMuls only.
+
+    They are the MatMuls whose weight is not square (hidden → intermediate → hidden); attention
+    projections are square or fused into the Attention op and stay fp32, as quantising them is
+    what costs neighbour agreement.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    shapes = {init.name: tuple(init.dims) for init in graph.initializer}
+    ffn_nodes = [
+        node.name
+        for node in graph.node
+        if node.op_type == "MatMul" and len(shapes.get(node.input[1], ())) == 2 and shapes[node.input[1]][0] != shapes[node.input[1]][1]
+    ]
+    if not ffn_nodes:
+        raise EncoderError(f"no feed-forward MatMuls found in {source}; this encoder cannot use quantize='ffn-int8'")
+    quantize_dynamic(
+        str(source),
+        str(target),
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        nodes_to_quantize=ffn_nodes,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # shape inference stops at fused contrib ops
+    )
+
 
 @lru_cache(maxsize=4)
-def load_encoder(path: str | None, max_length: int = 128) -> TextEncoder:
-    """A process-wide encoder per (path, max_length); loading takes about a second."""
-    return TextEncoder(path, max_length=max_length)
+def load_encoder(
+    path: str | None, max_length: int = 128, backend: str = "torch", quantize: str | None = None, artifacts_dir: str | None = None
+) -> TextEncoder:
+    """A process-wide encoder per configuration; loading takes about a second (an ONNX export once, longer)."""
+    return TextEncoder(path, max_length=max_length, backend=backend, quantize=quantize, artifacts_dir=artifacts_dir)
+
+
+def encoder_from_settings(settings: Settings) -> TextEncoder:
+    """The encoder the settings ask for (``embed.backend`` and ``embed.quantize`` when present)."""
+    embed = settings.embed
+    backend = getattr(embed, "backend", "torch") or "torch"
+    quantize = getattr(embed, "quantize", None) or None
+    artifacts = str(settings.embeddings_dir / "onnx") if backend == "onnx" else None
+    return load_encoder(embed.encoder_path, embed.max_length, backend, quantize, artifacts)
 
 
 # --------------------------------------------------------------------------- cache
@@ -253,7 +484,7 @@ def plan_shards(snapshot: Snapshot, n_shards: int) -> list[int]:
 def embed_shard(settings: Settings, snapshot: Snapshot, shard: int, n_shards: int) -> dict:
     """Encode the uncached texts of one shard of the snapshot's items into the cache."""
     snapshot.require_accepted()
-    encoder = load_encoder(settings.embed.encoder_path, settings.embed.max_length)
+    encoder = encoder_from_settings(settings)
     texts = item_texts(snapshot.items())
     hashes = [text_hash(t) for t in texts]
     cache = EmbeddingCache(settings.embeddings_dir, encoder.encoder_id)
@@ -272,7 +503,7 @@ def embed_items(settings: Settings, snapshot: Snapshot) -> Path:
     """Assemble the snapshot's item vectors from the cache (encoding what is missing); return the folder."""
     snapshot.require_accepted()
     started = time.perf_counter()
-    encoder = load_encoder(settings.embed.encoder_path, settings.embed.max_length)
+    encoder = encoder_from_settings(settings)
     items = snapshot.items()
     texts = item_texts(items)
     hashes = [text_hash(t) for t in texts]

@@ -110,6 +110,16 @@ def worker_hostname() -> str:
     return f"{name}@{machine}" if name else machine
 
 
+def _log_line(entry) -> str:
+    """One structured Airflow 3 log record as a readable line, exceptions included."""
+    if isinstance(entry, str):
+        return entry
+    line = f"{entry.get('timestamp', '')} [{entry.get('level', '')}] {entry.get('event', '')}"
+    for error in entry.get("error_detail") or []:
+        line += f"\n  {error.get('exc_type')}: {error.get('exc_value')}"
+    return line
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition", procs: list[ManagedProcess] = ()):
     deadline = time.monotonic() + timeout
     last_error = None
@@ -252,8 +262,7 @@ class AirflowStack:
         content = body.get("content", "")
         if isinstance(content, str):
             return content
-        # Airflow 3 returns structured records; keep the message and any extra fields readable
-        return "\n".join(entry if isinstance(entry, str) else " ".join(str(v) for v in entry.values()) for entry in content)
+        return "\n".join(_log_line(entry) for entry in content)
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
         def finished():
@@ -266,8 +275,8 @@ class AirflowStack:
 class BentoServer(ManagedProcess):
     """``bentoml serve serving.service:RecommenderService`` on a free port."""
 
-    def __init__(self, env: dict, log_dir: Path, cwd: Path):
-        self.port = free_port()
+    def __init__(self, env: dict, log_dir: Path, cwd: Path, port: int | None = None):
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, **TELEMETRY_OFF, "BENTOML_HOME": str(log_dir / "bentoml-home"), **env}
         super().__init__("bentoml", [str(VENV_BIN / "bentoml"), "serve", "serving.service:RecommenderService", "--host", "127.0.0.1", "--port", str(self.port)], env, log_dir, cwd)

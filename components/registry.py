@@ -41,6 +41,7 @@ from components.settings import Settings
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 CHAMPION, CHALLENGER = "champion", "challenger"
 LOG_TAG_PREFIX = "champion_log."
 """Registered-model tags ``champion_log.<seq>`` hold one JSON event per move of ``champion``."""

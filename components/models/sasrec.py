@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field
 from components.dataset import History, InteractionData
 from components.evaluate import per_user_metrics, target_ranks
 from components.models.base import Recommender
-from components.models.lm_content import fit_whitening
+from components.models.lm_content import fit_whitening, normalise_rows
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,14 @@ class SASRecConfig(BaseModel):
     """Upper bound on training epochs when early stopping."""
     patience: int = Field(10, ge=1)
     """Stop after this many epochs without a better validation NDCG@10."""
+    loss_positions: int | None = Field(None, ge=1)
+    """Only each sequence's newest this many positions are training targets (None: all). Full
+    softmax costs positions × catalogue × hidden per epoch; fewer positions trade data for speed."""
+    bfloat16: bool = False
+    """Run the forward pass under bfloat16 autocast (faster on CPUs with AVX-512 BF16 and on GPUs)."""
+    random_windows: bool = False
+    """Each epoch, a history longer than ``max_len`` contributes a random window of it rather than
+    always its newest ``max_len`` items (the newest window is still what is scored)."""
     epochs: int | None = Field(None, ge=1)
     """Train exactly this many epochs on every interaction, with no hold-out and no early stopping."""
     min_history_to_validate: int = Field(2, ge=2)
@@ -84,6 +92,10 @@ class LMSASRecConfig(SASRecConfig):
 
     text_dim: int | None = Field(64, ge=1)
     """PCA-whiten the text vectors onto this many components; None uses the raw vectors."""
+    normalise_text: bool = True
+    """Scale each (whitened) text vector to unit length before the projection. Whitened
+    components have unit variance, so unnormalised vectors are ~sqrt(text_dim) long and swamp the
+    ID embeddings; raw encoder vectors are unit length already."""
     use_id_embeddings: bool = True
     """Add a learned ID embedding to the projected text vector (False: text only)."""
 
@@ -146,9 +158,9 @@ def _build_network(n_items: int, config: SASRecConfig, text_matrix: np.ndarray |
                 table = table + self.text_projection(self.text)
             return table
 
-        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        def forward(self, tokens: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
             """Hidden states (batch, length, hidden) of left-padded token sequences."""
-            table = self.item_table()
+            table = self.item_table() if table is None else table
             padded = torch.cat([torch.zeros_like(table[:1]), table], dim=0)
             real = tokens > 0
             length = tokens.shape[1]
@@ -227,8 +239,22 @@ class SASRec(Recommender):
         config = self.config
         network, device = self.network, self.device
         # inputs are items[:-1], targets items[1:], both the newest max_len of them
-        inputs = torch.as_tensor(_left_pad([s[:-1] for s in sequences], config.max_len))
-        targets = torch.as_tensor(_left_pad([s[1:] for s in sequences], config.max_len))
+        long = [i for i, s in enumerate(sequences) if len(s) > config.max_len + 1]
+
+        def windows() -> tuple[torch.Tensor, torch.Tensor]:
+            """Inputs and next-item targets, newest max_len each; random windows if configured."""
+            chosen = list(sequences)
+            if config.random_windows:
+                for i in long:  # a random stretch of a long history, not only its newest part
+                    start = int(rng.integers(0, len(sequences[i]) - config.max_len))
+                    chosen[i] = sequences[i][start : start + config.max_len + 1]
+            inputs = torch.as_tensor(_left_pad([s[:-1] for s in chosen], config.max_len))
+            targets = torch.as_tensor(_left_pad([s[1:] for s in chosen], config.max_len))
+            if config.loss_positions is not None and config.loss_positions < config.max_len:
+                targets[:, : config.max_len - config.loss_positions] = 0
+            return inputs, targets
+
+        inputs, targets = windows()
         optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         early_stopping = config.epochs is None and len(val_targets) > 0
         total = config.epochs or config.max_epochs
@@ -237,6 +263,8 @@ class SASRec(Recommender):
         started = time.perf_counter()
         for epoch in bar:
             network.train()
+            if config.random_windows and epoch > 1:
+                inputs, targets = windows()
             order = rng.permutation(len(sequences))
             losses = []
             for start in range(0, len(order), config.batch_size):
@@ -245,10 +273,12 @@ class SASRec(Recommender):
                 # drop leading all-padding columns: shorter batches run faster
                 used = int((batch_inputs > 0).any(dim=0).to(torch.int8).argmax())
                 batch_inputs, batch_targets = batch_inputs[:, used:], batch_targets[:, used:]
-                states = network(batch_inputs)
-                keep = batch_targets > 0
-                logits = states[keep] @ network.item_table().T
-                loss = torch.nn.functional.cross_entropy(logits, batch_targets[keep] - 1)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bfloat16):
+                    table = network.item_table()
+                    states = network(batch_inputs, table)
+                    keep = batch_targets > 0
+                    logits = states[keep] @ table.T
+                loss = torch.nn.functional.cross_entropy(logits.float(), batch_targets[keep] - 1)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -289,7 +319,7 @@ class SASRec(Recommender):
                 lengths = [min(len(h), self.config.max_len) for h in chunk]
                 width = max(max(lengths), 1)
                 tokens = torch.as_tensor(_left_pad([h.items for h in chunk], width), device=self.device)
-                last = network(tokens)[:, -1]
+                last = network(tokens, table)[:, -1]
                 block = (last @ table.T).float().cpu().numpy()
                 for row, length in enumerate(lengths):
                     if length == 0:  # nothing to attend to: fall back to training popularity
@@ -327,4 +357,5 @@ class LMSASRec(SASRec):
         if item_vectors is None or len(item_vectors) != data.n_items:
             raise ValueError("lm_sasrec needs item text vectors aligned with the catalogue")
         mean, projection = fit_whitening(item_vectors, self.config.text_dim)
-        return ((item_vectors - mean) @ projection).astype(np.float32)
+        text = ((item_vectors - mean) @ projection).astype(np.float32)
+        return normalise_rows(text) if self.config.normalise_text else text

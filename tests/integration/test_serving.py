@@ -114,7 +114,7 @@ def test_schemathesis_finds_no_server_errors(server):
         if not operation.path.startswith("/") or operation.path.startswith("/admin"):
             continue
 
-        @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(case=operation.as_strategy())
         def fuzz(case):
             nonlocal checked
@@ -124,7 +124,7 @@ def test_schemathesis_finds_no_server_errors(server):
                 failures.append(f"{case.method} {case.path} {case.body!r} -> {response.status_code} {response.text[:300]}")
 
         fuzz()
-    assert checked >= 100, checked
+    assert checked >= 100, checked  # about 30 cases for each of the 7 operations
     assert not failures, "\n".join(failures[:20])
     assert server.alive()
 

@@ -1,0 +1,209 @@
+"""Serving throughput: /recommend on the real champion, BentoML's trivial endpoint, bare Starlette.
+
+All three run in one run, each at 16 and 64 connections, with ``wrk`` as the load generator in
+its own process (``apt-get install -y wrk``). Then feedback ingestion: unique events posted as fast
+as possible, and the store counted afterwards (events in the store must equal 2xx responses, up to
+the requests still in flight when wrk stops).
+
+    python benchmarks/bench_serving.py --data-root DIR   # a data root holding a champion
+    python benchmarks/bench_serving.py                   # builds one on the full ml-latest-small first
+
+Prints a Markdown table and writes it (with the raw numbers as JSON) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from components.localstack import BentoServer, ManagedProcess, free_port, wait_for  # noqa: E402
+
+RECOMMEND_LUA = """
+math.randomseed(os.time())
+request = function()
+  local body = string.format('{"user_id": %d, "k": 10}', math.random(1, %USERS%))
+  return wrk.format("POST", "/recommend", {["Content-Type"] = "application/json"}, body)
+end
+"""
+
+FEEDBACK_LUA = """
+local counter = 0
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("tid", "%RUN%-" .. threads)
+end
+request = function()
+  counter = counter + 1
+  local body = string.format('{"user_id": %d, "item_id": %d, "event": "view", "event_id": "bench-%s-%d"}',
+    (counter %% 600) + 1, %ITEM%, tid, counter)
+  return wrk.format("POST", "/feedback", {["Content-Type"] = "application/json"}, body)
+end
+"""
+
+PING_LUA = """
+wrk.method = "POST"
+wrk.body = "{}"
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+BARE_APP = textwrap.dedent(
+    """
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def ping(request):
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/ping", ping, methods=["POST"])])
+    """
+)
+
+
+def parse_wrk(output: str) -> dict:
+    """req/s, p50, p99 (ms), total requests and errors from ``wrk --latency`` output."""
+
+    def ms(token: str) -> float:
+        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)\w*", token).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+    requests_done = int(re.search(r"(\d+) requests in", output).group(1))
+    non_2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", output)) else 0
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    socket_errors = sum(int(g) for g in socket.groups()) if socket else 0
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50_ms": ms(re.search(r"^\s+50%\s+(\S+)", output, re.MULTILINE).group(1)),
+        "p99_ms": ms(re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE).group(1)),
+        "requests": requests_done,
+        "errors": non_2xx + socket_errors,
+        "ok": requests_done - non_2xx,
+    }
+
+
+def run_wrk(url: str, script: str, connections: int, seconds: int, threads: int = 2) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    try:
+        done = subprocess.run(
+            ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency", "-s", handle.name, url],
+            capture_output=True, text=True, timeout=seconds + 60,
+        )
+    finally:
+        os.unlink(handle.name)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed: {done.stderr}")
+    try:
+        return parse_wrk(done.stdout)
+    except (AttributeError, ValueError) as exc:
+        raise RuntimeError(f"cannot parse wrk output ({exc}):\n{done.stdout}\n{done.stderr}") from exc
+
+
+def tree_rss_mb(proc: ManagedProcess) -> tuple[float, float]:
+    """(RSS of the largest process, RSS of the whole tree) in MB."""
+    sizes = []
+    for p in proc.tree():
+        try:
+            sizes.append(p.memory_info().rss / 2**20)
+        except psutil.NoSuchProcess:
+            pass
+    return max(sizes, default=0.0), sum(sizes)
+
+
+def build_champion(data_root: Path) -> None:
+    from components.pipeline import run_pipeline
+    from components.settings import load_settings
+
+    print(f"building a champion on the full ml-latest-small in {data_root} (several minutes)...", flush=True)
+    print(run_pipeline(load_settings(data_root=data_root, train={"bootstrap_samples": 200})), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", type=Path, help="a data root with a registered champion (built when absent)")
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
+    parser.add_argument("--users", type=int, default=610, help="/recommend picks user ids uniformly from 1..USERS (610 in ml-latest-small)")
+    parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "serving.json")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install -y wrk")
+
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    data_root = args.data_root or work / "data"
+    if args.data_root is None:
+        build_champion(data_root)
+    feedback_db = work / "feedback.db"
+    env = {
+        "LMRECSYS_DATA_ROOT": str(data_root),
+        "LMRECSYS_FEEDBACK__URL": f"sqlite:///{feedback_db}",
+        "LMRECSYS_SERVING__POLL_INTERVAL_S": "3600",
+    }
+    bento = BentoServer(env, work / "bento", PROJECT_ROOT).wait_ready(timeout=300)
+    bare_port = free_port()
+    (work / "bare_app.py").write_text(BARE_APP)
+    bare = ManagedProcess(
+        "bare-starlette",
+        [sys.executable, "-m", "uvicorn", "bare_app:app", "--host", "127.0.0.1", "--port", str(bare_port), "--no-access-log", "--log-level", "warning"],
+        {**os.environ}, work / "bare", cwd=work,
+    )
+    results: dict = {"machine": f"{psutil.cpu_count()}-core CPU, {round(psutil.virtual_memory().total / 2**30)} GiB", "python": platform.python_version(), "runs": []}
+    try:
+        wait_for(lambda: requests.post(f"http://127.0.0.1:{bare_port}/ping", timeout=2).ok, 30, what="bare starlette", procs=[bare])
+        info = requests.get(f"{bento.base}/info", timeout=10).json()
+        users = args.users
+        item = requests.post(f"{bento.base}/recommend", json={"user_id": 999_999, "k": 1}, timeout=10).json()["items"][0]["item_id"]
+        results["model"] = info
+        targets = [
+            ("/recommend (BentoML, real champion)", f"{bento.base}/recommend", RECOMMEND_LUA.replace("%USERS%", str(users))),
+            ("/ping (BentoML, trivial async)", f"{bento.base}/ping", PING_LUA),
+            ("/ping (bare Starlette, uvicorn)", f"http://127.0.0.1:{bare_port}/ping", PING_LUA),
+        ]
+        for connections in args.connections:
+            for name, url, script in targets:
+                run_wrk(url, script, connections, 2)  # warm-up
+                numbers = run_wrk(url, script, connections, args.seconds)
+                results["runs"].append({"target": name, "connections": connections, **numbers})
+                print(f"{name:40s} c={connections:3d} {numbers['rps']:9.1f} req/s p50 {numbers['p50_ms']:7.2f} ms p99 {numbers['p99_ms']:7.2f} ms errors {numbers['errors']}", flush=True)
+        results["rss_mb_worker"], results["rss_mb_tree"] = tree_rss_mb(bento)
+
+        from components.feedback import FeedbackStore
+
+        store = FeedbackStore(f"sqlite:///{feedback_db}")
+        for connections in args.connections:
+            before = store.count()
+            numbers = run_wrk(f"{bento.base}/feedback", FEEDBACK_LUA.replace("%ITEM%", str(item)).replace("%RUN%", f"c{connections}-{os.getpid()}-{int(time.time())}").replace("%%", "%"), connections, args.seconds)
+            time.sleep(1)
+            stored = store.count() - before
+            lost = max(0, numbers["ok"] - stored)
+            results["runs"].append({"target": "/feedback (durable, group commit)", "connections": connections, **numbers, "stored": stored, "lost": lost})
+            print(f"/feedback c={connections:3d} {numbers['rps']:9.1f} events/s p50 {numbers['p50_ms']:7.2f} ms p99 {numbers['p99_ms']:7.2f} ms 2xx {numbers['ok']} stored {stored} lost {lost}", flush=True)
+        results["rss_mb_worker_after_feedback"], results["rss_mb_tree_after_feedback"] = tree_rss_mb(bento)
+        print(f"service RSS: largest process {results['rss_mb_worker']:.0f} MB, whole tree {results['rss_mb_tree']:.0f} MB", flush=True)
+    finally:
+        bento.stop()
+        bare.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
