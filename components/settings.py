@@ -130,7 +130,9 @@ class ServingSettings(BaseModel):
     poll_interval_s: float = 30.0
     """How often the service checks whether the champion alias moved."""
     admin_token: str | None = None
-    """Bearer token for POST /admin/reload. Unset: reload is disabled."""
+    """Bearer token for POST /admin/reload. Unset: reload is disabled (there is no default token)."""
+    production: bool = False
+    """Production mode: the service refuses to start with an admin token shorter than 32 characters."""
     max_k: int = 100
     """Largest k a request may ask for."""
 

@@ -259,6 +259,9 @@ class RecommenderService:
 
         threadpool_limits(limits=1, user_api="blas")
         self.settings = load_settings()
+        token = self.settings.serving.admin_token
+        if self.settings.serving.production and token is not None and len(token) < 32:
+            raise RuntimeError("production mode: LMRECSYS_SERVING__ADMIN_TOKEN must be at least 32 characters (or unset to disable /admin/reload)")
         mlflow.set_tracking_uri(self.settings.tracking_uri)
         self.store = FeedbackStore(self.settings.feedback_url)
         self.writer = FeedbackWriter(self.store)

@@ -53,11 +53,11 @@ class SASRecConfig(BaseModel):
     """Attention heads per block (must divide ``hidden``)."""
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     """Dropout on embeddings, attention and the feed-forward layers."""
-    max_len: int = Field(200, ge=1)
+    max_len: int = Field(50, ge=1)
     """Only the newest this many items of a history are read."""
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)
     """Sequences per optimiser step."""
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(2e-3, gt=0)
     """Adam learning rate."""
     weight_decay: float = Field(0.0, ge=0)
     """AdamW weight decay."""
@@ -70,7 +70,7 @@ class SASRecConfig(BaseModel):
     softmax costs positions × catalogue × hidden per epoch; fewer positions trade data for speed."""
     bfloat16: bool = False
     """Run the forward pass under bfloat16 autocast (faster on CPUs with AVX-512 BF16 and on GPUs)."""
-    random_windows: bool = False
+    random_windows: bool = True
     """Each epoch, a history longer than ``max_len`` contributes a random window of it rather than
     always its newest ``max_len`` items (the newest window is still what is scored)."""
     epochs: int | None = Field(None, ge=1)

@@ -2,7 +2,8 @@
 
 One champion is built per test session by the real pipeline on a reduced ml-latest-small (60
 users) and reused; each test module gets its own feedback store so events never leak between
-tests that count them.
+tests that count them. Set LMRECSYS_TEST_CHAMPION_ROOT to a data root holding a champion to skip the
+pipeline run while iterating.
 """
 
 from __future__ import annotations

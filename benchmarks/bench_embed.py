@@ -1,0 +1,227 @@
+"""Benchmark the embed stage on CPU: our encoder paths against sentence-transformers' ``encode``.
+
+Every path encodes the same texts (all ml-latest-small item texts, ordered by item id) with the
+same thread count. Each path runs in its own child process, so its peak RSS is its own; the
+children take turns for several rounds so load from other processes hits every path alike, and
+the best round counts. Agreement (cosine, top-10 neighbours) is against our fp32 torch path.
+Finally the incremental re-run: embed_items on the full catalogue, then again after 10 edited
+titles, through the real cache.
+
+    .venv/bin/python benchmarks/bench_embed.py [--rounds 3] [--threads N] [--limit N] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+PATHS = {
+    "torch-fp32": {"backend": "torch"},
+    "sentence-transformers": {},
+    "onnx-fp32": {"backend": "onnx"},
+    "onnx-ffn-int8": {"backend": "onnx", "quantize": "ffn-int8"},
+}
+BATCH_SIZE = 64
+
+
+def movielens_texts(limit: int | None) -> list[str]:
+    """The item texts of ml-latest-small, ordered by item id (the embed stage's own template)."""
+    from components.embed import item_texts
+    from components.settings import LOCAL_MOVIELENS
+    from components.sources import read_movielens
+
+    folder = Path(os.environ.get("LMRECSYS_BENCH_MOVIELENS", LOCAL_MOVIELENS))
+    items = read_movielens(folder).items.sort_values("item_id")
+    texts = item_texts(items)
+    return texts[:limit] if limit else texts
+
+
+def run_worker(name: str, threads: int, limit: int | None, artifacts: str, out: str) -> None:
+    """Child process: load one path, warm it up, time one full pass, save vectors, print JSON."""
+    import torch
+
+    texts = movielens_texts(limit)
+    load_started = time.perf_counter()
+    if name == "sentence-transformers":
+        from sentence_transformers import SentenceTransformer
+
+        from components.embed import default_encoder_path
+
+        model = SentenceTransformer(str(default_encoder_path()), device="cpu", local_files_only=True)
+        torch.set_num_threads(threads)
+
+        def encode(batch: list[str]) -> np.ndarray:
+            return model.encode(batch, batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    else:
+        from components.embed import TextEncoder
+
+        encoder = TextEncoder(None, artifacts_dir=artifacts, **PATHS[name])
+        torch.set_num_threads(threads)  # TextEncoder sets it from the machine; the benchmark pins it
+        if encoder.session is not None:
+            encoder.session = type(encoder.session)(str(encoder.onnx_path), _session_options(threads), providers=["CPUExecutionProvider"])
+
+        def encode(batch: list[str]) -> np.ndarray:
+            return encoder.encode(batch, batch_size=BATCH_SIZE)
+    load_seconds = time.perf_counter() - load_started
+    encode(texts[:BATCH_SIZE])  # warm-up: first-call allocations and kernel choices
+    started = time.perf_counter()
+    vectors = encode(texts)
+    seconds = time.perf_counter() - started
+    np.save(out, np.asarray(vectors, dtype=np.float32))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"path": name, "items": len(texts), "seconds": seconds, "items_per_s": len(texts) / seconds, "load_s": load_seconds, "peak_rss_mb": peak_mb}))
+
+
+def _session_options(threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def top_k_neighbours(vectors: np.ndarray, k: int = 10) -> np.ndarray:
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    return np.argpartition(-similarity, k, axis=1)[:, :k]
+
+
+def agreement(vectors: np.ndarray, reference: np.ndarray, reference_neighbours: np.ndarray) -> dict:
+    cosines = (vectors * reference).sum(axis=1)
+    neighbours = top_k_neighbours(vectors)
+    overlap = np.mean([len(set(a) & set(b)) / neighbours.shape[1] for a, b in zip(neighbours, reference_neighbours)])
+    return {"cosine_mean": float(cosines.mean()), "cosine_min": float(cosines.min()), "top10_overlap": float(overlap)}
+
+
+def incremental_rerun(artifacts: str, backend: dict) -> dict:
+    """embed_items over the full catalogue, then after 10 edited titles; seconds of each."""
+    from components.embed import embed_items, encoder_from_settings
+    from components.settings import LOCAL_MOVIELENS, load_settings
+    from components.snapshots import atomic_write_text, write_snapshot
+    from components.sources import read_movielens
+
+    data = read_movielens(Path(os.environ.get("LMRECSYS_BENCH_MOVIELENS", LOCAL_MOVIELENS)))
+    with tempfile.TemporaryDirectory() as root:
+        settings = load_settings(data_root=Path(root))
+        # EmbedSettings may not carry backend/quantize yet; an unvalidated copy lets the benchmark choose.
+        embed = settings.embed.model_copy()
+        object.__setattr__(embed, "backend", backend.get("backend", "torch"))
+        object.__setattr__(embed, "quantize", backend.get("quantize"))
+        settings = settings.model_copy(update={"embed": embed})
+        encoder_from_settings(settings)  # load (and export) outside the timed runs
+
+        def accepted(items):
+            snapshot = write_snapshot(settings.snapshots_dir, items, data.interactions, id_type="int", feedback_watermark=0, parent=None, sources={})
+            atomic_write_text(snapshot.path / "validation.json", json.dumps({"success": True}))
+            return snapshot
+
+        first = accepted(data.items)
+        started = time.perf_counter()
+        full_manifest = json.loads((embed_items(settings, first) / "manifest.json").read_text())
+        full_s = time.perf_counter() - started
+        edited = data.items.copy()
+        edited.loc[edited.index[:10], "title"] = edited["title"].iloc[:10] + " (director's cut)"
+        second = accepted(edited)
+        started = time.perf_counter()
+        rerun_manifest = json.loads((embed_items(settings, second) / "manifest.json").read_text())
+        rerun_s = time.perf_counter() - started
+    return {
+        "encoder_id": full_manifest["encoder"]["encoder_id"],
+        "full_s": full_s,
+        "full_encoded": full_manifest["encoded_now"],
+        "rerun_s": rerun_s,
+        "rerun_encoded": rerun_manifest["encoded_now"],
+        "rerun_share_of_full": rerun_s / full_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="passes per path, taken in turns; the best counts")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="intra-op threads for every path")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N texts (a quick check)")
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of " + ", ".join(PATHS))
+    parser.add_argument("--artifacts", default=None, help="where ONNX exports are cached (default: a temporary folder)")
+    parser.add_argument("--skip-incremental", action="store_true")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(args.worker, args.threads, args.limit, args.artifacts, args.out)
+        return
+
+    names = [n for n in args.paths.split(",") if n]
+    unknown = sorted(set(names) - set(PATHS))
+    if unknown:
+        parser.error(f"unknown paths {unknown}; choose from {', '.join(PATHS)}")
+    if "torch-fp32" not in names:
+        names.insert(0, "torch-fp32")  # the agreement reference
+    with tempfile.TemporaryDirectory() as scratch:
+        artifacts = args.artifacts or str(Path(scratch) / "onnx")
+        export_seconds = {}
+        from components.embed import TextEncoder
+
+        for name in names:
+            if PATHS[name].get("backend") == "onnx":  # first-use export, timed apart from encoding
+                started = time.perf_counter()
+                TextEncoder(None, artifacts_dir=artifacts, **PATHS[name])
+                export_seconds[name] = time.perf_counter() - started
+        runs: dict[str, list[dict]] = {name: [] for name in names}
+        load = {"loadavg_before": os.getloadavg()}
+        for round_index in range(args.rounds):
+            for name in names:
+                out = str(Path(scratch) / f"{name}-{round_index}.npy")
+                command = [sys.executable, __file__, "--worker", name, "--threads", str(args.threads), "--artifacts", artifacts, "--out", out]
+                if args.limit:
+                    command += ["--limit", str(args.limit)]
+                done = subprocess.run(command, check=True, capture_output=True, text=True)
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                result["vectors"] = out
+                runs[name].append(result)
+                print(f"round {round_index + 1} {name}: {result['items_per_s']:.0f} items/s, peak RSS {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
+        load["loadavg_after"] = os.getloadavg()
+        reference = np.load(runs["torch-fp32"][0]["vectors"])
+        reference_neighbours = top_k_neighbours(reference)
+        st_best = max(r["items_per_s"] for r in runs["sentence-transformers"]) if "sentence-transformers" in runs else None
+        report = {"threads": args.threads, "items": len(reference), "batch_size": BATCH_SIZE, "rounds": args.rounds, **load, "paths": {}}
+        for name in names:
+            best = max(runs[name], key=lambda r: r["items_per_s"])
+            entry = {
+                "items_per_s_best": best["items_per_s"],
+                "items_per_s_median": float(np.median([r["items_per_s"] for r in runs[name]])),
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[name]),
+                "load_s": best["load_s"],
+                **agreement(np.load(best["vectors"]), reference, reference_neighbours),
+            }
+            if st_best:
+                entry["ratio_vs_sentence_transformers"] = best["items_per_s"] / st_best
+            if name in export_seconds:
+                entry["first_use_export_s"] = export_seconds[name]
+            report["paths"][name] = entry
+        if not args.skip_incremental:
+            fastest = max((n for n in names if n != "sentence-transformers"), key=lambda n: report["paths"][n]["items_per_s_best"])
+            report["incremental"] = {"path": fastest, **incremental_rerun(artifacts, PATHS[fastest])}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
