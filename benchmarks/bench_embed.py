@@ -81,8 +81,18 @@ def run_worker(name: str, threads: int, limit: int | None, artifacts: str, out: 
     vectors = encode(texts)
     seconds = time.perf_counter() - started
     np.save(out, np.asarray(vectors, dtype=np.float32))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(json.dumps({"path": name, "items": len(texts), "seconds": seconds, "items_per_s": len(texts) / seconds, "load_s": load_seconds, "peak_rss_mb": peak_mb}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
+    exec from the forking parent, which would charge the parent's memory to every child."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # pragma: no cover - not Linux
 
 
 def _session_options(threads: int):

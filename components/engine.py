@@ -25,6 +25,16 @@ MAX_HISTORY = 500
 """Only a user's newest this many events are used at request time."""
 
 
+POSITIVE_RATING = 3.5
+"""A rating at or above this counts as liking the item, for explanations."""
+
+
+def _is_positive(event: str, value) -> bool:
+    if event == "rating":
+        return value is not None and value == value and float(value) >= POSITIVE_RATING
+    return event in ("like", "purchase", "click", "view", "interaction")
+
+
 @dataclass
 class Recommendation:
     item_id: object
@@ -205,10 +215,13 @@ class ServingEngine:
         # One matrix product for all recommendations instead of one per item.
         if history is None or len(history) == 0 or self.text_vectors is None or len(indexes) == 0:
             return None
-        recent = history.items[-50:]
+        # Explain only from what the user liked: a 1-star rating is no reason to recommend its neighbours.
+        liked = np.array([_is_positive(e, v) for e, v in zip(history.events[-50:], history.values[-50:])], dtype=bool)
+        recent = history.items[-50:][liked] if liked.any() else history.items[-50:]
+        verb = "liked" if liked.any() else "watched"
         similarities = self.text_vectors[recent] @ self.text_vectors[indexes].T
         best = recent[np.argmax(similarities, axis=0)]
-        return [f"because you liked {self.catalogue.titles[b]}" for b in best]
+        return [f"because you {verb} {self.catalogue.titles[b]}" for b in best]
 
     def warm_up(self) -> None:
         """Answer one request of each kind so the first real requests are not slower."""

@@ -111,6 +111,9 @@ class RegistrySettings(BaseModel):
     """Validation metric the gate compares."""
     tolerance: float = 0.0
     """A challenger within this much below the champion still counts as at least as good."""
+    lock_url: str | None = None
+    """A postgresql:// URL for the promotion lock when several hosts promote through one tracking server.
+    Unset: the tracking store if it is PostgreSQL, else a file lock."""
 
 
 class FeedbackSettings(BaseModel):

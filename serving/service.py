@@ -426,6 +426,35 @@ class RecommenderService:
         return self._timed("recommend", self._recommend, user_id, k, exclude_seen, categories, session_item_ids)
 
     @bentoml.api
+    async def history(self, user_id: Id, limit: Annotated[int, Field(ge=1, le=200)] = 20) -> dict:
+        """The user's newest interactions, newest first: training history plus feedback since training."""
+
+        def run():
+            loaded = self.loaded
+            engine = loaded.engine
+            user = self._user(engine, user_id)
+            if user is None:
+                return error(400, f"user_id {user_id!r} is not a valid {engine.id_type} id for this catalogue", field="user_id")
+            history = engine.history_for(user, self._recent_events(engine, user))
+            items = []
+            if history is not None:
+                newest_first = list(zip(history.items, history.events, history.values, history.timestamps))[::-1]
+                for index, event, value, stamp in newest_first[:limit]:
+                    item_id = engine.catalogue.item_ids[index]
+                    items.append(
+                        {
+                            "item_id": item_id.item() if hasattr(item_id, "item") else item_id,
+                            "title": str(engine.catalogue.titles[index]),
+                            "event": event,
+                            "value": None if value is None or value != value else float(value),  # NaN: no value
+                            "timestamp": int(stamp),
+                        }
+                    )
+            return {"user_id": user, "items": items, "known_user": user in engine.histories, "model_version": loaded.version}
+
+        return self._timed("history", run)
+
+    @bentoml.api
     async def recommend_session(
         self,
         item_ids: Annotated[list[Id], Field(min_length=1, max_length=MAX_SESSION_ITEMS, description="Items just viewed, oldest first")],

@@ -175,8 +175,7 @@ def test_an_unknown_user_gets_popular_items_and_a_clear_source(page, served):
 
 
 def test_bad_input_shows_the_services_error(page):
-    show_user_text = "not an id"
-    page.fill("#user", show_user_text)
+    page.fill("#user", "not an id")
     page.click("#go")
     expect(page.locator("#source")).to_have_class(re.compile(r"\berror\b"), timeout=TIMEOUT_MS)
     expect(page.locator("#source")).to_contain_text("not a valid int id")

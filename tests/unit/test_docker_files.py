@@ -36,7 +36,7 @@ SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|_KEY$")
 VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 
 
-# ---------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------- parsing
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines of a compose .env file (comments and blank lines skipped)."""
     values = {}
@@ -266,6 +266,8 @@ def test_service_environments_parse_as_settings(services, example_env, monkeypat
         databases = {postgres_env["POSTGRES_DB"], *postgres_env["POSTGRES_EXTRA_DATABASES"].split()}
         assert feedback.path.lstrip("/") in databases, f"the feedback database {feedback.path} is never created"
         assert str(settings.root) == "/data"
+        if name == "serving":
+            assert settings.serving.production, "the deployed service must run in production mode"
     assert services["serving"].get("environment", {}).get("LMRECSYS_SERVING__ADMIN_TOKEN")
 
 
@@ -320,7 +322,7 @@ def test_python_images_pin_torch_cpu_and_use_the_constraints():
         version = re.search(r"ARG TORCH_VERSION=(\S+)", text)[1]
         assert pins["torch"].split("+")[0] == version, f"{dockerfile} pins torch {version}, constraints.txt {pins['torch']}"
         assert "pip install -c constraints.txt" in text
-    assert "-c /tmp/constraints.txt mlflow" in (DOCKER / "mlflow" / "Dockerfile").read_text()
+    assert "-c /opt/mlflow-constraints.txt mlflow" in (DOCKER / "mlflow" / "Dockerfile").read_text()
 
 
 def test_bentofile_builds_the_service_with_the_tested_pins():

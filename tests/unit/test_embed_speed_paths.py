@@ -65,11 +65,19 @@ def test_ffn_int8_stays_close_to_fp32(int8_encoder, reference):
     assert vectors[0] @ vectors[1] == pytest.approx(reference[0] @ reference[1], abs=0.03)
 
 
-def test_fast_paths_are_deterministic_and_order_independent(int8_encoder):
+def test_onnx_fp32_is_deterministic_and_batch_independent(onnx_encoder):
+    first = onnx_encoder.encode(TEXTS, batch_size=4)
+    np.testing.assert_array_equal(first, onnx_encoder.encode(TEXTS, batch_size=4))
+    reversed_rows = onnx_encoder.encode(TEXTS[::-1], batch_size=2)[::-1]
+    np.testing.assert_allclose(first, reversed_rows, atol=1e-5)
+
+
+def test_ffn_int8_is_deterministic_and_nearly_batch_independent(int8_encoder):
     first = int8_encoder.encode(TEXTS, batch_size=4)
-    reversed_rows = int8_encoder.encode(TEXTS[::-1], batch_size=2)[::-1]
-    np.testing.assert_allclose(first, reversed_rows, atol=1e-4)
     np.testing.assert_array_equal(first, int8_encoder.encode(TEXTS, batch_size=4))
+    # Dynamic quantisation scales activations per batch, so other batch-mates move a vector a little.
+    reversed_rows = int8_encoder.encode(TEXTS[::-1], batch_size=2)[::-1]
+    assert (first * reversed_rows).sum(axis=1).min() > 0.98
 
 
 def test_each_variant_has_its_own_encoder_id(onnx_encoder, int8_encoder, reference):
