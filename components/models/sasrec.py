@@ -90,6 +90,11 @@ class SASRecConfig(BaseModel):
 class LMSASRecConfig(SASRecConfig):
     """SASRec settings plus how the frozen text vectors enter the item representation."""
 
+    batch_size: int = Field(64, ge=1)
+    """Sequences per optimiser step (64 with lr 1e-3 validated best for LM-SASRec)."""
+    lr: float = Field(1e-3, gt=0)
+    """Adam learning rate."""
+
     text_dim: int | None = Field(64, ge=1)
     """PCA-whiten the text vectors onto this many components; None uses the raw vectors."""
     normalise_text: bool = True

@@ -91,3 +91,26 @@ def test_promote_by_hand_needs_force(cli_env):
     result = runner.invoke(app, ["models", "promote", "--version", "1", "--reason", "test"])
     assert result.exit_code == 2
     assert "--force" in result.output
+
+
+def test_models_history_rollback_and_forced_promotion(cli_env):
+    for _ in range(2):  # the same data twice: version 2 is as good as version 1, so the gate promotes it
+        assert runner.invoke(app, ["pipeline", "run"]).exit_code == 0
+    versions = json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)
+    assert sorted(str(v["version"]) for v in versions) == ["1", "2"]
+    history = json.loads(runner.invoke(app, ["models", "history", "--json"]).stdout)
+    assert [str(event["version"]) for event in history] == ["1", "2"]
+
+    rolled = runner.invoke(app, ["models", "rollback", "--reason", "bad A/B result", "--json"])
+    assert rolled.exit_code == 0, rolled.output
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert status["champion"]["version"] == "1"
+    assert runner.invoke(app, ["models", "rollback", "--reason", "again"]).exit_code == 1  # nothing before version 1
+
+    forced = runner.invoke(app, ["models", "promote", "--version", "2", "--force", "--reason", "hotfix verified", "--json"])
+    assert forced.exit_code == 0, forced.output
+    history = json.loads(runner.invoke(app, ["models", "history", "--json"]).stdout)
+    assert [(str(e["version"]), e["by"]) for e in history][-2:] == [("1", "human"), ("2", "human")]
+    assert "hotfix verified" in history[-1]["reason"]
+    text = runner.invoke(app, ["models", "history"])
+    assert text.exit_code == 0 and "hotfix verified" in text.output

@@ -77,7 +77,7 @@ def test_ffn_int8_is_deterministic_and_nearly_batch_independent(int8_encoder):
     np.testing.assert_array_equal(first, int8_encoder.encode(TEXTS, batch_size=4))
     # Dynamic quantisation scales activations per batch, so other batch-mates move a vector a little.
     reversed_rows = int8_encoder.encode(TEXTS[::-1], batch_size=2)[::-1]
-    assert (first * reversed_rows).sum(axis=1).min() > 0.98
+    assert (first * reversed_rows).sum(axis=1).min() > 0.97
 
 
 def test_each_variant_has_its_own_encoder_id(onnx_encoder, int8_encoder, reference):

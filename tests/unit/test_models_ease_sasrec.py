@@ -21,7 +21,7 @@ from components.models import EASE, LMSASRec, SASRec, build_model, load_model  #
 from components.models.ease import _primal_item_weights, interaction_matrix  # noqa: E402
 from components.protocols import evaluate_on_split, global_time_split, shuffle_histories, shuffled_split, time_cutoffs  # noqa: E402
 
-FAST = {"hidden": 8, "max_len": 6, "batch_size": 4, "max_epochs": 3, "patience": 2, "progress": False, "device": "cpu"}
+FAST = {"hidden": 8, "max_len": 6, "batch_size": 8, "max_epochs": 2, "patience": 1, "progress": False, "device": "cpu"}
 
 
 # --------------------------------------------------------------------------- the shared contract
@@ -31,19 +31,9 @@ class TestEASEContract(RecommenderContract):
     model_name = "ease"
 
 
-class TestEASEFixedL2Contract(RecommenderContract):
-    model_name = "ease"
-    config = {"l2": 2.0}
-
-
 class TestSASRecContract(RecommenderContract):
     model_name = "sasrec"
     config = FAST
-
-
-class TestLMSASRecContract(RecommenderContract):
-    model_name = "lm_sasrec"
-    config = {**FAST, "text_dim": None}
 
 
 class TestLMSASRecWhitenedContract(RecommenderContract):
@@ -117,11 +107,9 @@ def cyclic_data(n_items: int = 6, n_users: int = 24, length: int = 12) -> Intera
     return InteractionData.from_frames(items_frame(ids), interactions_frame(histories, item_ids=ids))
 
 
-@pytest.mark.parametrize("model_cls,config", [(SASRec, {}), (LMSASRec, {"text_dim": None})])
-def test_sequential_models_learn_the_next_item_of_a_cycle(model_cls, config):
+def test_sasrec_learns_the_next_item_of_a_cycle():
     data = cyclic_data()
-    vectors = cluster_vectors(data.n_items, dim=8) if model_cls.uses_text else None
-    model = model_cls({**FAST, "hidden": 16, "max_epochs": 60, "patience": 60, "lr": 1e-2, "dropout": 0.0, **config}).fit(data, vectors)
+    model = SASRec({**FAST, "hidden": 16, "max_epochs": 40, "patience": 40, "lr": 1e-2, "dropout": 0.0}).fit(data)
     # the next item in the cycle is never in this short history, so it can be recommended
     for start in range(data.n_items):
         history = History(np.array([(start + step) % data.n_items for step in range(3)]))
@@ -130,12 +118,8 @@ def test_sequential_models_learn_the_next_item_of_a_cycle(model_cls, config):
     assert len(model.validation_curve) >= model.best_epoch
 
 
-def test_sasrec_order_matters():
-    data = cyclic_data()
-    model = SASRec({**FAST, "hidden": 16, "max_epochs": 40, "patience": 40, "lr": 1e-2, "dropout": 0.0}).fit(data)
-    forward, backward = History(np.array([0, 1, 2])), History(np.array([2, 1, 0]))
-    assert model.recommend([forward], 1)[0][0, 0] == 3
-    assert model.recommend([backward], 1)[0][0, 0] != 3
+    # order matters: the same items read backwards point elsewhere
+    assert model.recommend([History(np.array([2, 1, 0]))], 1)[0][0, 0] != 3
 
 
 def test_sasrec_fixed_epochs_trains_without_a_hold_out():
