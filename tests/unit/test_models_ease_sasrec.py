@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _model_fixtures import ACTION, DRAMA, HISTORIES, ITEM_IDS, cluster_vectors, interactions_frame, items_frame, tiny_data  # noqa: E402
+from _model_fixtures import cluster_vectors, interactions_frame, items_frame, tiny_data  # noqa: E402
 from test_models_contract import RecommenderContract  # noqa: E402
 
 from components.dataset import History, InteractionData, leave_last_out  # noqa: E402
