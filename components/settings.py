@@ -86,7 +86,7 @@ class EmbedSettings(BaseModel):
 class TrainSettings(BaseModel):
     """Which candidates train and how they are compared."""
 
-    candidates: list[str] = Field(default_factory=lambda: ["popularity", "lm_content"])
+    candidates: list[str] = Field(default_factory=lambda: ["popularity", "lm_content", "ease"])
     """Recommenders to train; the best on the validation item becomes the challenger."""
     seed: int = 42
     """Seed for every random choice."""
