@@ -121,7 +121,7 @@ def run_demo(
             raise RuntimeError(f"the first pipeline run failed; see the Airflow UI at {stack.base}")
         decision = stack.xcom("lm_recsys_pipeline", first, "promote")
         _say(f"version {decision['version']} ({decision['model_kind']}): {decision['decision']} — {decision['reason']}")
-        shown["first_version"] = decision["version"]
+        shown.update(first_run_id=first, first_version=decision["version"], first_decision=decision["decision"], first_snapshot_id=decision["snapshot_id"])
 
         _say("starting the BentoML service …")
         server = BentoServer(env, data_root / "logs", PROJECT_ROOT, port=_port(bento_port))
@@ -153,6 +153,7 @@ def run_demo(
         liked = [i for i in liked if i not in seen][:feedback_events]
         payload = [{"user_id": user, "item_id": item, "event": "like", "event_id": f"demo-{user}-{item}-{int(time.time())}"} for item in liked]
         written = server.post("/feedback_batch", {"events": payload}).json()
+        shown.update(user=user, feedback_event_ids=[event["event_id"] for event in payload], feedback_written=written)
         _say(f"posted {written['accepted']} likes from user {user} to /feedback_batch; the watcher checks every 10 s for ≥ {feedback_events} new events …")
         body = server.post("/recommend", {"user_id": user, "k": 5}).json()
         _show(f"recommendations for user {user} right away (request-time feedback, no retraining)", body)
@@ -164,12 +165,12 @@ def run_demo(
 
         second = wait_for(next_run, 300, interval=2, what="the feedback-triggered run", procs=stack.procs)
         _say(f"a new run started by itself: {second['dag_run_id']} ({second['run_type']})")
+        shown["second_run"] = second
         if _follow_run(stack, second["dag_run_id"], 1800) != "success":
             raise RuntimeError(f"the feedback-triggered run failed; see {stack.base}")
         decision = stack.xcom("lm_recsys_pipeline", second["dag_run_id"], "promote")
         _say(f"version {decision['version']}: {decision['decision']} — {decision['reason']}")
-        shown["second_version"] = decision["version"]
-        shown["second_decision"] = decision["decision"]
+        shown.update(second_version=decision["version"], second_decision=decision["decision"], second_snapshot_id=decision["snapshot_id"])
         if decision["decision"] == "promoted":
             wait_for(lambda: server.post("/recommend", {"user_id": user, "k": 5}).json()["model_version"] == str(decision["version"]), 120, what="the service to swap", procs=[server])
         body = server.post("/recommend", {"user_id": user, "k": 5}).json()

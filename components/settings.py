@@ -134,6 +134,9 @@ class ServingSettings(BaseModel):
     """How often the service checks whether the champion alias moved."""
     admin_token: str | None = None
     """Bearer token for POST /admin/reload. Unset: reload is disabled (there is no default token)."""
+    workers: int = 1
+    """BentoML worker processes. Each loads the model and polls the alias itself, so
+    POST /admin/reload reaches one worker and the others follow within the poll interval."""
     production: bool = False
     """Production mode: the service refuses to start with an admin token shorter than 32 characters."""
     max_k: int = 100

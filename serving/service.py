@@ -244,7 +244,11 @@ class RecentFeedback:
             self._scanned_upto = upto
 
 
-@bentoml.service(workers=1, threads=4, traffic={"timeout": 60}, logging={"access": {"enabled": False}})
+# Read at import because BentoML fixes the worker count when the class is decorated.
+WORKERS = int(os.environ.get("LMRECSYS_SERVING__WORKERS", "1"))
+
+
+@bentoml.service(workers=WORKERS, threads=4, traffic={"timeout": 60}, logging={"access": {"enabled": False}})
 @bentoml.asgi_app(web, path="/")
 class RecommenderService:
     """Recommendations, session recommendations, free-text search, similar items and feedback."""
