@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import sys
 import tempfile
 import time
@@ -124,6 +125,7 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=0.02, help="gate tolerance, so the incremental run's challenger is promoted and served")
     parser.add_argument("--workdir", default=None, help="keep the stack's files here (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--feedback-only", action="store_true", help="reuse --workdir from an earlier run (champion and embedding cache in place) and measure only the feedback-triggered run")
     args = parser.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lmrecsys-bench-airflow-"))
@@ -153,19 +155,23 @@ def main() -> int:
         server = BentoServer(env, work / "bento", ROOT)
         results["stack_start_s"] = round(time.time() - t0, 2)
 
-        started = time.time()
-        run_id = stack.trigger(PIPELINE)
-        results["full"] = measure_run(stack, server, run_id, started, "1", 3600)
-        print(json.dumps({k: v for k, v in results["full"].items() if k != "tasks"}), flush=True)
-
-        # the feedback-triggered run: events through the service, no human step after them
-        snapshot_id = stack.xcom(PIPELINE, run_id, "validate")
         import pandas as pd
 
-        items = pd.read_parquet(settings.snapshots_dir / snapshot_id / "items.parquet")["item_id"].astype(str).tolist()
+        from components.snapshots import newest_accepted
+
+        if not args.feedback_only:
+            started = time.time()
+            run_id = stack.trigger(PIPELINE)
+            results["full"] = measure_run(stack, server, run_id, started, "1", 3600)
+            print(json.dumps({k: v for k, v in results["full"].items() if k != "tasks"}), flush=True)
+
+        # the feedback-triggered run: events through the service, no human step after them
+        snapshot = newest_accepted(settings.snapshots_dir)
+        items = pd.read_parquet(snapshot.path / "items.parquet")["item_id"].astype(str).tolist()
         before = {r["dag_run_id"] for r in stack.runs(PIPELINE)}
         stack.api("PATCH", f"/dags/{WATCH}", json={"is_paused": False})
-        events = [{"user_id": "7", "item_id": item, "event": "like", "event_id": f"bench-{uuid.uuid4().hex}"} for item in items[-args.events:]]
+        events = [{"user_id": "7", "item_id": item, "event": "like", "event_id": f"bench-{uuid.uuid4().hex}"} for item in random.Random(time.time_ns()).sample(items, args.events)]
+        server.wait_ready(timeout=300)
         response = server.post("/feedback_batch", {"events": events}, timeout=60)
         response.raise_for_status()
         posted = time.time()
@@ -183,7 +189,7 @@ def main() -> int:
     print(text)
     if args.json:
         Path(args.json).write_text(text)
-    for case in ("full", "feedback"):
+    for case in [c for c in ("full", "feedback") if c in results]:
         print(f"\n{case}: | task | tries | duration s | queue delay s |")
         for t in results[case]["tasks"]:
             print(f"| {t['task']} | {t['tries']} | {t['duration_s']} | {t['queue_delay_s']} |")

@@ -101,7 +101,13 @@ def test_killed_train_task_is_retried_and_leaves_no_partial_artifacts(embedded):
     # the pid the API reports is our own scheduler's descendant, not some other process
     assert task.pid in {p.pid for p in stack.process("scheduler").tree()}, (ti, task.cmdline())
     # kill it mid-fit: once its temporary run folder exists
-    partial = wait_for(lambda: [p for p in settings.runs_dir.glob(".tmp-*")] if settings.runs_dir.exists() else None, 300, interval=0.01, what="train's temporary folder")
+    def temporary_folder():
+        found = list(settings.runs_dir.glob(".tmp-*")) if settings.runs_dir.exists() else []
+        if not found and not task.is_running():
+            pytest.fail(f"train finished before its temporary folder was seen\n{describe_run(stack, run_id)}")
+        return found
+
+    partial = wait_for(temporary_folder, 300, interval=0.01, what="train's temporary folder")
     os.kill(task.pid, signal.SIGKILL)
 
     assert stack.wait_run(PIPELINE, run_id, timeout=RUN_TIMEOUT) == "success", describe_run(stack, run_id)
