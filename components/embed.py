@@ -421,6 +421,11 @@ def encoder_from_settings(settings: Settings) -> TextEncoder:
     embed = settings.embed
     backend = getattr(embed, "backend", "torch") or "torch"
     quantize = getattr(embed, "quantize", None) or None
+    if backend == "onnx":
+        import torch
+
+        if torch.cuda.is_available():  # the ONNX path is CPU-only; on a GPU, torch in half precision wins
+            backend, quantize = "torch", None
     artifacts = str(settings.embeddings_dir / "onnx") if backend == "onnx" else None
     return load_encoder(embed.encoder_path, embed.max_length, backend, quantize, artifacts)
 

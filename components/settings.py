@@ -7,6 +7,7 @@ Every option has a default that works on one machine with no set-up.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +80,13 @@ class EmbedSettings(BaseModel):
     """Texts per forward pass."""
     max_length: int = 128
     """Longer texts are truncated to this many tokens."""
+    backend: Literal["torch", "onnx"] = "torch"
+    """``torch``: transformers, the reference path (fp16 on CUDA). ``onnx``: an ONNX Runtime export of
+    the same weights, fused, CPU only (vectors agree to cosine 0.9999+; faster on CPU, see
+    docs/benchmarks/embeddings.md). Exported once into ``<data_root>/embeddings/onnx``."""
+    quantize: Literal["ffn-int8"] | None = None
+    """``ffn-int8`` (onnx only): int8 feed-forward weights; faster, but top-10 neighbour overlap with
+    fp32 is 83%, below the 90% the project accepts by default."""
     top_tags: int = 5
     """How many of an item's most frequent tags go into its text."""
 
