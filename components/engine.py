@@ -50,12 +50,19 @@ def write_bundle(
     data: InteractionData,
     text_vectors: np.ndarray | None,
     meta: dict,
+    validation_model: Recommender | None = None,
 ) -> Path:
-    """Write a serving bundle for ``model`` fitted on ``data`` (all accepted interactions)."""
+    """Write a serving bundle for ``model`` fitted on ``data`` (all accepted interactions).
+
+    ``validation_model`` is the same recipe fitted only on history before each user's validation
+    item; the gate re-scores a champion with it, because the served model has seen those items.
+    """
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     model.save(folder / "model")
+    if validation_model is not None:
+        validation_model.save(folder / "model_val")
     catalogue = data.catalogue
     pd.DataFrame({ITEM_COL: catalogue.item_ids, TITLE_COL: catalogue.titles, CATEGORIES_COL: catalogue.categories}).to_parquet(
         folder / "catalogue.parquet", index=False
@@ -86,6 +93,13 @@ class ServingEngine:
         self.histories = self._load_histories()
         self._category_masks: dict[str, np.ndarray] = {}
         self.load_seconds = time.perf_counter() - started
+
+    def validation_model(self) -> Recommender:
+        """The champion's validation-side fit, for re-scoring on a new split (the served model if absent)."""
+        if not hasattr(self, "_validation_model"):
+            folder = self.folder / "model_val"
+            self._validation_model = load_model(folder) if (folder / "model.json").exists() else self.model
+        return self._validation_model
 
     def _load_histories(self) -> dict:
         frame = pd.read_parquet(self.folder / "histories.parquet")

@@ -8,6 +8,7 @@ starts clean.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -83,6 +84,9 @@ def stage_train(settings: Settings, snapshot_id: str, embeddings_dir: str, run_k
     split = leave_last_out(data)
     target = settings.runs_dir / run_key
     target.parent.mkdir(parents=True, exist_ok=True)
+    # A try killed with SIGKILL never reaches the `finally` below; its retry (same run key) clears what it left.
+    for stale in target.parent.glob(glob.escape(f".tmp-{run_key}-") + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{run_key}-"))
     timings = {}
     try:
@@ -227,6 +231,7 @@ def stage_register(settings: Settings, report_path: str) -> dict:
             "encoder_id": embed_manifest["encoder"]["encoder_id"],
             "encoder": embed_manifest["encoder"],
         },
+        validation_model=load_model(run / best / "val"),
     )
     plots = write_report_plots(report, run / "plots")
     metric = report["gate_metric"]

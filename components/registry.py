@@ -673,8 +673,11 @@ def load_champion_engine(settings: Settings):
 def champion_scores(engine, catalogue_ids: np.ndarray, histories) -> np.ndarray:
     """Score new-split histories with the champion, mapping between the two catalogues.
 
-    Items the champion never saw score -inf, so the comparison is on the same split and items.
+    Uses the champion's validation-side fit: the served model was fitted on every interaction, so
+    it has seen the items this split holds out and would score itself far too well. Items the
+    champion never saw score -inf, so the comparison is on the same split and items.
     """
+    model = engine.validation_model()
     mapping = np.array([engine.catalogue.index.get(i.item() if hasattr(i, "item") else i, -1) for i in catalogue_ids])
     known = mapping >= 0
     from components.dataset import History
@@ -686,6 +689,6 @@ def champion_scores(engine, catalogue_ids: np.ndarray, histories) -> np.ndarray:
         translated.append(History(champion_items[keep], [e for e, k in zip(h.events, keep) if k], h.values[keep], h.timestamps[keep]))
     scores = np.full((len(histories), len(catalogue_ids)), -np.inf, dtype=np.float32)
     for start in range(0, len(histories), 256):
-        block = engine.model.score(translated[start : start + 256]) if len(engine.catalogue) else np.zeros((0, 0))
+        block = model.score(translated[start : start + 256]) if len(engine.catalogue) else np.zeros((0, 0))
         scores[start : start + 256, known] = block[:, mapping[known]]
     return scores

@@ -53,9 +53,15 @@ def lm_recsys_pipeline():
 
     @task(execution_timeout=timedelta(minutes=10))
     def validate(snapshot_id: str) -> str:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from components.errors import ValidationFailed
         from components.pipeline import stage_validate
 
-        return stage_validate(_settings(), snapshot_id)
+        try:
+            return stage_validate(_settings(), snapshot_id)
+        except ValidationFailed as exc:  # bad data does not get better on retry: fail at once, reason in the log
+            raise AirflowFailException(str(exc)) from exc
 
     @task
     def plan_embedding_shards(snapshot_id: str) -> list[int]:
