@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_airflow_dags_test_runs_the_pipeline(tmp_path, movielens_dir):
-    from conftest import PROJECT_ROOT
+    from components.settings import PROJECT_ROOT
 
     data_root = tmp_path / "data"
     env = {

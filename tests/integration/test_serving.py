@@ -36,7 +36,7 @@ def champion_root(tmp_path_factory, movielens_dir) -> Path:
 
 
 def start_server(data_root: Path, workdir: Path, feedback_db: Path, **extra: str) -> BentoServer:
-    from conftest import PROJECT_ROOT
+    from components.settings import PROJECT_ROOT
 
     env = {
         "LMRECSYS_DATA_ROOT": str(data_root),

@@ -50,7 +50,7 @@ expect = playwright_api.expect
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, movielens_dir):
     """A champion built by the real pipeline, served by ``bentoml serve``."""
-    from conftest import PROJECT_ROOT
+    from components.settings import PROJECT_ROOT
 
     root = tmp_path_factory.mktemp("web-page")
     env = {

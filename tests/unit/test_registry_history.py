@@ -318,7 +318,7 @@ def test_settings_are_logged_without_secrets(tmp_path):
         data_root=tmp_path,
         serving={"admin_token": "s3cret-token"},
         feedback={"url": "postgresql://app:hunter2@db.example:5432/feedback"},
-        train={"model_configs": {"lm_content": {"whiten_dim": 64}}},
+        train={"model_configs": {"lm_content": {"whiten_dim": 64}}, "candidates": ["popularity", "lm_content"]},
     )
     logged = settings_for_logging(settings)
     text = repr(logged)
