@@ -1,15 +1,6 @@
 """The embed stage with the real all-MiniLM-L6-v2 encoder: vectors, errors, item text, the cache."""
 
-import os
-
-for _key, _value in {
-    "GX_ANALYTICS_ENABLED": "False",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "HF_HUB_OFFLINE": "1",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}.items():
-    os.environ.setdefault(_key, _value)
+# Telemetry and network switches are set once for every test in tests/conftest.py.
 
 import json
 import math

@@ -1,15 +1,6 @@
 """The serving engine over a bundle written from a tiny fitted lm_content model."""
 
-import os
-
-for _key, _value in {
-    "GX_ANALYTICS_ENABLED": "False",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "HF_HUB_OFFLINE": "1",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}.items():
-    os.environ.setdefault(_key, _value)
+# Telemetry and network switches are set once for every test in tests/conftest.py.
 
 import json
 import sys

@@ -5,16 +5,8 @@ process) and stays champion; every other test registers its own challenger, whic
 must reject, so the tests do not depend on their order.
 """
 
+# Telemetry and network switches are set once for every test in tests/conftest.py.
 import os
-
-for _key, _value in {
-    "GX_ANALYTICS_ENABLED": "False",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "HF_HUB_OFFLINE": "1",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}.items():
-    os.environ.setdefault(_key, _value)
 
 import sys
 from dataclasses import dataclass
