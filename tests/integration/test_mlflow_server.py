@@ -12,15 +12,13 @@ import os
 import uuid
 
 import mlflow
-import mlflow.tracking._tracking_service.utils as mlflow_tracking_utils
-import mlflow.tracking.fluent as mlflow_fluent
 import pytest
 import requests
 
 from components import pipeline
 from components.registry import champion_history, force_promote, rollback
 from components.settings import load_settings
-from harness import MlflowServer
+from harness import MlflowServer, restored_mlflow_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ADMIN_URL = os.environ.get("LM_RECSYS_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -48,22 +46,12 @@ def postgres_database():
 
 @pytest.fixture
 def mlflow_server(postgres_database, tmp_path):
-    saved_env = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
-    saved_uri = mlflow_tracking_utils._tracking_uri
-    server = MlflowServer(postgres_database, tmp_path / "mlartifacts", tmp_path / "logs")
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
-        if mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(saved_uri)
-        mlflow_fluent._active_experiment_id = None
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with restored_mlflow_state():
+        server = MlflowServer(postgres_database, tmp_path / "mlartifacts", tmp_path / "logs")
+        try:
+            yield server.wait_ready()
+        finally:
+            server.stop()
 
 
 class Rest:

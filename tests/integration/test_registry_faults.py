@@ -19,8 +19,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import mlflow
-import mlflow.tracking._tracking_service.utils as mlflow_tracking_utils
-import mlflow.tracking.fluent as mlflow_fluent
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -28,7 +26,7 @@ from components import pipeline
 from components.errors import RegistryError
 from components.registry import CHALLENGER, CHAMPION, champion_history, configure, get_alias_version, list_versions
 from components.settings import Settings, load_settings
-from harness import TELEMETRY_OFF, MlflowServer
+from harness import TELEMETRY_OFF, MlflowServer, restored_mlflow_state
 
 pytestmark = pytest.mark.integration
 _names = itertools.count(1)
@@ -48,31 +46,19 @@ for _user in range(1, 11):
 @pytest.fixture(scope="module")
 def evaluated_run(tmp_path_factory) -> tuple[Path, Path, str]:
     """(data root, MovieLens folder, report path) of one evaluated pipeline run."""
-    saved_env = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
-    saved_uri = mlflow_tracking_utils._tracking_uri
-    root = tmp_path_factory.mktemp("faults")
-    source = root / "movielens"
-    source.mkdir()
-    (source / "movies.csv").write_text("\n".join(MOVIES) + "\n")
-    (source / "ratings.csv").write_text("\n".join(RATINGS) + "\n")
-    settings = settings_for(root / "data", source, "setup")
-    snapshot_id = pipeline.stage_ingest(settings)
-    pipeline.stage_validate(settings, snapshot_id)
-    embeddings = pipeline.stage_embed(settings, snapshot_id)
-    run_dir = pipeline.stage_train(settings, snapshot_id, embeddings, "faults")
-    report = pipeline.stage_evaluate(settings, run_dir)
-    try:
+    with restored_mlflow_state():
+        root = tmp_path_factory.mktemp("faults")
+        source = root / "movielens"
+        source.mkdir()
+        (source / "movies.csv").write_text("\n".join(MOVIES) + "\n")
+        (source / "ratings.csv").write_text("\n".join(RATINGS) + "\n")
+        settings = settings_for(root / "data", source, "setup")
+        snapshot_id = pipeline.stage_ingest(settings)
+        pipeline.stage_validate(settings, snapshot_id)
+        embeddings = pipeline.stage_embed(settings, snapshot_id)
+        run_dir = pipeline.stage_train(settings, snapshot_id, embeddings, "faults")
+        report = pipeline.stage_evaluate(settings, run_dir)
         yield root / "data", source, report
-    finally:
-        if mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(saved_uri)
-        mlflow_fluent._active_experiment_id = None
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def settings_for(data_root: Path, source: Path, model_name: str, **registry) -> Settings:

@@ -6,7 +6,6 @@ must reject, so the tests do not depend on their order.
 """
 
 # Telemetry and network switches are set once for every test in tests/conftest.py.
-import os
 
 import sys
 from dataclasses import dataclass
@@ -14,10 +13,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import mlflow
-import mlflow.tracking._tracking_service.utils as mlflow_tracking_utils
-import mlflow.tracking.fluent as mlflow_fluent
 import pytest
 from mlflow.tracking import MlflowClient
+
+from harness import restored_mlflow_state  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -60,29 +59,17 @@ class Registry:
 def registry(tmp_path_factory) -> Registry:
     # configure() sets MLflow's process-wide tracking URI and experiment (and their environment
     # variables); put them back afterwards so no later test talks to this module's registry.
-    saved_env = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
-    saved_uri = mlflow_tracking_utils._tracking_uri
-    root = tmp_path_factory.mktemp("registry")
-    settings = load_settings(data_root=root)
-    client = configure(settings)
-    data = tiny_data()
-    model = LMContent({"whiten_dim": None}).fit(data, cluster_vectors())
-    bundle = write_bundle(root / "bundle", model, data, cluster_vectors(), {"model_name": "lm_content", "id_type": "int"})
-    with mlflow.start_run():
-        version, uri = log_bundle_model(bundle, settings.registry.model_name)
-    decision = promote_if_better(client, settings, version, CHAMPION_METRIC, None, POPULARITY_METRIC, uri)
-    try:
+    with restored_mlflow_state():
+        root = tmp_path_factory.mktemp("registry")
+        settings = load_settings(data_root=root)
+        client = configure(settings)
+        data = tiny_data()
+        model = LMContent({"whiten_dim": None}).fit(data, cluster_vectors())
+        bundle = write_bundle(root / "bundle", model, data, cluster_vectors(), {"model_name": "lm_content", "id_type": "int"})
+        with mlflow.start_run():
+            version, uri = log_bundle_model(bundle, settings.registry.model_name)
+        decision = promote_if_better(client, settings, version, CHAMPION_METRIC, None, POPULARITY_METRIC, uri)
         yield Registry(settings, client, bundle, str(version), decision)
-    finally:
-        if mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(saved_uri)
-        mlflow_fluent._active_experiment_id = None
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def test_configure_uses_sqlite_under_data_root(registry):

@@ -9,7 +9,6 @@ force-refusal test here run it for real.
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 import threading
 import time
@@ -18,10 +17,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import mlflow
-import mlflow.tracking._tracking_service.utils as mlflow_tracking_utils
-import mlflow.tracking.fluent as mlflow_fluent
 import pytest
 from mlflow.tracking import MlflowClient
+
+from harness import restored_mlflow_state  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -84,25 +83,13 @@ class Model:
 
 @pytest.fixture(scope="module")
 def shared_registry(tmp_path_factory):
-    saved_env = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
-    saved_uri = mlflow_tracking_utils._tracking_uri
-    root = tmp_path_factory.mktemp("history")
-    configure(load_settings(data_root=root))
-    data = tiny_data()
-    model = LMContent({"whiten_dim": None}).fit(data, cluster_vectors())
-    bundle = write_bundle(root / "bundle", model, data, cluster_vectors(), {"model_name": "lm_content", "id_type": "int"})
-    try:
+    with restored_mlflow_state():
+        root = tmp_path_factory.mktemp("history")
+        configure(load_settings(data_root=root))
+        data = tiny_data()
+        model = LMContent({"whiten_dim": None}).fit(data, cluster_vectors())
+        bundle = write_bundle(root / "bundle", model, data, cluster_vectors(), {"model_name": "lm_content", "id_type": "int"})
         yield root, bundle
-    finally:
-        if mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(saved_uri)
-        mlflow_fluent._active_experiment_id = None
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture
