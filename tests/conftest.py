@@ -1,6 +1,7 @@
 """Shared test set-up: telemetry off, offline, and the harness importable."""
 
 import os
+import uuid
 import sys
 from pathlib import Path
 
@@ -32,3 +33,24 @@ def movielens_dir() -> Path:
     if not (path / "ratings.csv").exists():
         pytest.skip(f"MovieLens ml-latest-small not found at {path}")
     return path
+
+
+@pytest.fixture
+def postgres_url():
+    """A freshly created PostgreSQL database (trust auth on 127.0.0.1:5432), dropped afterwards."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    admin_url = os.environ.get("LM_RECSYS_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        admin = psycopg2.connect(admin_url, connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {admin_url}: {exc}")
+    admin.autocommit = True
+    name = f"lmrecsys_test_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ PIPELINE = "lm_recsys_pipeline"
 WATCH = "lm_recsys_feedback_watch"
 REDUCED_USERS = 40
 BOOTSTRAP_SAMPLES = 100
-POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_DB = 5
 """A Redis database of its own, so flushing it cannot touch another user of the server."""
 
@@ -96,23 +94,9 @@ def copy_source(movielens_dir: Path, target: Path) -> Path:
 
 
 @pytest.fixture
-def airflow_postgres_url():
-    """A fresh PostgreSQL database for Airflow's metadata, dropped (even with open sessions) afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"lmrecsys_airflow_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg2.connect(POSTGRES_ADMIN, connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc}")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+def airflow_postgres_url(postgres_url):
+    """A fresh PostgreSQL database for Airflow's metadata, in SQLAlchemy's psycopg2 form."""
+    return postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
 @pytest.fixture

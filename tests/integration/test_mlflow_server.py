@@ -8,10 +8,7 @@ promotion and a rollback are recorded. Everything is checked through the server'
 
 from __future__ import annotations
 
-import os
-import uuid
 
-import mlflow
 import pytest
 import requests
 
@@ -21,33 +18,12 @@ from components.settings import load_settings
 from harness import MlflowServer, restored_mlflow_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-ADMIN_URL = os.environ.get("LM_RECSYS_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture
-def postgres_database():
-    """A fresh, empty PostgreSQL database; dropped (WITH FORCE) afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        admin = psycopg2.connect(ADMIN_URL, connect_timeout=3)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {ADMIN_URL}: {exc}")
-    admin.autocommit = True
-    name = f"lmrecsys_mlflow_{uuid.uuid4().hex[:12]}"
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-@pytest.fixture
-def mlflow_server(postgres_database, tmp_path):
+def mlflow_server(postgres_url, tmp_path):
     with restored_mlflow_state():
-        server = MlflowServer(postgres_database, tmp_path / "mlartifacts", tmp_path / "logs")
+        server = MlflowServer(postgres_url, tmp_path / "mlartifacts", tmp_path / "logs")
         try:
             yield server.wait_ready()
         finally:

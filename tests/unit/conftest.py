@@ -97,24 +97,3 @@ def make_settings(tmp_path, tiny_movielens):
 def settings(make_settings):
     """Settings over a fresh data root, ingesting the tiny MovieLens folder (SQLite feedback store)."""
     return make_settings()
-
-
-@pytest.fixture
-def postgres_url():
-    """A freshly created PostgreSQL database (trust auth on 127.0.0.1:5432), dropped afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    admin_url = os.environ.get("LM_RECSYS_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    try:
-        admin = psycopg2.connect(admin_url, connect_timeout=3)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {admin_url}: {exc}")
-    admin.autocommit = True
-    name = f"lmrecsys_test_{uuid.uuid4().hex[:12]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
