@@ -42,6 +42,22 @@ request = function()
 end
 """
 
+SWEEP_LUA = """
+local next_user = 0
+local threads = 0
+setup = function(thread)
+  thread:set("offset", threads * 97)
+  threads = threads + 1
+end
+request = function()
+  next_user = next_user + 1
+  local body = string.format('{"user_id": %d, "k": 10}', ((next_user + offset) %% %USERS%) + 1)
+  return wrk.format("POST", "/recommend", {["Content-Type"] = "application/json"}, body)
+end
+"""
+"""Warm-up for /recommend: every wrk thread walks all users in turn, so each worker's ranking
+cache holds every user before the timed run (the steady state between two model swaps)."""
+
 FEEDBACK_LUA = """
 local counter = 0
 local threads = 0
@@ -139,6 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, help="a data root with a registered champion (built when absent)")
     parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
+    parser.add_argument("--warm-up", type=int, default=4, help="duration of the warm-up before each run")
     parser.add_argument("--users", type=int, default=610, help="/recommend picks user ids uniformly from 1..USERS (610 in ml-latest-small)")
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "serving.json")
@@ -171,14 +188,17 @@ def main() -> None:
         users = args.users
         item = requests.post(f"{bento.base}/recommend", json={"user_id": 999_999, "k": 1}, timeout=10).json()["items"][0]["item_id"]
         results["model"] = info
+        recommend = RECOMMEND_LUA.replace("%USERS%", str(users))
+        sweep = SWEEP_LUA.replace("%USERS%", str(users)).replace("%%", "%")
         targets = [
-            ("/recommend (BentoML, real champion)", f"{bento.base}/recommend", RECOMMEND_LUA.replace("%USERS%", str(users))),
-            ("/ping (BentoML, trivial async)", f"{bento.base}/ping", PING_LUA),
-            ("/ping (bare Starlette, uvicorn)", f"http://127.0.0.1:{bare_port}/ping", PING_LUA),
+            ("/recommend (real champion, ranking cached)", f"{bento.base}/recommend", recommend, sweep),
+            ("/recommend (real champion, scored per request)", f"{bento.base}/recommend", recommend.replace('"k": 10}', '"k": 10, "exclude_seen": false}'), None),
+            ("/ping (BentoML, trivial async)", f"{bento.base}/ping", PING_LUA, None),
+            ("/ping (bare Starlette, uvicorn)", f"http://127.0.0.1:{bare_port}/ping", PING_LUA, None),
         ]
         for connections in args.connections:
-            for name, url, script in targets:
-                run_wrk(url, script, connections, 2)  # warm-up
+            for name, url, script, warm_up in targets:
+                run_wrk(url, warm_up or script, connections, args.warm_up)
                 numbers = run_wrk(url, script, connections, args.seconds)
                 results["runs"].append({"target": name, "connections": connections, **numbers})
                 print(f"{name:40s} c={connections:3d} {numbers['rps']:9.1f} req/s p50 {numbers['p50_ms']:7.2f} ms p99 {numbers['p99_ms']:7.2f} ms errors {numbers['errors']}", flush=True)

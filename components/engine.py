@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -35,8 +35,9 @@ def _is_positive(event: str, value) -> bool:
     return event in ("like", "purchase", "click", "view", "interaction")
 
 
-@dataclass
-class Recommendation:
+class Recommendation(NamedTuple):
+    """One recommended item."""
+
     item_id: object
     title: str
     score: float
@@ -76,6 +77,12 @@ def write_bundle(
     return folder
 
 
+CACHE_DEPTH = 100
+"""How many items a cached per-user ranking holds (the largest k a request may ask for)."""
+DEFAULT_CACHE_USERS = 100_000
+"""Users whose ranking is kept in memory per served model (about 20 kB each)."""
+
+
 class ServingEngine:
     """Answers recommend / session / similar / search requests from a loaded bundle."""
 
@@ -92,6 +99,8 @@ class ServingEngine:
         self.text_vectors = np.load(vectors_path) if vectors_path.exists() else None
         self.histories = self._load_histories()
         self._category_masks: dict[str, np.ndarray] = {}
+        self.cache_users = DEFAULT_CACHE_USERS
+        self._ranked: dict = {}
         self.load_seconds = time.perf_counter() - started
 
     def validation_model(self) -> Recommender:
@@ -202,6 +211,31 @@ class ServingEngine:
         exclude = np.unique(np.r_[history.items, list(getattr(history, "disliked", set()))]).astype(np.int64) if exclude_seen else np.array(list(getattr(history, "disliked", set())), dtype=np.int64)
         indexes, values = self.rank(scores, k, exclude=exclude, categories=categories)
         return self._package(indexes, values, history), self.model.name
+
+    def recommend_user(self, user_id, history: History, k: int) -> list[Recommendation]:
+        """Top-k for a known user whose history is their training history, excluding seen items.
+
+        The model's answer to that history cannot change while this model is served, so the
+        ranking (CACHE_DEPTH items, with explanations) is computed on the user's first request
+        and answered from memory after that; the top-k of the cached ranking is exactly the
+        top-k ``recommend_history`` gives (ties go to the lower index in both). At most
+        ``cache_users`` users are kept, the oldest dropped first; 0 turns the cache off. Users
+        with feedback since training must not come here (their history differs).
+        """
+        if k > CACHE_DEPTH or self.cache_users <= 0:
+            return self.recommend_history(history, k)[0]
+        ranked = self._ranked.get(user_id)
+        if ranked is None:
+            # Plain tuples of plain values: the garbage collector stops tracking them, so a full
+            # cache adds nothing to collection pauses (named tuples would stay tracked).
+            ranked = tuple(tuple(r) for r in self.recommend_history(history, CACHE_DEPTH)[0])
+            while len(self._ranked) >= self.cache_users:
+                try:
+                    del self._ranked[next(iter(self._ranked))]
+                except (KeyError, StopIteration, RuntimeError):  # another thread evicted it first
+                    break
+            self._ranked[user_id] = ranked
+        return [Recommendation._make(r) for r in ranked[:k]]
 
     def similar_items(self, item_id, k: int) -> list[Recommendation]:
         index = self.item_index(item_id)

@@ -149,6 +149,19 @@ class ServingSettings(BaseModel):
     """Production mode: the service refuses to start with an admin token shorter than 32 characters."""
     max_k: int = 100
     """Largest k a request may ask for."""
+    cache_users: int = Field(default=100_000, ge=0)
+    """Known users whose top-100 ranking the service keeps in memory per served model (computed
+    on their first request; about 20 kB each). Users with feedback since training are always
+    scored afresh. 0 turns the cache off."""
+    trace_hot_paths: bool = False
+    """Create OpenTelemetry spans for the fast-lane endpoints too (read when the service module is
+    imported, like ``workers``). Off by default: the spans cost about a fifth of such a request's
+    time, and BentoML sends them nowhere unless a tracing exporter is configured."""
+    fast_lane: bool = True
+    """Answer JSON requests to the hot endpoints (recommend, recommend_session, similar_items,
+    history, feedback, feedback_batch) in the service's fast lane, which validates with the same
+    BentoML input models and calls the same methods without BentoML's per-request IO layer
+    (docs/serving.md). False sends every request through BentoML's API layer."""
 
 
 class Settings(BaseSettings):

@@ -217,3 +217,33 @@ def test_string_ids(tmp_path):
     assert engine.item_index("i16") == 6 and engine.item_index(16) is None
     assert set(ids(engine.similar_items("i16", 3))) == {"i14", "i15", "i17"}
     assert json.loads((folder / "bundle.json").read_text())["id_type"] == "str"
+
+
+# ---------------------------------------------------------------------------------------------- per-user ranking cache
+def test_cached_ranking_equals_fresh_scoring_for_every_user_and_k(bundle):
+    engine = ServingEngine(bundle)
+    for user in HISTORIES:
+        for k in (1, 3, 10, 100):
+            fresh, _ = engine.recommend_history(engine.history_for(user), k)
+            first = engine.recommend_user(user, engine.history_for(user), k)
+            again = engine.recommend_user(user, engine.history_for(user), k)
+            assert first == fresh and again == fresh, (user, k)
+    assert sorted(engine._ranked) == sorted(HISTORIES)
+
+
+def test_ranking_cache_is_bounded_and_can_be_turned_off(bundle):
+    import gc
+
+    engine = ServingEngine(bundle)
+    engine.cache_users = 2
+    users = list(HISTORIES)
+    for user in users:
+        engine.recommend_user(user, engine.history_for(user), 5)
+    assert list(engine._ranked) == users[-2:]  # the oldest entries went first
+    gc.collect()
+    # The cached items are untracked by the collector, so full collections do not slow down as the cache fills.
+    assert not any(gc.is_tracked(item) for ranking in engine._ranked.values() for item in ranking)
+    off = ServingEngine(bundle)
+    off.cache_users = 0
+    assert off.recommend_user(users[0], off.history_for(users[0]), 5) == off.recommend_history(off.history_for(users[0]), 5)[0]
+    assert off._ranked == {}

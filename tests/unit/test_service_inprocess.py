@@ -8,6 +8,7 @@ pipeline run while iterating.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -414,3 +415,58 @@ def test_metrics_show_requests_latency_version_and_feedback(client, catalogue):
     assert re.search(rf"lmrecsys_model_version {float(version)}", text)
     assert re.search(r"lmrecsys_feedback_events_written_total [1-9]", text)
     assert re.search(r'bentoml_service_request_total\{.*endpoint="/recommend".*http_response_code="400"', text)
+
+
+# ---------------------------------------------------------------------------------------------- the fast lane
+def test_fast_lane_answers_exactly_as_bentomls_api_layer(client, catalogue):
+    """Every hot endpoint, valid and invalid input alike: the fast lane's status and body equal
+    what BentoML's own API layer answers for the same request."""
+    from serving import service
+
+    items = catalogue["item_id"].tolist()
+    requests_ = [
+        ("/recommend", {"user_id": 1, "k": 5}),
+        ("/recommend", {"user_id": 2, "k": 100}),
+        ("/recommend", {"user_id": 1, "k": 5, "exclude_seen": False}),
+        ("/recommend", {"user_id": 1, "k": 4, "categories": ["Comedy"]}),
+        ("/recommend", {"user_id": 99_999_999, "k": 3}),
+        ("/recommend", {"user_id": 99_999_999, "k": 3, "session_item_ids": items[:3]}),
+        ("/recommend", {"user_id": 1, "k": 1000}),
+        ("/recommend", {"user_id": "not-a-number"}),
+        ("/recommend", {"k": 3}),
+        ("/recommend_session", {"item_ids": items[:2], "k": 3}),
+        ("/recommend_session", {"item_ids": [-5], "k": 3}),
+        ("/similar_items", {"item_id": items[0], "k": 3}),
+        ("/similar_items", {"item_id": -5}),
+        ("/history", {"user_id": 1, "limit": 3}),
+        ("/feedback", {"user_id": 1, "item_id": -5, "event": "view"}),
+        ("/feedback", {"user_id": 1, "item_id": items[0], "event": "rating"}),
+        ("/feedback", {"user_id": 1, "item_id": items[0], "event": "shout"}),
+        ("/feedback_batch", {"events": []}),
+    ]
+    instance = service._SERVING[-1]
+    answers = {}
+    try:
+        for lane in (True, False):
+            instance.fast_lane = lane
+            for path, payload in requests_:
+                response = post(client, path, payload)
+                assert (response.headers.get("x-lmrecsys-lane") == "fast") is lane, (path, payload)
+                no_traceback(response)
+                answers.setdefault((path, json.dumps(payload)), []).append((response.status_code, response.json()))
+            malformed = client.post("/recommend", content=b"{not json", headers={"content-type": "application/json"})
+            answers.setdefault(("/recommend", "malformed"), []).append((malformed.status_code, malformed.json()))
+    finally:
+        instance.fast_lane = True
+    statuses = set()
+    for key, (fast, bentoml_layer) in answers.items():
+        assert fast == bentoml_layer, key
+        statuses.add(fast[0])
+    assert {200, 400, 404} <= statuses  # the list really covers answers and both kinds of error
+
+
+def test_other_content_types_go_through_bentoml(client):
+    response = client.post("/recommend", content=b"user_id=1", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert "x-lmrecsys-lane" not in response.headers
+    assert response.status_code < 500
+    assert post(client, "/ping", {}).headers.get("x-lmrecsys-lane") is None  # not a hot endpoint
