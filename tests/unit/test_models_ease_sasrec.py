@@ -70,6 +70,21 @@ def test_ease_matches_the_closed_form(n_users, n_items):
     np.testing.assert_allclose(_primal_item_weights(matrix, 3.0), weights, atol=1e-10)
 
 
+def test_ease_scores_a_few_users_exactly_as_the_dense_product():
+    """Serving's sparse overlap path (a few rows) gives what the dense product gives, bit for bit,
+    also for a history that repeats an item or is empty; and it agrees with batched scoring."""
+    histories = random_histories(30, 40, seed=3)
+    model = EASE({"l2": 3.0}).fit(as_data(histories, 40))
+    assert model.form == "dual"
+    probes = histories[:3] + [History(np.array([5, 5, 7, 5])), History(np.zeros(0, dtype=np.int64))]
+    for probe in probes:
+        users = interaction_matrix([probe], 40).astype(np.float32)
+        projected = (users - (users @ model.train_matrix.T) @ model.dual_weights) / np.float32(model.chosen_l2)
+        np.testing.assert_array_equal(model.score([probe]), users - projected / model.dual_diagonal)
+    batched = model.score(probes + histories[3:])[: len(probes)]  # many rows: the dense product
+    np.testing.assert_allclose(model.score(probes), batched, atol=1e-5)
+
+
 def test_ease_recommends_the_co_consumed_item():
     # items 0 and 1 always go together, as do 2 and 3: a user with 0 wants 1 next
     histories = [History(np.array(h)) for h in ([0, 1], [0, 1], [2, 3], [2, 3], [0, 1, 4], [2, 3, 4])]
