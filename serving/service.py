@@ -318,8 +318,16 @@ class FastLane:
     """
 
     def __init__(self, app, service_class, endpoints=FAST_LANE_ENDPOINTS) -> None:
+        import inspect
+
         self.app = app
-        self.routes = {f"/{name}": (service_class.apis[name].func, service_class.apis[name].input_spec) for name in endpoints}
+        self.routes = {}
+        for name in endpoints:
+            method = service_class.apis[name]
+            # The lane awaits the method with its fields only: no context object, no batching.
+            if method.ctx_param is not None or method.batchable or not inspect.iscoroutinefunction(method.func):
+                raise TypeError(f"the fast lane can only serve plain async endpoints; {name!r} is not one")
+            self.routes[f"/{name}"] = (method.func, method.input_spec)
 
     async def __call__(self, scope, receive, send) -> None:
         route = self.routes.get(scope.get("path")) if scope["type"] == "http" and scope["method"] == "POST" else None

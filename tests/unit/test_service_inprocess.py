@@ -483,3 +483,11 @@ def test_requests_leave_no_timers_behind(client):
     gc.collect()
     live = [o for o in gc.get_objects() if isinstance(o, asyncio.TimerHandle) and not o.cancelled()]
     assert len(live) < 50, f"{len(live)} request timers still scheduled"
+
+
+def test_fast_lane_refuses_endpoints_it_cannot_serve_faithfully():
+    from serving.service import FAST_LANE_ENDPOINTS, FastLane, RecommenderService
+
+    assert len(FastLane(None, RecommenderService).routes) == len(FAST_LANE_ENDPOINTS)
+    with pytest.raises(TypeError, match="'search'"):  # a sync endpoint: BentoML runs it in a thread pool
+        FastLane(None, RecommenderService, ("search",))
