@@ -93,3 +93,23 @@ def test_pipeline_runs_on_feedback_or_schedule(dag_bag):
     outlets = {asset.name for asset in watch.get_task("check_feedback").outlets}
     assert outlets == {"lmrecsys_feedback"}
     assert "lmrecsys_feedback" in repr(pipeline.timetable.asset_condition)
+
+
+@pytest.mark.parametrize("now", ["2026-11-28T00:30:00+00:00", "2026-11-28T01:39:00+00:00", "2026-11-28T13:00:00+00:00"])
+def test_first_scheduled_run_waits_for_the_next_cron_time(dag_bag, monkeypatch, now):
+    """A new deployment must not start a run by itself. Airflow's default still starts one at once
+    when the DAG appears within 10% of the cron period after a cron time (for @daily: until 02:24 UTC)."""
+    import datetime
+
+    import airflow.timetables.trigger as trigger
+    from airflow.timetables.base import TimeRestriction
+
+    moment = datetime.datetime.fromisoformat(now)
+    monkeypatch.setattr(trigger, "utcnow", lambda: moment)
+    from airflow.serialization.decoders import decode_timetable
+    from airflow.serialization.encoders import encode_timetable
+
+    # What the scheduler uses: the DAG's timetable after serialisation.
+    timetable = decode_timetable(encode_timetable(dag_bag.dags["lm_recsys_pipeline"].timetable))
+    first = timetable.next_dagrun_info(last_automated_data_interval=None, restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
+    assert first is not None and first.run_after > moment, f"a run would start at once: {first}"
