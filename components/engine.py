@@ -20,6 +20,7 @@ from components.columns import CATEGORIES_COL, ITEM_COL, TITLE_COL
 from components.dataset import NEGATIVE_EVENTS, Catalogue, History, InteractionData
 from components.models import Recommender, load_model
 from components.models.base import top_k
+from components.settings import ServingSettings
 
 MAX_HISTORY = 500
 """Only a user's newest this many events are used at request time."""
@@ -79,8 +80,6 @@ def write_bundle(
 
 CACHE_DEPTH = 100
 """How many items a cached per-user ranking holds (the largest k a request may ask for)."""
-DEFAULT_CACHE_USERS = 100_000
-"""Users whose ranking is kept in memory per served model (about 20 kB each)."""
 
 
 class ServingEngine:
@@ -99,7 +98,7 @@ class ServingEngine:
         self.text_vectors = np.load(vectors_path) if vectors_path.exists() else None
         self.histories = self._load_histories()
         self._category_masks: dict[str, np.ndarray] = {}
-        self.cache_users = DEFAULT_CACHE_USERS
+        self.cache_users = ServingSettings().cache_users
         self._ranked: dict = {}
         self.load_seconds = time.perf_counter() - started
 
@@ -229,11 +228,8 @@ class ServingEngine:
             # Plain tuples of plain values: the garbage collector stops tracking them, so a full
             # cache adds nothing to collection pauses (named tuples would stay tracked).
             ranked = tuple(tuple(r) for r in self.recommend_history(history, CACHE_DEPTH)[0])
-            while len(self._ranked) >= self.cache_users:
-                try:
-                    del self._ranked[next(iter(self._ranked))]
-                except (KeyError, StopIteration, RuntimeError):  # another thread evicted it first
-                    break
+            if len(self._ranked) >= self.cache_users:  # dicts keep insertion order: drop the oldest
+                self._ranked.pop(next(iter(self._ranked)), None)
             self._ranked[user_id] = ranked
         return [Recommendation._make(r) for r in ranked[:k]]
 

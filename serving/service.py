@@ -78,11 +78,10 @@ def _cancel_request_timers() -> None:
         except asyncio.TimeoutError:
             if future.cancel():
                 await StarletteJSON({"error": f"Not able to process the request in {self.timeout} seconds"}, status_code=504)(scope, receive, send)
-        else:
-            timer.cancel()
-            await future
+            return
         finally:
-            timer.cancel()
+            timer.cancel()  # the one line BentoML's version lacks
+        await future
 
     middleware.__call__ = __call__
     middleware._lmrecsys_cancels_timers = True
