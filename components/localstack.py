@@ -145,6 +145,17 @@ def http_ok(url: str) -> bool:
         return False
 
 
+SQLITE_CONNECT_ARGS = {"timeout": 30}
+"""Connect arguments for Airflow's SQLite metadata database (``AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS``).
+
+The api-server, scheduler and dag-processor share one SQLite file. With sqlite3's default 5 s busy
+timeout, a write that meets another process's long transaction fails with "database is locked"
+(the api-server answers 500). Waiting up to 30 s turns those into short delays.
+"""
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
+TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
+
+
 class AirflowStack:
     """api-server, scheduler and dag-processor (plus optional Celery workers) in a temporary AIRFLOW_HOME."""
 
@@ -161,6 +172,7 @@ class AirflowStack:
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url or f"sqlite:///{home / 'airflow.db'}",
+            **({} if db_url else {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "components.localstack.SQLITE_CONNECT_ARGS"}),
             "AIRFLOW__CORE__EXECUTOR": executor,
             "AIRFLOW__CORE__PARALLELISM": "2",
             "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
@@ -228,9 +240,17 @@ class AirflowStack:
             self._token = response.json()["access_token"]
         return {"Authorization": f"Bearer {self._token}"}
 
-    def api(self, method: str, path: str, **kwargs):
-        response = requests.request(method, f"{self.base}/api/v2{path}", headers=self.headers, timeout=30, **kwargs)
-        response.raise_for_status()
+    def api(self, method: str, path: str, *, attempts: int = 4, **kwargs):
+        """One REST call. Idempotent calls are retried on a transient server error (a locked
+        SQLite database answers 500), with a short back-off; a POST is never repeated."""
+        tries = attempts if method.upper() in IDEMPOTENT else 1
+        for attempt in range(1, tries + 1):
+            response = requests.request(method, f"{self.base}/api/v2{path}", headers=self.headers, timeout=30, **kwargs)
+            if response.status_code not in TRANSIENT_STATUS or attempt == tries:
+                break
+            time.sleep(attempt)
+        if not response.ok:
+            raise requests.HTTPError(f"{method} {path}: {response.status_code} {response.text[:2000]}", response=response)
         return response.json()
 
     def wait_dag(self, dag_id: str, timeout: float = 120) -> None:
