@@ -98,7 +98,7 @@ class ServingEngine:
         self.text_vectors = np.load(vectors_path) if vectors_path.exists() else None
         self.histories = self._load_histories()
         self._category_masks: dict[str, np.ndarray] = {}
-        self.cache_users = ServingSettings().cache_users
+        self.cache_users = ServingSettings.model_fields["cache_users"].default  # the service sets its own
         self._ranked: dict = {}
         self.load_seconds = time.perf_counter() - started
 

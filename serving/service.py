@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import inspect
 import json
 import logging
 import os
@@ -317,8 +318,6 @@ class FastLane:
     """
 
     def __init__(self, app, service_class, endpoints=FAST_LANE_ENDPOINTS) -> None:
-        import inspect
-
         self.app = app
         self.routes = {}
         for name in endpoints:
