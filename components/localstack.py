@@ -240,14 +240,20 @@ class AirflowStack:
             self._token = response.json()["access_token"]
         return {"Authorization": f"Bearer {self._token}"}
 
-    def api(self, method: str, path: str, *, attempts: int = 4, **kwargs):
-        """One REST call. Idempotent calls are retried on a transient server error (a locked
-        SQLite database answers 500), with a short back-off; a POST is never repeated."""
+    def api(self, method: str, path: str, *, attempts: int = 4, timeout: float = 30, **kwargs):
+        """One REST call. Idempotent calls are retried on a transient server error or a timeout (a
+        locked SQLite database answers 500, or not at all until the lock is free), with a short
+        back-off; a POST is never repeated."""
         tries = attempts if method.upper() in IDEMPOTENT else 1
         for attempt in range(1, tries + 1):
-            response = requests.request(method, f"{self.base}/api/v2{path}", headers=self.headers, timeout=30, **kwargs)
-            if response.status_code not in TRANSIENT_STATUS or attempt == tries:
-                break
+            try:
+                response = requests.request(method, f"{self.base}/api/v2{path}", headers=self.headers, timeout=timeout, **kwargs)
+            except (requests.ConnectionError, requests.Timeout):
+                if attempt == tries:
+                    raise
+            else:
+                if response.status_code not in TRANSIENT_STATUS or attempt == tries:
+                    break
             time.sleep(attempt)
         if not response.ok:
             raise requests.HTTPError(f"{method} {path}: {response.status_code} {response.text[:2000]}", response=response)

@@ -6,6 +6,7 @@ import ast
 import json
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -32,6 +33,9 @@ class ScriptedServer:
                 else:
                     queue = outer.script[(self.command, self.path)]
                     status, body = queue.pop(0) if len(queue) > 1 else queue[0]
+                    if status == "slow":  # answer too late for the client's timeout
+                        time.sleep(1.0)
+                        status = 200
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -68,6 +72,13 @@ def test_an_idempotent_call_is_retried_through_a_transient_server_error(tmp_path
     with ScriptedServer(script) as server:
         assert _stack(tmp_path, server).api("PATCH", "/dags/d", json={"is_paused": True}) == {"is_paused": True}
     assert server.calls.count(("PATCH", "/api/v2/dags/d")) == 3
+
+
+def test_an_idempotent_call_is_retried_after_a_timeout(tmp_path):
+    script = {("PATCH", "/api/v2/dags/d"): [("slow", {}), (200, {"is_paused": False})]}
+    with ScriptedServer(script) as server:
+        assert _stack(tmp_path, server).api("PATCH", "/dags/d", json={"is_paused": False}, timeout=0.3) == {"is_paused": False}
+    assert server.calls.count(("PATCH", "/api/v2/dags/d")) == 2
 
 
 def test_a_post_is_never_repeated(tmp_path):
