@@ -85,6 +85,28 @@ def test_batching_and_order_do_not_change_vectors(encoder):
     np.testing.assert_allclose(reversed_rows, reference, atol=1e-5)
 
 
+def test_batches_group_texts_by_token_count(encoder, monkeypatch):
+    # Character length and token count disagree: long words split into many word pieces.
+    texts = ["pneumonoultramicroscopicsilicovolcanoconiosis antidisestablishmentarianism", "a b c d e f g h i j k l m n o p", "hi", "a b c d e f g h i j k l m n o p q r s t", "floccinaucinihilipilification", "ok go"] * 3
+    seen = []
+    run = encoder._run_torch
+    monkeypatch.setattr(encoder, "_run_torch", lambda batch: seen.append(batch["attention_mask"]) or run(batch))
+    vectors = encoder.encode(texts, batch_size=3)
+    lengths = [len(ids) for ids in encoder.tokenizer(texts)["input_ids"]]
+    assert sum(mask.size for mask in seen) == sum(sorted(lengths, reverse=True)[i] * min(3, len(texts) - i) for i in range(0, len(texts), 3))
+    widths = [mask.shape[1] for mask in seen]
+    assert widths == sorted(widths, reverse=True)  # longest first
+    np.testing.assert_allclose(vectors, np.stack([encoder.encode([t])[0] for t in texts]), atol=1e-5)
+
+
+def test_windows_cover_every_text_in_order(encoder, monkeypatch):
+    import components.embed as embed
+
+    reference = encoder.encode(TEXTS)
+    monkeypatch.setattr(embed, "SORT_WINDOW", 3)
+    np.testing.assert_allclose(encoder.encode(TEXTS, batch_size=2), reference, atol=1e-5)
+
+
 def test_empty_inputs(encoder):
     assert encoder.encode([]).shape == (0, 384)
     vector = encoder.encode([""])[0]
