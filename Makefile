@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export BENTOML_DO_NOT_TRACK=True MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true GX_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 SCARF_ANALYTICS=false
 
-.PHONY: install demo test test-unit lint bench clean
+.PHONY: install demo test test-unit bench clean
 
 install: $(VENV)/.installed
 
