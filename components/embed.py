@@ -238,12 +238,12 @@ class TextEncoder:
             for window_start in range(0, len(texts), SORT_WINDOW):
                 window = texts[window_start : window_start + SORT_WINDOW]
                 encoded = self.tokenizer(window, truncation=True, max_length=self.max_length)
-                keys = [key for key in encoded.keys() if key in PADDING_KEYS]
+                columns = {key: encoded[key] for key in PADDING_KEYS if key in encoded}
                 lengths = np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64, count=len(window))
                 order = np.argsort(-lengths, kind="stable")  # longest first, ties in input order
                 for start in range(0, len(window), batch_size):
                     index = order[start : start + batch_size]
-                    batch = self._pad({key: [encoded[key][i] for i in index] for key in keys}, int(lengths[index[0]]))
+                    batch = self._pad({key: [rows[i] for i in index] for key, rows in columns.items()}, int(lengths[index[0]]))
                     vectors[window_start + index] = run(batch)
                     if bar is not None:
                         bar.update(len(index))
