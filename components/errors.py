@@ -31,3 +31,15 @@ class EncoderError(LmRecsysError):
 
 class RegistryError(LmRecsysError):
     """The model registry could not be reached or is in an unexpected state."""
+
+
+class WarmStartIncompatible(LmRecsysError):
+    """An earlier model cannot seed this fit (another kind, architecture or encoder)."""
+
+
+class TrainingDiverged(LmRecsysError):
+    """A candidate's training produced a non-finite loss; the candidate is dropped from the run."""
+
+
+class ChampionUnreadable(LmRecsysError):
+    """The registry names a champion whose artifact cannot be loaded (missing or corrupt files)."""

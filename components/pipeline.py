@@ -8,14 +8,12 @@ starts clean.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -27,9 +25,10 @@ from components.embed import ItemEmbeddings, embed_items, embed_shard, plan_shar
 from components.engine import write_bundle
 from components.evaluate import evaluate_scores
 from components.ingest import ingest
-from components.models import build_model, load_model
+from components.errors import ChampionUnreadable, LmRecsysError, TrainingDiverged, WarmStartIncompatible
+from components.models import MODEL_REGISTRY, build_model, load_model
 from components.settings import PROJECT_ROOT, Settings
-from components.snapshots import atomic_write_text, open_snapshot
+from components.snapshots import atomic_dir, atomic_write_text, open_snapshot
 from components.validate import validate_snapshot
 
 log = logging.getLogger(__name__)
@@ -72,50 +71,148 @@ def _aligned_vectors(data: InteractionData, embeddings_dir: str) -> tuple[np.nda
     return embeddings.vectors, embeddings.manifest
 
 
-def stage_train(settings: Settings, snapshot_id: str, embeddings_dir: str, run_key: str) -> str:
-    """Fit every configured candidate three times (validation, test, full data); returns the run folder.
+def check_candidates(settings: Settings) -> list[str]:
+    """The configured candidate names, or a clear error naming the unknown ones."""
+    unknown = [name for name in settings.train.candidates if name not in MODEL_REGISTRY]
+    if unknown:
+        raise LmRecsysError(
+            f"unknown candidate(s) {', '.join(map(repr, unknown))} in train.candidates; "
+            f"known: {', '.join(sorted(MODEL_REGISTRY))}"
+        )
+    return list(settings.train.candidates)
 
-    The validation fit sees only history before each user's validation item, the test fit all
-    history before the test item, and the full fit every accepted interaction (what gets served).
+
+def stage_plan_training(settings: Settings, snapshot_id: str, embeddings_dir: str, run_key: str) -> list[str]:
+    """Start the run folder with ``train.json`` and return the candidates, one training task each."""
+    candidates = check_candidates(settings)
+    _, embed_manifest = _aligned_vectors(_load_data(settings, snapshot_id), embeddings_dir)
+    run = settings.runs_dir / run_key
+    run.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "snapshot_id": snapshot_id,
+        "embeddings_dir": embeddings_dir,
+        "encoder": embed_manifest["encoder"],
+        "candidates": candidates,
+    }
+    atomic_write_text(run / "train.json", json.dumps(meta, indent=2))
+    return candidates
+
+
+def _warm_source(settings: Settings, name: str, data: InteractionData, encoder_id: str):
+    """The champion's evaluation-side fit as a warm start for ``name``, or None and the reason.
+
+    Only that fit is safe: it never trained on the held-out items of the champion's snapshot,
+    which are this run's validation and test items for users without new events. The served
+    weights trained on them and would flatter the warm-started challenger at the gate.
     """
+    from components.registry import load_champion_engine
+
+    try:
+        engine, version = load_champion_engine(settings)
+    except Exception as exc:  # noqa: BLE001 - any unreadable champion means a cold start
+        return None, {"used": False, "reason": f"the champion could not be read ({type(exc).__name__}: {exc})"}
+    if isinstance(engine, ChampionUnreadable):
+        return None, {"used": False, "champion_version": str(version), "reason": str(engine)}
+    if engine is None:
+        return None, {"used": False, "reason": "there is no champion"}
+    info = {"used": False, "champion_version": str(version), "champion_kind": engine.meta.get("model_name")}
+    if info["champion_kind"] != name:
+        return None, {**info, "reason": f"the champion is {info['champion_kind']}, not {name}"}
+    if engine.meta.get("encoder_id") != encoder_id:
+        return None, {**info, "reason": f"the champion's encoder is {engine.meta.get('encoder_id')}, not {encoder_id}"}
+    if not (engine.folder / "model_val" / "model.json").exists():
+        return None, {**info, "reason": "the champion has no evaluation-side fit to start from"}
+    source = engine.validation_model()
+    item_map = np.array([engine.catalogue.index.get(i.item() if hasattr(i, "item") else i, -1) for i in data.catalogue.item_ids])
+    return (source, item_map), {**info, "used": True, "known_items": int((item_map >= 0).sum()), "items": int(len(item_map))}
+
+
+def _fit_candidate(settings: Settings, name: str, data: InteractionData, vectors: np.ndarray, folder: Path, encoder_id: str) -> dict:
+    """Fit one candidate into ``folder``; returns what the fit did (sides, timings, warm start)."""
+    config = settings.train.model_configs.get(name, {})
+    split = leave_last_out(data)
     started = time.perf_counter()
+    model = build_model(name, config)
+    if not model.fits_once:  # closed form or counting: cheap, refitted per side of the split
+        for side, fit_data in (("val", split.val_train), ("test", split.test_train), ("full", data)):
+            build_model(name, config).fit(fit_data, vectors).save(folder / side)
+        return {"sides": {"val": "val", "test": "test", "serve": "full"}, "seconds": round(time.perf_counter() - started, 3)}
+    warm_info = {"used": False, "reason": "train.warm_start is off"}
+    if settings.train.warm_start and model.supports_warm_start:
+        warm, warm_info = _warm_source(settings, name, data, encoder_id)
+        if warm is not None:
+            try:
+                model.warm_start(*warm)
+            except WarmStartIncompatible as exc:
+                warm_info = {**warm_info, "used": False, "reason": str(exc)}
+        if not warm_info["used"]:
+            log.info("%s: cold start: %s", name, warm_info["reason"])
+    model.fit(split.test_train, vectors)  # early stopping and the gate: the validation item
+    model.save(folder / "eval")
+    evaluated = model.fit_summary()
+    serve_started = time.perf_counter()
+    model.continue_training(data).save(folder / "full")
+    return {
+        "sides": {"val": "eval", "test": "eval", "serve": "full"},
+        "seconds": round(time.perf_counter() - started, 3),
+        "serve_seconds": round(time.perf_counter() - serve_started, 3),
+        "fit": evaluated,
+        "warm_start": warm_info,
+    }
+
+
+def stage_train_candidate(settings: Settings, snapshot_id: str, embeddings_dir: str, run_key: str, name: str) -> dict:
+    """Train one candidate into ``runs/<run_key>/<name>/``; returns its small handle.
+
+    A candidate whose training diverges is dropped with its reason (``status: dropped``), so the
+    others go on; any other error fails the task, and its retry starts clean.
+    """
     data = _load_data(settings, snapshot_id)
     vectors, embed_manifest = _aligned_vectors(data, embeddings_dir)
-    split = leave_last_out(data)
-    target = settings.runs_dir / run_key
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A try killed with SIGKILL never reaches the `finally` below; its retry (same run key) clears what it left.
-    for stale in target.parent.glob(glob.escape(f".tmp-{run_key}-") + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{run_key}-"))
-    timings = {}
-    try:
-        for name in settings.train.candidates:
-            config = settings.train.model_configs.get(name, {})
-            fit_started = time.perf_counter()
-            for side, fit_data in (("val", split.val_train), ("test", split.test_train), ("full", data)):
-                model = build_model(name, config).fit(fit_data, vectors)
-                model.save(tmp / name / side)
-            timings[name] = round(time.perf_counter() - fit_started, 3)
-        meta = {
-            "snapshot_id": snapshot_id,
-            "embeddings_dir": embeddings_dir,
-            "encoder": embed_manifest["encoder"],
-            "candidates": settings.train.candidates,
-            "train_seconds": timings,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        (tmp / "train.json").write_text(json.dumps(meta, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
+    run = settings.runs_dir / run_key
+    if not (run / "train.json").exists():
+        stage_plan_training(settings, snapshot_id, embeddings_dir, run_key)
+    record = {"name": name, "run_dir": str(run)}
+    with atomic_dir(run / name) as tmp:
+        try:
+            record.update(status="ok", **_fit_candidate(settings, name, data, vectors, tmp, embed_manifest["encoder"]["encoder_id"]))
+        except TrainingDiverged as exc:
+            for child in tmp.iterdir():
+                shutil.rmtree(child, ignore_errors=True)
+            record.update(status="dropped", reason=str(exc))
+            log.warning("dropped candidate %s: %s", name, exc)
+        (tmp / "fit.json").write_text(json.dumps(record, indent=2))
+    return {key: record[key] for key in ("name", "run_dir", "status")}
 
 
-def stage_evaluate(settings: Settings, run_dir: str) -> str:
-    """Score every candidate and the current champion on the same split; returns the report path."""
+def stage_train(settings: Settings, snapshot_id: str, embeddings_dir: str, run_key: str) -> str:
+    """Every candidate in turn, in this process (the DAG maps one task per candidate); returns the run folder."""
+    for name in stage_plan_training(settings, snapshot_id, embeddings_dir, run_key):
+        stage_train_candidate(settings, snapshot_id, embeddings_dir, run_key, name)
+    return str(settings.runs_dir / run_key)
+
+
+def candidate_fits(run: Path, names: list[str]) -> dict[str, dict]:
+    """Each candidate's ``fit.json``; a clear error when one is missing (its task never finished)."""
+    fits = {}
+    for name in names:
+        path = run / name / "fit.json"
+        if not path.exists():
+            raise LmRecsysError(f"candidate {name!r} has no finished fit in {run}; its training task did not complete")
+        fits[name] = json.loads(path.read_text())
+    return fits
+
+
+def candidate_model(run: Path, fit: dict, side: str):
+    """The fitted model of one candidate for ``val``, ``test`` or ``serve``."""
+    return load_model(run / fit["name"] / fit["sides"][side])
+
+
+def stage_evaluate(settings: Settings, run_dir: str, handles: list[dict] | None = None) -> str:
+    """Score every candidate and the current champion on the same split; returns the report path.
+
+    ``handles`` are the training tasks' outputs (the DAG passes them; the run folder is the truth).
+    """
     from components.registry import champion_scores, load_champion_engine
 
     run = Path(run_dir)
@@ -136,16 +233,31 @@ def stage_evaluate(settings: Settings, run_dir: str) -> str:
             out[side + "_curve"] = result.hr_curve
         return out
 
-    report = {"snapshot_id": meta["snapshot_id"], "users": int(len(split.eval_users)), "items": data.n_items, "candidates": {}}
-    for name in meta["candidates"]:
-        models = {side: load_model(run / name / side) for side in ("val", "test")}
-        report["candidates"][name] = {**score_all(lambda side, h: models[side].score(h)), "train_seconds": meta["train_seconds"][name]}
+    report = {"snapshot_id": meta["snapshot_id"], "users": int(len(split.eval_users)), "items": data.n_items, "candidates": {}, "dropped": {}}
+    fits = candidate_fits(run, meta["candidates"])
+    for name, fit in fits.items():
+        if fit["status"] != "ok":
+            report["dropped"][name] = fit.get("reason", fit["status"])
+            continue
+        models = {side: candidate_model(run, fit, side) for side in ("val", "test")}
+        report["candidates"][name] = {
+            **score_all(lambda side, h: models[side].score(h)),
+            "train_seconds": fit["seconds"],
+            "fit": {key: fit[key] for key in ("sides", "fit", "warm_start") if key in fit},
+        }
+    if not report["candidates"]:
+        raise LmRecsysError(f"every candidate was dropped: {report['dropped']}; the champion stays")
     engine, version = load_champion_engine(settings)
-    if engine is not None:
+    if isinstance(engine, ChampionUnreadable):
+        # it can be neither compared nor served: the gate may replace it, and says why
+        report["champion_unreadable"] = {"version": str(version), "reason": str(engine)}
+        log.warning("the champion, version %s, could not be read: %s", version, engine)
+    elif engine is not None:
         report["champion"] = {"version": version, "model": engine.model.name, **score_all(lambda side, h: champion_scores(engine, data.catalogue.item_ids, h))}
     metric = settings.registry.gate_metric.replace("@", "_at_")
     report["gate_metric"] = metric
-    report["best"] = max(meta["candidates"], key=lambda n: (report["candidates"][n]["val"][metric], -meta["candidates"].index(n)))
+    ranked = list(report["candidates"])
+    report["best"] = max(ranked, key=lambda n: (report["candidates"][n]["val"][metric], -ranked.index(n)))
     path = run / "report.json"
     atomic_write_text(path, json.dumps(report, indent=2))
     atomic_write_text(run / "report.md", report_markdown(report))
@@ -173,7 +285,22 @@ def report_markdown(report: dict) -> str:
             f"| {name} | {cell('hr_at_10')} | {cell('ndcg_at_10')} | {cell('mrr_at_10')} | {cell('recall_at_20')} "
             f"| {test['coverage_at_10']:.4f} | {test['cold_hr_at_10']:.4f} ({int(test['cold_users'])} users) | {result['val'][report['gate_metric']]:.4f} |"
         )
+    for name, reason in report.get("dropped", {}).items():
+        lines.append(f"\nDropped **{name}**: {reason}")
     return "\n".join(lines) + "\n"
+
+
+def fit_tags(report: dict) -> dict[str, str]:
+    """MLflow tags for how the best candidate was fitted, and which candidates were dropped why."""
+    tags = {f"candidate.{name}.dropped": str(reason)[:500] for name, reason in report.get("dropped", {}).items()}
+    fit = report["candidates"][report["best"]].get("fit", {})
+    warm = fit.get("warm_start")
+    if warm:
+        tags["warm_start.used"] = str(warm.get("used"))
+        tags["warm_start.detail"] = str(warm.get("reason") or f"from version {warm.get('champion_version')}")[:500]
+    if fit.get("fit", {}).get("best_epoch") is not None:
+        tags["fit.best_epoch"] = str(fit["fit"]["best_epoch"])
+    return tags
 
 
 def git_commit() -> str:
@@ -216,11 +343,12 @@ def stage_register(settings: Settings, report_path: str) -> dict:
     data = InteractionData.from_frames(snapshot.items(), snapshot.interactions())
     vectors, embed_manifest = _aligned_vectors(data, meta["embeddings_dir"])
     best = report["best"]
+    best_fit = candidate_fits(run, [best])[best]
     client = configure(settings)
     bundle = run / "bundle"
     write_bundle(
         bundle,
-        load_model(run / best / "full"),
+        candidate_model(run, best_fit, "serve"),
         data,
         vectors,
         {
@@ -231,7 +359,7 @@ def stage_register(settings: Settings, report_path: str) -> dict:
             "encoder_id": embed_manifest["encoder"]["encoder_id"],
             "encoder": embed_manifest["encoder"],
         },
-        validation_model=load_model(run / best / "val"),
+        validation_model=candidate_model(run, best_fit, "val"),
     )
     plots = write_report_plots(report, run / "plots")
     metric = report["gate_metric"]
@@ -262,6 +390,7 @@ def stage_register(settings: Settings, report_path: str) -> dict:
                 "python": platform.python_version(),
                 "mlflow.note.content": summary + "\n\n" + (run / "report.md").read_text(),
                 **{f"version.{k}": v for k, v in package_versions().items()},
+                **fit_tags(report),
             }
         )
         mlflow.log_params({"candidates": ",".join(meta["candidates"]), "gate_metric": metric, "tolerance": settings.registry.tolerance, "users": report["users"], "items": report["items"], "max_users": settings.ingest.max_users})
@@ -290,7 +419,9 @@ def stage_register(settings: Settings, report_path: str) -> dict:
         version, model_uri = log_bundle_model(bundle, settings.registry.model_name)
         run_id = active.info.run_id
     name = settings.registry.model_name
-    for key, value in {"snapshot_id": snapshot.snapshot_id, "model_kind": best, "run_id": run_id, "encoder_id": embed_manifest["encoder"]["encoder_id"], metric: best_val[metric]}.items():
+    version_tags = {"snapshot_id": snapshot.snapshot_id, "model_kind": best, "run_id": run_id, "encoder_id": embed_manifest["encoder"]["encoder_id"], metric: best_val[metric]}
+    version_tags.update({k: v for k, v in fit_tags(report).items() if k.startswith("warm_start.")})
+    for key, value in version_tags.items():
         client.set_model_version_tag(name, version, key, str(value))
     client.update_model_version(name, version, description=summary)
     return {
@@ -301,7 +432,8 @@ def stage_register(settings: Settings, report_path: str) -> dict:
         "model_kind": best,
         "challenger_metric": best_val[metric],
         "champion_metric": report["champion"]["val"][metric] if "champion" in report else None,
-        "champion_version": report["champion"]["version"] if "champion" in report else None,
+        "champion_version": report["champion"]["version"] if "champion" in report else report.get("champion_unreadable", {}).get("version"),
+        "champion_unreadable": report.get("champion_unreadable", {}).get("reason"),
         "popularity_metric": report["candidates"].get("popularity", {}).get("val", {}).get(metric) if best != "popularity" else None,
     }
 
@@ -320,6 +452,7 @@ def stage_promote(settings: Settings, registration: dict) -> dict:
         registration["popularity_metric"],
         registration["model_uri"],
         expected_champion=registration.get("champion_version"),
+        champion_unreadable=registration.get("champion_unreadable"),
     )
     return {**registration, **decision}
 
@@ -327,6 +460,7 @@ def stage_promote(settings: Settings, registration: dict) -> dict:
 def run_pipeline(settings: Settings, run_key: str | None = None) -> dict:
     """Every stage in this process, in order; returns the registration decision."""
     run_key = run_key or time.strftime("run-%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+    check_candidates(settings)
     snapshot_id = stage_ingest(settings)
     stage_validate(settings, snapshot_id)
     embeddings_dir = stage_embed(settings, snapshot_id)

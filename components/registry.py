@@ -32,10 +32,11 @@ from urllib.parse import urlsplit, urlunsplit
 import mlflow
 import numpy as np
 import pandas as pd
+import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from components.errors import RegistryError
+from components.errors import ChampionUnreadable, RegistryError
 from components.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -395,6 +396,7 @@ def promote_if_better(
     *,
     expected_champion: str | None = None,
     smoke_user=None,
+    champion_unreadable: str | None = None,
 ) -> dict:
     """The gate: move ``champion`` to ``version`` only if every condition holds; record why.
 
@@ -434,7 +436,7 @@ def promote_if_better(
         promoted = not reasons
         decision = {
             "decision": "promoted" if promoted else "rejected",
-            "reason": "; ".join(reasons) if reasons else ("first champion" if current is None else f"at least as good as version {current}"),
+            "reason": "; ".join(reasons) if reasons else _promotion_reason(current, champion_unreadable),
             "metric": metric,
             "challenger_metric": f"{challenger_metric:.6f}",
             "champion_metric": "none" if champion_metric is None else f"{champion_metric:.6f}",
@@ -452,6 +454,14 @@ def promote_if_better(
         _mark_abandoned(client, name, version)
     log.info("version %s %s: %s", version, decision["decision"], decision["reason"])
     return decision
+
+
+def _promotion_reason(current: str | None, champion_unreadable: str | None) -> str:
+    if current is None:
+        return "first champion"
+    if champion_unreadable:
+        return f"version {current} could not be read ({champion_unreadable}), so it could be neither compared nor served"
+    return f"at least as good as version {current}"
 
 
 def _staleness(current: str | None, expected_champion: str | None) -> str | None:
@@ -661,13 +671,24 @@ def flatten_params(data: dict, prefix: str = "") -> dict[str, str]:
 
 
 def load_champion_engine(settings: Settings):
-    """The current champion's serving engine, or None when there is no champion."""
+    """The current champion's serving engine and version; ``(None, None)`` without a champion.
+
+    A champion whose artifact cannot be loaded comes back as a :class:`ChampionUnreadable` in the
+    engine's place, with its version; a registry that cannot be reached raises as usual.
+    """
     client = configure(settings)
     current = get_alias_version(client, settings.registry.model_name, CHAMPION)
     if current is None:
         return None, None
-    model = mlflow.pyfunc.load_model(f"models:/{settings.registry.model_name}@{CHAMPION}")
-    return model.unwrap_python_model().engine, current.version
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{settings.registry.model_name}@{CHAMPION}")
+        engine = model.unwrap_python_model().engine
+        engine.validation_model()  # loaded now, so a corrupt file shows here and not mid-evaluation
+    except requests.RequestException:
+        raise  # the tracking server is unreachable: a retry may succeed, the artifact is not at fault
+    except (OSError, ValueError, KeyError, EOFError) as exc:  # missing or corrupt artifact files
+        return ChampionUnreadable(f"{type(exc).__name__}: {exc}"[:500]), current.version
+    return engine, current.version
 
 
 def champion_scores(engine, catalogue_ids: np.ndarray, histories) -> np.ndarray:

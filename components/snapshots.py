@@ -9,6 +9,8 @@ of its content, so ingesting the same input twice yields the same id. Validation
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -85,6 +87,27 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path):
+    """Yield a temporary folder beside ``target`` that replaces it when the block succeeds.
+
+    A failed block removes the temporary folder and leaves ``target`` as it was. Temporary
+    folders that a killed process left for the same target are removed first.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".tmp-{target.name}-"
+    for stale in target.parent.glob(glob.escape(prefix) + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _frame_digest(frame: pd.DataFrame) -> bytes:

@@ -1,8 +1,8 @@
 """
 # lm_recsys_pipeline
 
-The recommender's life cycle: **ingest → validate → embed (mapped shards) → train → evaluate →
-register → promote**.
+The recommender's life cycle: **ingest → validate → embed (mapped shards) → train (one mapped
+task per candidate) → evaluate → register → promote**.
 
 * Runs daily, and whenever `lm_recsys_feedback_watch` publishes the `lmrecsys_feedback` asset
   (enough new feedback, or feedback old enough).
@@ -25,6 +25,11 @@ FEEDBACK_ASSET = Asset(name="lmrecsys_feedback", uri="lmrecsys://feedback/new-ev
 SCHEDULE = os.environ.get("LMRECSYS_PIPELINE_CRON", "@daily")
 EMBED_SHARDS = int(os.environ.get("LMRECSYS_EMBED_SHARDS", "2"))
 RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True}
+
+
+def _run_key() -> str:
+    """This DAG run's folder name under runs/ (the run id, made path-safe)."""
+    return get_current_context()["run_id"].replace(":", "_").replace("+", "_")
 
 
 def _settings():
@@ -84,17 +89,24 @@ def lm_recsys_pipeline():
 
         return stage_embed(_settings(), snapshot_id)
 
-    @task(execution_timeout=timedelta(minutes=30))
-    def train(snapshot_id: str, embeddings_dir: str) -> str:
-        from components.pipeline import stage_train
+    @task
+    def plan_training(snapshot_id: str, embeddings_dir: str) -> list[str]:
+        from components.pipeline import stage_plan_training
 
-        return stage_train(_settings(), snapshot_id, embeddings_dir, get_current_context()["run_id"].replace(":", "_").replace("+", "_"))
+        return stage_plan_training(_settings(), snapshot_id, embeddings_dir, _run_key())
 
     @task(execution_timeout=timedelta(minutes=30))
-    def evaluate(run_dir: str) -> str:
+    def train_candidate(name: str, snapshot_id: str, embeddings_dir: str) -> dict:
+        from components.pipeline import stage_train_candidate
+
+        return stage_train_candidate(_settings(), snapshot_id, embeddings_dir, _run_key(), name)
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def evaluate(handles: list[dict]) -> str:
         from components.pipeline import stage_evaluate
 
-        return stage_evaluate(_settings(), run_dir)
+        settings = _settings()
+        return stage_evaluate(settings, str(settings.runs_dir / _run_key()), list(handles))
 
     @task
     def register(report_path: str) -> dict:
@@ -113,7 +125,10 @@ def lm_recsys_pipeline():
     snapshot_id = validate(ingest())
     shards = plan_embedding_shards(snapshot_id)
     reports = embed_shard.partial(snapshot_id=snapshot_id, shards=shards).expand(shard=shards)
-    promote(register(evaluate(train(snapshot_id, embed(snapshot_id, reports)))))
+    embeddings_dir = embed(snapshot_id, reports)
+    candidates = plan_training(snapshot_id, embeddings_dir)
+    fits = train_candidate.partial(snapshot_id=snapshot_id, embeddings_dir=embeddings_dir).expand(name=candidates)
+    promote(register(evaluate(fits)))
 
 
 lm_recsys_pipeline()

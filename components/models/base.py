@@ -26,6 +26,13 @@ class Recommender(ABC):
     Config: ClassVar[type[BaseModel]]
     uses_text: ClassVar[bool] = False
     """True when the model needs item text embeddings."""
+    fits_once: ClassVar[bool] = False
+    """True for a model trained by gradient steps: the pipeline fits it once per run, on history
+    before each user's test item (early stopping on the validation item), serves that fit after
+    :meth:`continue_training` on every interaction, and never fits it cold a second time.
+    False (closed-form and counting models, cheap to refit): one fit per side of the split."""
+    supports_warm_start: ClassVar[bool] = False
+    """True when :meth:`warm_start` can initialise this model from an earlier fit of its kind."""
 
     def __init__(self, config: BaseModel | dict | None = None):
         self.config = config if isinstance(config, BaseModel) else self.Config(**(config or {}))
@@ -51,6 +58,25 @@ class Recommender(ABC):
     @abstractmethod
     def set_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore from :meth:`state`."""
+
+    def warm_start(self, source: "Recommender", item_map: np.ndarray) -> None:
+        """Start the next :meth:`fit` from ``source``'s weights; ``item_map[i]`` is item ``i``'s
+        index in ``source``'s catalogue, or -1 for an item it did not know.
+
+        Raises :class:`~components.errors.WarmStartIncompatible` when ``source`` cannot seed this
+        model (another kind, another architecture); the caller then fits from scratch.
+        """
+        from components.errors import WarmStartIncompatible
+
+        raise WarmStartIncompatible(f"{self.name} does not support warm starts")
+
+    def continue_training(self, data: InteractionData) -> "Recommender":
+        """A :attr:`fits_once` model's serving fit: more training on ``data`` (every interaction)."""
+        raise NotImplementedError(f"{self.name} is refitted, not trained further")
+
+    def fit_summary(self) -> dict:
+        """What the last fit did (epochs, warm start), for the run's records; empty by default."""
+        return {}
 
     def recommend(self, histories: list[History], k: int, *, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Top-k item indexes and scores per history, best first, seen items excluded."""

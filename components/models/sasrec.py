@@ -75,6 +75,12 @@ class SASRecConfig(BaseModel):
     always its newest ``max_len`` items (the newest window is still what is scored)."""
     epochs: int | None = Field(None, ge=1)
     """Train exactly this many epochs on every interaction, with no hold-out and no early stopping."""
+    serve_epochs: int = Field(2, ge=0)
+    """Epochs the served model trains on every interaction, continuing from the evaluation fit
+    (which early-stopped on each user's validation item and never trained on the newest two
+    interactions); 0 serves the evaluation fit unchanged. See docs/models.md, "One fit"."""
+    warm_patience: int = Field(3, ge=1)
+    """Patience of a fit that starts from an earlier model's weights (see ``warm_start``)."""
     min_history_to_validate: int = Field(2, ge=2)
     """Users with at least this many interactions give their last one to early stopping."""
     seed: int = 42
@@ -198,6 +204,10 @@ class SASRec(Recommender):
 
     name = "sasrec"
     Config = SASRecConfig
+    fits_once = True
+    supports_warm_start = True
+    whitening: tuple[np.ndarray, np.ndarray] | None = None
+    network = None
 
     def _text_matrix(self, data: InteractionData, item_vectors: np.ndarray | None) -> np.ndarray | None:
         return None
@@ -208,6 +218,9 @@ class SASRec(Recommender):
         config = self.config
         self.n_items = data.n_items
         self.popularity = data.item_counts().astype(np.float32)
+        warm, self._warm = getattr(self, "_warm", None), None
+        if warm is None:
+            self.whitening = None  # a cold fit whitens this catalogue afresh
         text_matrix = self._text_matrix(data, item_vectors)
         device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if config.threads:
@@ -230,16 +243,131 @@ class SASRec(Recommender):
             self.network = _build_network(data.n_items, config, text_matrix, id_mask).to(device)
             self.device = device
             self.validation_curve: list[float] = []
+            self.warm_start_score: float | None = None
+            if warm is not None:
+                self._load_warm(*warm)
             if not train_sequences:
                 log.warning("%s: no history has two interactions; the model stays at its initialisation", self.name)
                 self.best_epoch = 0
                 return self
-            self._train(train_sequences, val_histories, np.array(val_targets, dtype=np.int64), rng)
+            early_stopping = config.epochs is None and len(val_targets) > 0
+            self._train(
+                train_sequences,
+                val_histories,
+                np.array(val_targets, dtype=np.int64),
+                rng,
+                total=config.epochs or config.max_epochs,
+                early_stopping=early_stopping,
+                patience=config.warm_patience if warm is not None else config.patience,
+                score_start=warm is not None and early_stopping,
+            )
         return self
 
-    def _train(self, sequences: list[np.ndarray], val_histories: list[History], val_targets: np.ndarray, rng: np.random.Generator) -> None:
+    def warm_start(self, source: Recommender, item_map: np.ndarray) -> None:
+        """Start the next fit from ``source``'s weights (an earlier fit of the same kind).
+
+        Items ``source`` knew keep their learned ID rows; the others start from zero, so an
+        LM-SASRec represents them by their text projection alone. Every other weight is copied.
+        The text vectors are whitened with ``source``'s whitening, so its projection still fits.
+        """
+        from components.errors import WarmStartIncompatible
+
+        if type(source) is not type(self):
+            raise WarmStartIncompatible(f"the earlier model is {source.name}, not {self.name}")
+        fields = ("hidden", "blocks", "heads", "max_len", "text_dim", "normalise_text", "use_id_embeddings")
+        for field in fields:
+            mine, theirs = getattr(self.config, field, None), getattr(source.config, field, None)
+            if mine != theirs:
+                raise WarmStartIncompatible(f"{field} differs: {theirs!r} in the earlier model, {mine!r} now")
+        if self.uses_text and getattr(source, "whitening", None) is None:
+            raise WarmStartIncompatible("the earlier model does not record its text whitening")
+        self.whitening = getattr(source, "whitening", None)
+        self._warm = (source, np.asarray(item_map, dtype=np.int64))
+
+    def _load_warm(self, source: "SASRec", item_map: np.ndarray) -> None:
+        import torch
+
+        from components.errors import WarmStartIncompatible
+
+        own = self.network.state_dict()
+        for key, value in source.network.state_dict().items():
+            if key in ("text", "id_mask"):  # derived from this run's catalogue and training data
+                continue
+            if key not in own:
+                raise WarmStartIncompatible(f"the earlier model has a weight {key!r} this one lacks")
+            if key == "item_embedding.weight":
+                rows = own[key].clone()
+                if self.network.text is not None:
+                    rows.zero_()  # new items: the text projection alone
+                known = torch.as_tensor(np.flatnonzero(item_map >= 0))
+                rows[known + 1] = value.to(rows.device)[torch.as_tensor(item_map[item_map >= 0]) + 1]
+                rows[0] = 0
+                own[key] = rows
+            elif own[key].shape != value.shape:
+                raise WarmStartIncompatible(f"{key} has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}")
+            else:
+                own[key] = value.clone()
+        self.network.load_state_dict(own)
+        log.info("%s: warm start, %d of %d items known to the earlier model", self.name, int((item_map >= 0).sum()), len(item_map))
+
+    def continue_training(self, data: InteractionData) -> "SASRec":
+        """The serving fit: ``serve_epochs`` more epochs on every interaction, no hold-out.
+
+        The evaluation fit never trained on each user's two newest interactions; these epochs add
+        them, which matters most for a next-item model. The popularity fallback and the ID mask
+        follow the full data.
+        """
+        import torch
+
+        config = self.config
+        if config.serve_epochs == 0 or self.network is None:
+            return self
+        self.popularity = data.item_counts().astype(np.float32)
+        sequences = [h.items for h in data.histories if len(h.items) >= 2]
+        if not sequences:
+            return self
+        torch.manual_seed(config.seed + 1)
+        with _deterministic(self.device.type == "cpu"), torch.no_grad():
+            self.network.id_mask.copy_(torch.as_tensor((self.popularity > 0).astype(np.float32)))
+        with _deterministic(self.device.type == "cpu"):
+            best_epoch, curve, start = self.best_epoch, list(self.validation_curve), self.warm_start_score
+            self._train(
+                sequences, [], np.zeros(0, np.int64), np.random.default_rng(config.seed + 1),
+                total=config.serve_epochs, early_stopping=False, patience=1, score_start=False,
+            )
+            self.best_epoch, self.validation_curve, self.warm_start_score = best_epoch, curve, start
+        self.serve_epochs_done = config.serve_epochs
+        return self
+
+    def fit_summary(self) -> dict:
+        return {
+            "best_epoch": int(self.best_epoch),
+            "epochs_run": int(getattr(self, "epochs_run", 0)),
+            "seconds_per_epoch": round(float(getattr(self, "train_seconds_per_epoch", 0.0)), 3),
+            "warm_start_score": self.warm_start_score,
+            "validation_curve": [round(v, 5) for v in self.validation_curve],
+        }
+
+    def _train(
+        self,
+        sequences: list[np.ndarray],
+        val_histories: list[History],
+        val_targets: np.ndarray,
+        rng: np.random.Generator,
+        *,
+        total: int,
+        early_stopping: bool,
+        patience: int,
+        score_start: bool,
+    ) -> None:
+        """Epochs of full-softmax training; with early stopping the best epoch's weights are kept
+        (epoch 0, the starting weights, competes when ``score_start``: a warm start)."""
+        import math
+
         import torch
         from tqdm.auto import tqdm
+
+        from components.errors import TrainingDiverged
 
         config = self.config
         network, device = self.network, self.device
@@ -261,9 +389,10 @@ class SASRec(Recommender):
 
         inputs, targets = windows()
         optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        early_stopping = config.epochs is None and len(val_targets) > 0
-        total = config.epochs or config.max_epochs
         best_score, best_state, best_epoch, stale = -1.0, None, 0, 0
+        if score_start:
+            best_score = self.warm_start_score = self._validation_ndcg(val_histories, val_targets)
+            best_state = copy.deepcopy(network.state_dict())
         bar = tqdm(range(1, total + 1), desc=f"training {self.name}", unit="epoch", disable=not config.progress, leave=False)
         started = time.perf_counter()
         for epoch in bar:
@@ -286,8 +415,11 @@ class SASRec(Recommender):
                 loss = torch.nn.functional.cross_entropy(logits.float(), batch_targets[keep] - 1)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingDiverged(f"{self.name}: the training loss became {value} in epoch {epoch}; lower lr or check the data")
                 optimiser.step()
-                losses.append(float(loss.detach()))
+                losses.append(value)
             postfix = {"loss": f"{np.mean(losses):.3f}"}
             if early_stopping:
                 score = self._validation_ndcg(val_histories, val_targets)
@@ -299,14 +431,18 @@ class SASRec(Recommender):
                 else:
                     stale += 1
             bar.set_postfix(postfix)
-            if early_stopping and stale >= config.patience:
+            if early_stopping and stale >= patience:
                 break
         bar.close()
         if early_stopping and best_state is not None:
             network.load_state_dict(best_state)
         self.best_epoch = best_epoch if early_stopping else total
+        self.epochs_run = epoch
         self.train_seconds_per_epoch = (time.perf_counter() - started) / max(epoch, 1)
-        log.info("%s: best epoch %d of %d (validation NDCG@10 %.4f), %.2fs per epoch", self.name, self.best_epoch, epoch, best_score, self.train_seconds_per_epoch)
+        if early_stopping:
+            log.info("%s: best epoch %d of %d (validation NDCG@10 %.4f), %.2fs per epoch", self.name, self.best_epoch, epoch, best_score, self.train_seconds_per_epoch)
+        else:
+            log.info("%s: %d epochs on every interaction, %.2fs per epoch", self.name, epoch, self.train_seconds_per_epoch)
 
     def _validation_ndcg(self, histories: list[History], targets: np.ndarray) -> float:
         ranks = target_ranks(self.score(histories), histories, targets)
@@ -337,6 +473,8 @@ class SASRec(Recommender):
         arrays["popularity"] = self.popularity
         arrays["best_epoch"] = np.array(self.best_epoch, dtype=np.int64)
         arrays["validation_curve"] = np.array(self.validation_curve, dtype=np.float64)
+        if getattr(self, "whitening", None) is not None:
+            arrays["whiten_mean"], arrays["whiten_projection"] = self.whitening
         return arrays
 
     def set_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -345,6 +483,8 @@ class SASRec(Recommender):
         self.popularity = arrays["popularity"]
         self.best_epoch = int(arrays["best_epoch"])
         self.validation_curve = arrays["validation_curve"].tolist()
+        self.warm_start_score = None
+        self.whitening = (arrays["whiten_mean"], arrays["whiten_projection"]) if "whiten_mean" in arrays else None
         text = arrays.get("net.text")
         self.device = torch.device(self.config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.network = _build_network(self.n_items, self.config, text, arrays["net.id_mask"]).to(self.device)
@@ -361,6 +501,11 @@ class LMSASRec(SASRec):
     def _text_matrix(self, data: InteractionData, item_vectors: np.ndarray | None) -> np.ndarray:
         if item_vectors is None or len(item_vectors) != data.n_items:
             raise ValueError("lm_sasrec needs item text vectors aligned with the catalogue")
-        mean, projection = fit_whitening(item_vectors, self.config.text_dim)
+        if not np.isfinite(item_vectors).all():
+            bad = int((~np.isfinite(item_vectors).all(axis=1)).sum())
+            raise ValueError(f"lm_sasrec: {bad} item text vector(s) are not finite; re-run the embed stage")
+        if getattr(self, "whitening", None) is None:  # a warm start brings the earlier model's
+            self.whitening = fit_whitening(item_vectors, self.config.text_dim)
+        mean, projection = self.whitening
         text = ((item_vectors - mean) @ projection).astype(np.float32)
         return normalise_rows(text) if self.config.normalise_text else text

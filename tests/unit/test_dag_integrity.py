@@ -18,8 +18,9 @@ EXPECTED_PIPELINE = {
     "plan_embedding_shards": {"validate"},
     "embed_shard": {"plan_embedding_shards", "validate"},
     "embed": {"embed_shard", "validate"},
-    "train": {"embed", "validate"},
-    "evaluate": {"train"},
+    "plan_training": {"embed", "validate"},
+    "train_candidate": {"plan_training", "embed", "validate"},
+    "evaluate": {"train_candidate"},
     "register": {"evaluate"},
     "promote": {"register"},
 }
@@ -75,7 +76,7 @@ def test_docs_tags_retries_and_no_overlap(dag_bag, dag_id):
 
 def test_long_pipeline_tasks_have_timeouts(dag_bag):
     dag = dag_bag.dags["lm_recsys_pipeline"]
-    for task_id in ("validate", "embed_shard", "embed", "train", "evaluate"):
+    for task_id in ("validate", "embed_shard", "embed", "train_candidate", "evaluate"):
         assert dag.get_task(task_id).execution_timeout is not None, task_id
     assert dag.get_task("ingest").retry_exponential_backoff
 
@@ -84,6 +85,13 @@ def test_long_pipeline_tasks_have_timeouts(dag_bag):
 def test_task_graph(dag_bag, dag_id, expected):
     dag = dag_bag.dags[dag_id]
     assert {task.task_id: set(task.upstream_task_ids) for task in dag.tasks} == expected
+
+
+def test_each_candidate_trains_in_a_mapped_task(dag_bag):
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    train = dag_bag.dags["lm_recsys_pipeline"].get_task("train_candidate")
+    assert isinstance(train, MappedOperator)
 
 
 def test_pipeline_runs_on_feedback_or_schedule(dag_bag):
