@@ -87,11 +87,6 @@ class EmbedSettings(BaseModel):
     quantize: Literal["ffn-int8"] | None = None
     """``ffn-int8`` (onnx only): int8 feed-forward weights; faster, but top-10 neighbour overlap with
     fp32 is 83%, below the 90% the project accepts by default."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """``auto``: bf16 (torch autocast) on a CPU with native bf16 (AMX or AVX-512 BF16), fp32 on
-    other CPUs and with ``onnx``, fp16 on CUDA. ``fp32`` or ``bf16`` forces one; bf16 needs the
-    torch backend. bf16 vectors get their own encoder id (``...-bf16``), so caches never mix
-    precisions (docs/embeddings.md)."""
     top_tags: int = 5
     """How many of an item's most frequent tags go into its text."""
 
@@ -171,15 +166,6 @@ class ServingSettings(BaseModel):
     history, feedback, feedback_batch) in the service's fast lane, which validates with the same
     BentoML input models and calls the same methods without BentoML's per-request IO layer
     (docs/serving.md). False sends every request through BentoML's API layer."""
-    batching: bool = True
-    """Score the requests the ranking cache cannot answer (feedback since training, category
-    filters, ``exclude_seen: false``, sessions) in micro-batches: concurrent requests share one
-    call of the model's ``score`` (docs/serving.md). False scores each request on its own."""
-    batch_max_size: int = Field(default=64, ge=1)
-    """Most histories one batched call of the model scores."""
-    batch_max_wait_ms: float = Field(default=2.0, ge=0.0, le=100.0)
-    """Longest a request waits for others to join its batch, counted from its arrival; under load
-    batches fill while the previous one is scored, so nobody waits this long."""
 
 
 class Settings(BaseSettings):

@@ -58,6 +58,11 @@ def test_celery_workers_share_the_mapped_shards_and_match_the_embedded_result(tm
         assert all(report["encoded"] > 0 for report in reports), reports
         assert sum(report["encoded"] for report in reports) == left_out
 
+        # one mapped training task per candidate, spread over both workers
+        fits = [ti for ti in tis if ti["task_id"] == "train_candidate"]
+        assert sorted(ti["map_index"] for ti in fits) == list(range(len(reference_run["report"]["candidates"])))
+        assert {ti["hostname"].split("@")[0] for ti in fits} == set(WORKERS), {ti["map_index"]: ti["hostname"] for ti in fits}
+
         # the same result as the reduced pipeline run in one process
         snapshot_id = stack.xcom(PIPELINE, run_id, "validate")
         assert snapshot_id == reference_run["report"]["snapshot_id"] == reference_run["decision"]["snapshot_id"]

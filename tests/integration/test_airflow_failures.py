@@ -5,8 +5,8 @@ module, in order; the data root is seeded with the reference run's embedding cac
 waits for the encoder. The tests share the registry's history: the first run makes version 1 the
 champion and the later tests check what happens to it.
 
-1. ``train``'s process is killed with SIGKILL mid-fit: the retry succeeds and no temporary
-   folder is left under ``runs/`` or ``snapshots/``.
+1. The ``lm_sasrec`` ``train_candidate`` task's process is killed with SIGKILL mid-fit: the
+   retry succeeds and no temporary folder is left under ``runs/`` or ``snapshots/``.
 2. A corrupted source (a rating of 7) fails ``validate``; ``train`` never runs, no version is
    registered, the champion stays, and the task log (read through the REST API) and the
    quarantine report name the failed expectation.
@@ -69,11 +69,14 @@ def embedded(tmp_path_factory, movielens_dir, reference_run):
 
 
 def _leftovers(settings) -> list[Path]:
-    return [p for folder in (settings.runs_dir, settings.snapshots_dir) if folder.exists() for p in folder.glob(".tmp-*")]
+    patterns = {settings.runs_dir: (".tmp-*", "*/.tmp-*"), settings.snapshots_dir: (".tmp-*",)}
+    return [p for folder, globs in patterns.items() if folder.exists() for pattern in globs for p in folder.glob(pattern)]
 
 
-def _ti(stack: AirflowStack, run_id: str, task_id: str) -> dict:
-    return stack.task_instance(PIPELINE, run_id, task_id)
+def _ti(stack: AirflowStack, run_id: str, task_id: str, map_index: int = -1) -> dict:
+    if map_index < 0:
+        return stack.task_instance(PIPELINE, run_id, task_id)
+    return stack.api("GET", f"/dags/{PIPELINE}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}")
 
 
 def _versions(embedded) -> list[str]:
@@ -88,10 +91,11 @@ def _champion(embedded) -> str:
 
 def test_killed_train_task_is_retried_and_leaves_no_partial_artifacts(embedded):
     stack, settings = embedded["stack"], embedded["settings"]
+    lm_index = settings.train.candidates.index("lm_sasrec")  # the longest fit of the default candidates
     run_id = stack.trigger(PIPELINE)
 
     def train_running():
-        ti = _ti(stack, run_id, "train")
+        ti = _ti(stack, run_id, "train_candidate", lm_index)
         if ti["state"] in ("success", "failed", "upstream_failed"):
             pytest.fail(f"train ended {ti['state']} before it could be killed\n{describe_run(stack, run_id)}")
         return ti if ti["state"] == "running" and ti["pid"] else None
@@ -102,7 +106,7 @@ def test_killed_train_task_is_retried_and_leaves_no_partial_artifacts(embedded):
     assert task.pid in {p.pid for p in stack.process("scheduler").tree()}, (ti, task.cmdline())
     # kill it mid-fit: once its temporary run folder exists
     def temporary_folder():
-        found = list(settings.runs_dir.glob(".tmp-*")) if settings.runs_dir.exists() else []
+        found = list(settings.runs_dir.glob("*/.tmp-lm_sasrec-*")) if settings.runs_dir.exists() else []
         if not found and not task.is_running():
             pytest.fail(f"train finished before its temporary folder was seen\n{describe_run(stack, run_id)}")
         return found
@@ -111,12 +115,13 @@ def test_killed_train_task_is_retried_and_leaves_no_partial_artifacts(embedded):
     os.kill(task.pid, signal.SIGKILL)
 
     assert stack.wait_run(PIPELINE, run_id, timeout=RUN_TIMEOUT) == "success", describe_run(stack, run_id)
-    train = _ti(stack, run_id, "train")
+    train = _ti(stack, run_id, "train_candidate", lm_index)
     assert train["state"] == "success" and train["try_number"] >= 2, train
     assert not any(p.exists() for p in partial), f"the killed try's temporary folder {partial} is still there"
     assert _leftovers(settings) == []
-    run_dir = Path(stack.xcom(PIPELINE, run_id, "train"))
+    run_dir = Path(stack.xcom(PIPELINE, run_id, "evaluate")).parent
     assert (run_dir / "train.json").exists() and (run_dir / "report.json").exists()
+    assert json.loads((run_dir / "lm_sasrec" / "fit.json").read_text())["status"] == "ok"
     assert stack.xcom(PIPELINE, run_id, "promote")["decision"] == "promoted"
     assert _champion(embedded) == "1"
     embedded["state"]["snapshot_id"] = stack.xcom(PIPELINE, run_id, "validate")
@@ -140,7 +145,7 @@ def test_failed_validation_stops_before_training_and_keeps_the_champion(embedded
 
     states = {ti["task_id"]: ti["state"] for ti in stack.task_instances(PIPELINE, run_id)}
     assert states["ingest"] == "success" and states["validate"] == "failed", states
-    for task_id in ("train", "evaluate", "register", "promote"):
+    for task_id in ("plan_training", "train_candidate", "evaluate", "register", "promote"):
         assert states[task_id] == "upstream_failed", states
     assert _versions(embedded) == versions and _champion(embedded) == champion
 
