@@ -45,8 +45,8 @@ def load(data_root: Path):
     snapshot_id = pipeline.stage_ingest(settings)
     pipeline.stage_validate(settings, snapshot_id)
     embeddings = pipeline.stage_embed(settings, snapshot_id)
-    data = pipeline._load_data(settings, snapshot_id)
-    vectors, _ = pipeline._aligned_vectors(data, embeddings)
+    data = pipeline.load_data(settings, snapshot_id)
+    vectors, _ = pipeline.aligned_vectors(data, embeddings)
     return data, vectors
 
 

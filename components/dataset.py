@@ -63,6 +63,11 @@ class Catalogue:
     def __len__(self) -> int:
         return len(self.item_ids)
 
+    def positions(self, item_ids) -> np.ndarray:
+        """Each id's index in this catalogue, -1 for an id it does not hold."""
+        ids = item_ids.tolist() if isinstance(item_ids, np.ndarray) else list(item_ids)
+        return np.array([self.index.get(item_id, -1) for item_id in ids], dtype=np.int64)
+
     @classmethod
     def from_items(cls, items: pd.DataFrame) -> "Catalogue":
         items = items.sort_values(ITEM_COL, kind="stable")

@@ -43,3 +43,7 @@ class TrainingDiverged(LmRecsysError):
 
 class ChampionUnreadable(LmRecsysError):
     """The registry names a champion whose artifact cannot be loaded (missing or corrupt files)."""
+
+    def __init__(self, message: str, version: str):
+        super().__init__(message)
+        self.version = version

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import time
 from importlib import metadata
@@ -21,14 +20,23 @@ from pathlib import Path
 import numpy as np
 
 from components.dataset import InteractionData, leave_last_out
-from components.embed import ItemEmbeddings, embed_items, embed_shard, plan_shards
+from components.embed import embed_items, embed_shard, plan_shards
 from components.engine import write_bundle
 from components.evaluate import evaluate_scores
 from components.ingest import ingest
-from components.errors import ChampionUnreadable, LmRecsysError, TrainingDiverged, WarmStartIncompatible
-from components.models import MODEL_REGISTRY, build_model, load_model
+from components.errors import ChampionUnreadable, LmRecsysError
 from components.settings import PROJECT_ROOT, Settings
-from components.snapshots import atomic_dir, atomic_write_text, open_snapshot
+from components.snapshots import atomic_write_text, open_snapshot
+from components.training import (  # noqa: F401 - the train stages are part of the pipeline's API
+    aligned_vectors,
+    candidate_fits,
+    candidate_model,
+    check_candidates,
+    load_data,
+    stage_plan_training,
+    stage_train,
+    stage_train_candidate,
+)
 from components.validate import validate_snapshot
 
 log = logging.getLogger(__name__)
@@ -59,155 +67,6 @@ def stage_embed(settings: Settings, snapshot_id: str) -> str:
     return str(embed_items(settings, open_snapshot(settings.snapshots_dir, snapshot_id)))
 
 
-def _load_data(settings: Settings, snapshot_id: str) -> InteractionData:
-    snapshot = open_snapshot(settings.snapshots_dir, snapshot_id).require_accepted()
-    return InteractionData.from_frames(snapshot.items(), snapshot.interactions())
-
-
-def _aligned_vectors(data: InteractionData, embeddings_dir: str) -> tuple[np.ndarray, dict]:
-    embeddings = ItemEmbeddings.load(Path(embeddings_dir))
-    if not np.array_equal(embeddings.item_ids, data.catalogue.item_ids):
-        raise ValueError(f"embeddings at {embeddings_dir} do not match the snapshot's catalogue; re-run the embed stage")
-    return embeddings.vectors, embeddings.manifest
-
-
-def check_candidates(settings: Settings) -> list[str]:
-    """The configured candidate names, or a clear error naming the unknown ones."""
-    unknown = [name for name in settings.train.candidates if name not in MODEL_REGISTRY]
-    if unknown:
-        raise LmRecsysError(
-            f"unknown candidate(s) {', '.join(map(repr, unknown))} in train.candidates; "
-            f"known: {', '.join(sorted(MODEL_REGISTRY))}"
-        )
-    return list(settings.train.candidates)
-
-
-def stage_plan_training(settings: Settings, snapshot_id: str, embeddings_dir: str, run_key: str) -> list[str]:
-    """Start the run folder with ``train.json`` and return the candidates, one training task each."""
-    candidates = check_candidates(settings)
-    _, embed_manifest = _aligned_vectors(_load_data(settings, snapshot_id), embeddings_dir)
-    run = settings.runs_dir / run_key
-    run.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "snapshot_id": snapshot_id,
-        "embeddings_dir": embeddings_dir,
-        "encoder": embed_manifest["encoder"],
-        "candidates": candidates,
-    }
-    atomic_write_text(run / "train.json", json.dumps(meta, indent=2))
-    return candidates
-
-
-def _warm_source(settings: Settings, name: str, data: InteractionData, encoder_id: str):
-    """The champion's evaluation-side fit as a warm start for ``name``, or None and the reason.
-
-    Only that fit is safe: it never trained on the held-out items of the champion's snapshot,
-    which are this run's validation and test items for users without new events. The served
-    weights trained on them and would flatter the warm-started challenger at the gate.
-    """
-    from components.registry import load_champion_engine
-
-    try:
-        engine, version = load_champion_engine(settings)
-    except Exception as exc:  # noqa: BLE001 - any unreadable champion means a cold start
-        return None, {"used": False, "reason": f"the champion could not be read ({type(exc).__name__}: {exc})"}
-    if isinstance(engine, ChampionUnreadable):
-        return None, {"used": False, "champion_version": str(version), "reason": str(engine)}
-    if engine is None:
-        return None, {"used": False, "reason": "there is no champion"}
-    info = {"used": False, "champion_version": str(version), "champion_kind": engine.meta.get("model_name")}
-    if info["champion_kind"] != name:
-        return None, {**info, "reason": f"the champion is {info['champion_kind']}, not {name}"}
-    if engine.meta.get("encoder_id") != encoder_id:
-        return None, {**info, "reason": f"the champion's encoder is {engine.meta.get('encoder_id')}, not {encoder_id}"}
-    if not (engine.folder / "model_val" / "model.json").exists():
-        return None, {**info, "reason": "the champion has no evaluation-side fit to start from"}
-    source = engine.validation_model()
-    item_map = np.array([engine.catalogue.index.get(i.item() if hasattr(i, "item") else i, -1) for i in data.catalogue.item_ids])
-    return (source, item_map), {**info, "used": True, "known_items": int((item_map >= 0).sum()), "items": int(len(item_map))}
-
-
-def _fit_candidate(settings: Settings, name: str, data: InteractionData, vectors: np.ndarray, folder: Path, encoder_id: str) -> dict:
-    """Fit one candidate into ``folder``; returns what the fit did (sides, timings, warm start)."""
-    config = settings.train.model_configs.get(name, {})
-    split = leave_last_out(data)
-    started = time.perf_counter()
-    model = build_model(name, config)
-    if not model.fits_once:  # closed form or counting: cheap, refitted per side of the split
-        for side, fit_data in (("val", split.val_train), ("test", split.test_train), ("full", data)):
-            build_model(name, config).fit(fit_data, vectors).save(folder / side)
-        return {"sides": {"val": "val", "test": "test", "serve": "full"}, "seconds": round(time.perf_counter() - started, 3)}
-    warm_info = {"used": False, "reason": "train.warm_start is off"}
-    if settings.train.warm_start and model.supports_warm_start:
-        warm, warm_info = _warm_source(settings, name, data, encoder_id)
-        if warm is not None:
-            try:
-                model.warm_start(*warm)
-            except WarmStartIncompatible as exc:
-                warm_info = {**warm_info, "used": False, "reason": str(exc)}
-        if not warm_info["used"]:
-            log.info("%s: cold start: %s", name, warm_info["reason"])
-    model.fit(split.test_train, vectors)  # early stopping and the gate: the validation item
-    model.save(folder / "eval")
-    evaluated = model.fit_summary()
-    serve_started = time.perf_counter()
-    model.continue_training(data).save(folder / "full")
-    return {
-        "sides": {"val": "eval", "test": "eval", "serve": "full"},
-        "seconds": round(time.perf_counter() - started, 3),
-        "serve_seconds": round(time.perf_counter() - serve_started, 3),
-        "fit": evaluated,
-        "warm_start": warm_info,
-    }
-
-
-def stage_train_candidate(settings: Settings, snapshot_id: str, embeddings_dir: str, run_key: str, name: str) -> dict:
-    """Train one candidate into ``runs/<run_key>/<name>/``; returns its small handle.
-
-    A candidate whose training diverges is dropped with its reason (``status: dropped``), so the
-    others go on; any other error fails the task, and its retry starts clean.
-    """
-    data = _load_data(settings, snapshot_id)
-    vectors, embed_manifest = _aligned_vectors(data, embeddings_dir)
-    run = settings.runs_dir / run_key
-    if not (run / "train.json").exists():
-        stage_plan_training(settings, snapshot_id, embeddings_dir, run_key)
-    record = {"name": name, "run_dir": str(run)}
-    with atomic_dir(run / name) as tmp:
-        try:
-            record.update(status="ok", **_fit_candidate(settings, name, data, vectors, tmp, embed_manifest["encoder"]["encoder_id"]))
-        except TrainingDiverged as exc:
-            for child in tmp.iterdir():
-                shutil.rmtree(child, ignore_errors=True)
-            record.update(status="dropped", reason=str(exc))
-            log.warning("dropped candidate %s: %s", name, exc)
-        (tmp / "fit.json").write_text(json.dumps(record, indent=2))
-    return {key: record[key] for key in ("name", "run_dir", "status")}
-
-
-def stage_train(settings: Settings, snapshot_id: str, embeddings_dir: str, run_key: str) -> str:
-    """Every candidate in turn, in this process (the DAG maps one task per candidate); returns the run folder."""
-    for name in stage_plan_training(settings, snapshot_id, embeddings_dir, run_key):
-        stage_train_candidate(settings, snapshot_id, embeddings_dir, run_key, name)
-    return str(settings.runs_dir / run_key)
-
-
-def candidate_fits(run: Path, names: list[str]) -> dict[str, dict]:
-    """Each candidate's ``fit.json``; a clear error when one is missing (its task never finished)."""
-    fits = {}
-    for name in names:
-        path = run / name / "fit.json"
-        if not path.exists():
-            raise LmRecsysError(f"candidate {name!r} has no finished fit in {run}; its training task did not complete")
-        fits[name] = json.loads(path.read_text())
-    return fits
-
-
-def candidate_model(run: Path, fit: dict, side: str):
-    """The fitted model of one candidate for ``val``, ``test`` or ``serve``."""
-    return load_model(run / fit["name"] / fit["sides"][side])
-
-
 def stage_evaluate(settings: Settings, run_dir: str, handles: list[dict] | None = None) -> str:
     """Score every candidate and the current champion on the same split; returns the report path.
 
@@ -217,7 +76,7 @@ def stage_evaluate(settings: Settings, run_dir: str, handles: list[dict] | None 
 
     run = Path(run_dir)
     meta = json.loads((run / "train.json").read_text())
-    data = _load_data(settings, meta["snapshot_id"])
+    data = load_data(settings, meta["snapshot_id"])
     split = leave_last_out(data)
     seed, samples = settings.train.seed, settings.train.bootstrap_samples
     counts = {"val": split.val_train.item_counts(), "test": split.test_train.item_counts()}
@@ -247,12 +106,12 @@ def stage_evaluate(settings: Settings, run_dir: str, handles: list[dict] | None 
         }
     if not report["candidates"]:
         raise LmRecsysError(f"every candidate was dropped: {report['dropped']}; the champion stays")
-    engine, version = load_champion_engine(settings)
-    if isinstance(engine, ChampionUnreadable):
-        # it can be neither compared nor served: the gate may replace it, and says why
-        report["champion_unreadable"] = {"version": str(version), "reason": str(engine)}
-        log.warning("the champion, version %s, could not be read: %s", version, engine)
-    elif engine is not None:
+    try:
+        engine, version = load_champion_engine(settings)
+    except ChampionUnreadable as exc:  # neither comparable nor servable: the gate may replace it, and says why
+        engine, report["champion_unreadable"] = None, {"version": exc.version, "reason": str(exc)}
+        log.warning("the champion, version %s, could not be read: %s", exc.version, exc)
+    if engine is not None:
         report["champion"] = {"version": version, "model": engine.model.name, **score_all(lambda side, h: champion_scores(engine, data.catalogue.item_ids, h))}
     metric = settings.registry.gate_metric.replace("@", "_at_")
     report["gate_metric"] = metric
@@ -341,7 +200,7 @@ def stage_register(settings: Settings, report_path: str) -> dict:
     meta = json.loads((run / "train.json").read_text())
     snapshot = open_snapshot(settings.snapshots_dir, meta["snapshot_id"]).require_accepted()
     data = InteractionData.from_frames(snapshot.items(), snapshot.interactions())
-    vectors, embed_manifest = _aligned_vectors(data, meta["embeddings_dir"])
+    vectors, embed_manifest = aligned_vectors(data, meta["embeddings_dir"])
     best = report["best"]
     best_fit = candidate_fits(run, [best])[best]
     client = configure(settings)

@@ -673,8 +673,8 @@ def flatten_params(data: dict, prefix: str = "") -> dict[str, str]:
 def load_champion_engine(settings: Settings):
     """The current champion's serving engine and version; ``(None, None)`` without a champion.
 
-    A champion whose artifact cannot be loaded comes back as a :class:`ChampionUnreadable` in the
-    engine's place, with its version; a registry that cannot be reached raises as usual.
+    Raises :class:`ChampionUnreadable` (carrying the version) when the registry names a champion
+    whose artifact cannot be loaded; a registry that cannot be reached raises as usual.
     """
     client = configure(settings)
     current = get_alias_version(client, settings.registry.model_name, CHAMPION)
@@ -687,7 +687,7 @@ def load_champion_engine(settings: Settings):
     except requests.RequestException:
         raise  # the tracking server is unreachable: a retry may succeed, the artifact is not at fault
     except (OSError, ValueError, KeyError, EOFError) as exc:  # missing or corrupt artifact files
-        return ChampionUnreadable(f"{type(exc).__name__}: {exc}"[:500]), current.version
+        raise ChampionUnreadable(f"{type(exc).__name__}: {exc}"[:500], version=str(current.version)) from exc
     return engine, current.version
 
 
@@ -699,7 +699,7 @@ def champion_scores(engine, catalogue_ids: np.ndarray, histories) -> np.ndarray:
     champion never saw score -inf, so the comparison is on the same split and items.
     """
     model = engine.validation_model()
-    mapping = np.array([engine.catalogue.index.get(i.item() if hasattr(i, "item") else i, -1) for i in catalogue_ids])
+    mapping = engine.catalogue.positions(catalogue_ids)
     known = mapping >= 0
     from components.dataset import History
 

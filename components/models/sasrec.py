@@ -26,7 +26,6 @@ Training is seeded and deterministic on CPU, shows a progress bar, and runs on C
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import time
@@ -38,6 +37,7 @@ from components.dataset import History, InteractionData
 from components.evaluate import per_user_metrics, target_ranks
 from components.models.base import Recommender
 from components.models.lm_content import fit_whitening, normalise_rows
+from components.models.sasrec_network import build_network, deterministic, left_pad
 
 log = logging.getLogger(__name__)
 
@@ -111,94 +111,6 @@ class LMSASRecConfig(SASRecConfig):
     """Add a learned ID embedding to the projected text vector (False: text only)."""
 
 
-@contextlib.contextmanager
-def _deterministic(enabled: bool):
-    """Deterministic torch kernels while training on CPU; the previous setting is restored."""
-    import torch
-
-    previous, previous_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    if enabled:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
-
-
-def _build_network(n_items: int, config: SASRecConfig, text_matrix: np.ndarray | None, id_mask: np.ndarray | None):
-    """The torch module; built lazily so importing this file does not import torch."""
-    import torch
-    from torch import nn
-
-    class SASRecNetwork(nn.Module):
-        """Embeddings, causal transformer blocks and the tied output layer.
-
-        Index 0 is padding; catalogue item ``i`` is token ``i + 1``.
-        """
-
-        def __init__(self):
-            super().__init__()
-            hidden = config.hidden
-            self.item_embedding = nn.Embedding(n_items + 1, hidden, padding_idx=0)
-            self.position_embedding = nn.Embedding(config.max_len, hidden)
-            self.embedding_dropout = nn.Dropout(config.dropout)
-            layer = nn.TransformerEncoderLayer(
-                hidden, config.heads, dim_feedforward=hidden, dropout=config.dropout, batch_first=True, norm_first=True
-            )
-            self.encoder = nn.TransformerEncoder(layer, config.blocks, enable_nested_tensor=False)
-            self.final_norm = nn.LayerNorm(hidden)
-            if text_matrix is not None:
-                self.register_buffer("text", torch.as_tensor(text_matrix, dtype=torch.float32))
-                self.text_projection = nn.Linear(text_matrix.shape[1], hidden)
-            else:
-                self.text = None
-            self.register_buffer("id_mask", torch.as_tensor(id_mask if id_mask is not None else np.ones(n_items), dtype=torch.float32))
-            for name, parameter in self.named_parameters():
-                if parameter.dim() > 1:
-                    nn.init.xavier_normal_(parameter)
-            with torch.no_grad():
-                self.item_embedding.weight[0].zero_()
-
-        def item_table(self) -> torch.Tensor:
-            """Item representations, shape (n_items, hidden): ID part (masked) plus text part."""
-            table = self.item_embedding.weight[1:]
-            if not getattr(config, "use_id_embeddings", True):
-                table = torch.zeros_like(table)
-            table = table * self.id_mask[:, None]
-            if self.text is not None:
-                table = table + self.text_projection(self.text)
-            return table
-
-        def forward(self, tokens: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-            """Hidden states (batch, length, hidden) of left-padded token sequences."""
-            table = self.item_table() if table is None else table
-            padded = torch.cat([torch.zeros_like(table[:1]), table], dim=0)
-            real = tokens > 0
-            length = tokens.shape[1]
-            states = padded[tokens] * (config.hidden**0.5)
-            states = states + self.position_embedding.weight[config.max_len - length :][None]
-            states = self.embedding_dropout(states) * real[..., None]
-            # a query may attend to earlier real items and to itself (a padding position attends
-            # only to itself, so no row is fully masked)
-            causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
-            allowed = causal[None] & (real[:, None, :] | torch.eye(length, dtype=torch.bool, device=tokens.device)[None])
-            mask = (~allowed).repeat_interleave(config.heads, dim=0)
-            states = self.encoder(states, mask=mask)
-            return self.final_norm(states) * real[..., None]
-
-    return SASRecNetwork()
-
-
-def _left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
-    """Token matrix (len(sequences), length): the newest ``length`` items, shifted by one, left-padded."""
-    out = np.zeros((len(sequences), length), dtype=np.int64)
-    for row, items in enumerate(sequences):
-        tail = items[-length:] if length else items[:0]
-        if len(tail):
-            out[row, length - len(tail) :] = tail + 1
-    return out
-
-
 class SASRec(Recommender):
     """Causal self-attention over the item sequence, trained with full-softmax cross-entropy."""
 
@@ -239,8 +151,8 @@ class SASRec(Recommender):
                 train_sequences.append(items)
         # the ID embedding of an item never seen in training is masked out: text alone represents it
         id_mask = (self.popularity > 0).astype(np.float32)
-        with _deterministic(device.type == "cpu"):
-            self.network = _build_network(data.n_items, config, text_matrix, id_mask).to(device)
+        with deterministic(device.type == "cpu"):
+            self.network = build_network(data.n_items, config, text_matrix, id_mask).to(device)
             self.device = device
             self.validation_curve: list[float] = []
             self.warm_start_score: float | None = None
@@ -327,9 +239,9 @@ class SASRec(Recommender):
         if not sequences:
             return self
         torch.manual_seed(config.seed + 1)
-        with _deterministic(self.device.type == "cpu"), torch.no_grad():
+        with torch.no_grad():
             self.network.id_mask.copy_(torch.as_tensor((self.popularity > 0).astype(np.float32)))
-        with _deterministic(self.device.type == "cpu"):
+        with deterministic(self.device.type == "cpu"):
             best_epoch, curve, start = self.best_epoch, list(self.validation_curve), self.warm_start_score
             self._train(
                 sequences, [], np.zeros(0, np.int64), np.random.default_rng(config.seed + 1),
@@ -381,8 +293,8 @@ class SASRec(Recommender):
                 for i in long:  # a random stretch of a long history, not only its newest part
                     start = int(rng.integers(0, len(sequences[i]) - config.max_len))
                     chosen[i] = sequences[i][start : start + config.max_len + 1]
-            inputs = torch.as_tensor(_left_pad([s[:-1] for s in chosen], config.max_len))
-            targets = torch.as_tensor(_left_pad([s[1:] for s in chosen], config.max_len))
+            inputs = torch.as_tensor(left_pad([s[:-1] for s in chosen], config.max_len))
+            targets = torch.as_tensor(left_pad([s[1:] for s in chosen], config.max_len))
             if config.loss_positions is not None and config.loss_positions < config.max_len:
                 targets[:, : config.max_len - config.loss_positions] = 0
             return inputs, targets
@@ -459,7 +371,7 @@ class SASRec(Recommender):
                 chunk = histories[start : start + batch_size]
                 lengths = [min(len(h), self.config.max_len) for h in chunk]
                 width = max(max(lengths), 1)
-                tokens = torch.as_tensor(_left_pad([h.items for h in chunk], width), device=self.device)
+                tokens = torch.as_tensor(left_pad([h.items for h in chunk], width), device=self.device)
                 last = network(tokens, table)[:, -1]
                 block = (last @ table.T).float().cpu().numpy()
                 for row, length in enumerate(lengths):
@@ -487,7 +399,7 @@ class SASRec(Recommender):
         self.whitening = (arrays["whiten_mean"], arrays["whiten_projection"]) if "whiten_mean" in arrays else None
         text = arrays.get("net.text")
         self.device = torch.device(self.config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.network = _build_network(self.n_items, self.config, text, arrays["net.id_mask"]).to(self.device)
+        self.network = build_network(self.n_items, self.config, text, arrays["net.id_mask"]).to(self.device)
         self.network.load_state_dict({key[4:]: torch.as_tensor(value) for key, value in arrays.items() if key.startswith("net.")})
 
 
