@@ -36,6 +36,15 @@ def _is_positive(event: str, value) -> bool:
     return event in ("like", "purchase", "click", "view", "interaction")
 
 
+class ScoreRequest(NamedTuple):
+    """One history to rank, with the request's options (see ``ServingEngine.recommend_histories``)."""
+
+    history: History | None
+    k: int
+    exclude_seen: bool = True
+    categories: list[str] | None = None
+
+
 class Recommendation(NamedTuple):
     """One recommended item."""
 
@@ -202,14 +211,34 @@ class ServingEngine:
 
     def recommend_history(self, history: History | None, k: int, *, exclude_seen: bool = True, categories: list[str] | None = None) -> tuple[list[Recommendation], str]:
         """Recommendations for a history; an empty history falls back to popularity."""
-        if history is None or len(history) == 0:
-            disliked = np.array(sorted(getattr(history, "disliked", set())), dtype=np.int64)
-            indexes, scores = self.rank(self.popularity, k, exclude=disliked, categories=categories)
-            return self._package(indexes, scores, None), "popularity"
-        scores = self.model.score([history])[0]
-        exclude = np.unique(np.r_[history.items, list(getattr(history, "disliked", set()))]).astype(np.int64) if exclude_seen else np.array(list(getattr(history, "disliked", set())), dtype=np.int64)
-        indexes, values = self.rank(scores, k, exclude=exclude, categories=categories)
-        return self._package(indexes, values, history), self.model.name
+        return self.recommend_histories([ScoreRequest(history, k, exclude_seen, categories)])[0]
+
+    def recommend_histories(self, requests: list[ScoreRequest]) -> list[tuple[list[Recommendation], str]]:
+        """``recommend_history`` for many requests, with one model call for all their histories.
+
+        The answers are those of ``recommend_history`` for each request on its own: models score
+        each history independently of the others in its batch (SASRec masks the left padding),
+        which tests/unit/test_serving_batching.py checks. The service's micro-batcher calls this.
+        """
+        answers: list = [None] * len(requests)
+        scored = []
+        for position, request in enumerate(requests):
+            history = request.history
+            if history is None or len(history) == 0:
+                disliked = np.array(sorted(getattr(history, "disliked", set())), dtype=np.int64)
+                indexes, scores = self.rank(self.popularity, request.k, exclude=disliked, categories=request.categories)
+                answers[position] = (self._package(indexes, scores, None), "popularity")
+            else:
+                scored.append(position)
+        if scored:
+            matrix = self.model.score([requests[position].history for position in scored])
+            for row, position in enumerate(scored):
+                history, k, exclude_seen, categories = requests[position]
+                disliked = list(getattr(history, "disliked", set()))
+                exclude = np.unique(np.r_[history.items, disliked]).astype(np.int64) if exclude_seen else np.array(disliked, dtype=np.int64)
+                indexes, values = self.rank(matrix[row], k, exclude=exclude, categories=categories)
+                answers[position] = (self._package(indexes, values, history), self.model.name)
+        return answers
 
     def recommend_user(self, user_id, history: History, k: int) -> list[Recommendation]:
         """Top-k for a known user whose history is their training history, excluding seen items.

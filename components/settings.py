@@ -166,6 +166,13 @@ class ServingSettings(BaseModel):
     history, feedback, feedback_batch) in the service's fast lane, which validates with the same
     BentoML input models and calls the same methods without BentoML's per-request IO layer
     (docs/serving.md). False sends every request through BentoML's API layer."""
+    batch_scoring: bool = True
+    """Score the requests the ranking cache cannot answer (fresh feedback, category filters,
+    ``exclude_seen: false``, sessions) in micro-batches on one worker thread: continuous batching,
+    no timer, so a lone request waits for nothing (docs/serving.md, "Micro-batching"). False
+    scores each on the event loop by itself."""
+    max_batch: int = Field(default=64, ge=1, le=4096)
+    """Most requests scored in one model call by the micro-batcher."""
 
 
 class Settings(BaseSettings):

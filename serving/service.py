@@ -386,6 +386,7 @@ class RecommenderService:
 
         from components.feedback import FeedbackStore
         from components.settings import load_settings
+        from serving.batching import ScoringBatcher
 
         from threadpoolctl import threadpool_limits
 
@@ -399,6 +400,7 @@ class RecommenderService:
         self.writer = FeedbackWriter(self.store)
         self.recent = RecentFeedback(self.store)
         self.fast_lane = self.settings.serving.fast_lane
+        self.batcher = ScoringBatcher(self.settings.serving.max_batch) if self.settings.serving.batch_scoring else None
         self.loaded: Loaded | None = None
         self._reload_lock = threading.Lock()
         self._encoder_lock = threading.Lock()
@@ -478,6 +480,8 @@ class RecommenderService:
         if self in _SERVING:
             _SERVING.remove(self)
         self.writer.close()
+        if self.batcher is not None:
+            self.batcher.close()
 
     def encoder(self):
         """The text encoder, loaded on the first search only (it is the largest thing in memory)."""
@@ -513,7 +517,16 @@ class RecommenderService:
             return []
         return self.store.user_events_since(str(user), watermark, limit=MAX_K * 5)
 
-    def _recommend(self, user_id, k, exclude_seen, categories, session_item_ids) -> dict | StarletteJSON:
+    async def _scored(self, engine, history, k: int, exclude_seen: bool = True, categories=None) -> list:
+        """The model's top-k for a history the ranking cache cannot answer, micro-batched when on."""
+        from components.engine import ScoreRequest
+
+        request = ScoreRequest(history, k, exclude_seen, categories)
+        if self.batcher is None:
+            return engine.recommend_histories([request])[0][0]
+        return (await self.batcher.recommend(engine, request))[0]
+
+    async def _recommend(self, user_id, k, exclude_seen, categories, session_item_ids) -> dict | StarletteJSON:
         loaded = self.loaded
         engine = loaded.engine
         user = self._user(engine, user_id)
@@ -532,21 +545,40 @@ class RecommenderService:
         if source == "history" and not recent and exclude_seen and not categories:
             recs = engine.recommend_user(user, history, k)  # nothing new since training: the cached ranking
         else:
-            recs, _ = engine.recommend_history(history, k, exclude_seen=exclude_seen, categories=categories)
+            recs = await self._scored(engine, history, k, exclude_seen, categories)
         return self._response(loaded, recs, user_id=user, source=source, fallback=source != "history", recent_events_used=len(recent))
 
     def _timed(self, endpoint: str, fn, *args):
         started = time.perf_counter()
         if self.loaded is None and endpoint not in ("feedback", "feedback_batch", "ping"):
-            REQUESTS.labels(endpoint=endpoint, outcome="503").inc()
-            return error(503, "no model is loaded yet; see /readyz")
+            return self._not_ready(endpoint)
         try:
             result = fn(*args)
         except Exception:
-            REQUESTS.labels(endpoint=endpoint, outcome="error").inc()
-            log.exception("%s failed", endpoint)
-            return error(500, f"{endpoint} failed; see the service log")
+            return self._failed(endpoint)
         return self._count(endpoint, started, result)
+
+    async def _timed_async(self, endpoint: str, fn, *args):
+        """``_timed`` for work that is awaited (the micro-batched scoring)."""
+        started = time.perf_counter()
+        if self.loaded is None:
+            return self._not_ready(endpoint)
+        try:
+            result = await fn(*args)
+        except Exception:
+            return self._failed(endpoint)
+        return self._count(endpoint, started, result)
+
+    @staticmethod
+    def _not_ready(endpoint: str) -> StarletteJSON:
+        REQUESTS.labels(endpoint=endpoint, outcome="503").inc()
+        return error(503, "no model is loaded yet; see /readyz")
+
+    @staticmethod
+    def _failed(endpoint: str) -> StarletteJSON:
+        REQUESTS.labels(endpoint=endpoint, outcome="error").inc()
+        log.exception("%s failed", endpoint)
+        return error(500, f"{endpoint} failed; see the service log")
 
     @staticmethod
     def _count(endpoint: str, started: float, result):
@@ -569,7 +601,7 @@ class RecommenderService:
         session_item_ids: Annotated[list[Id], Field(max_length=MAX_SESSION_ITEMS, description="Items an unknown user just viewed, oldest first")] | None = None,
     ) -> dict:
         """Top-k items for a user, with explanations; unknown users fall back to their session or popularity."""
-        return self._timed("recommend", self._recommend, user_id, k, exclude_seen, categories, session_item_ids)
+        return await self._timed_async("recommend", self._recommend, user_id, k, exclude_seen, categories, session_item_ids)
 
     @bentoml.api
     async def history(self, user_id: Id, limit: Annotated[int, Field(ge=1, le=200)] = 20) -> dict:
@@ -609,16 +641,16 @@ class RecommenderService:
     ) -> dict:
         """Top-k items for an anonymous visitor, from the items they just viewed."""
 
-        def run():
+        async def run():
             loaded = self.loaded
             unknown = [i for i in item_ids if loaded.engine.item_index(i) is None]
             if unknown:
                 return error(404, f"unknown item id(s): {unknown[:10]}", field="item_ids", unknown_ids=unknown[:10])
             history = loaded.engine.session_history(item_ids)
-            recs, _ = loaded.engine.recommend_history(history, k, categories=categories)
+            recs = await self._scored(loaded.engine, history, k, True, categories)
             return self._response(loaded, recs, source="session")
 
-        return self._timed("recommend_session", run)
+        return await self._timed_async("recommend_session", run)
 
     @bentoml.api
     def search(

@@ -491,3 +491,34 @@ def test_fast_lane_refuses_endpoints_it_cannot_serve_faithfully():
     assert len(FastLane(None, RecommenderService).routes) == len(FAST_LANE_ENDPOINTS)
     with pytest.raises(TypeError, match="'search'"):  # a sync endpoint: BentoML runs it in a thread pool
         FastLane(None, RecommenderService, ("search",))
+
+
+def test_micro_batched_answers_equal_unbatched_ones(client, catalogue):
+    """Requests the ranking cache cannot answer go through the micro-batcher; sent concurrently,
+    they form batches, and every answer equals the one the service gives with batching off."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving import service
+
+    items = catalogue["item_id"].tolist()
+    requests_ = [("/recommend", {"user_id": user, "k": 10, "exclude_seen": False}) for user in range(1, 25)]
+    requests_ += [("/recommend", {"user_id": user, "k": 5, "categories": ["Comedy"]}) for user in range(1, 9)]
+    requests_ += [("/recommend_session", {"item_ids": items[i : i + 3], "k": 5}) for i in range(0, 24, 3)]
+    instance = service._SERVING[-1]
+    batcher = instance.batcher
+    assert batcher is not None  # on by default
+    before = batcher.batches
+    with ThreadPoolExecutor(16) as pool:
+        batched = list(pool.map(lambda request: post(client, *request), requests_))
+    assert batcher.batches - before < len(requests_)  # some requests shared a model call
+    try:
+        instance.batcher = None
+        alone = [post(client, *request) for request in requests_]
+    finally:
+        instance.batcher = batcher
+    for request, a, b in zip(requests_, batched, alone):
+        assert a.status_code == b.status_code == 200, (request, a.text)
+        got, want = a.json(), b.json()
+        assert [i["item_id"] for i in got["items"]] == [i["item_id"] for i in want["items"]], request
+        assert [i["explanation"] for i in got["items"]] == [i["explanation"] for i in want["items"]], request
+        assert got["items"][0]["score"] == pytest.approx(want["items"][0]["score"], rel=1e-5, abs=1e-6)
