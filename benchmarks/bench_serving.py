@@ -1,6 +1,7 @@
 """Serving throughput: /recommend on the real champion, BentoML's trivial endpoint, bare Starlette.
 
-All three run in one run, each at 16 and 64 connections, with ``wrk`` as the load generator in
+All three run in one run, each at 16 and 64 connections (then the scored ``/recommend`` once more
+with micro-batching off, for the ratio), with ``wrk`` as the load generator in
 its own process (``apt-get install -y wrk``). Then feedback ingestion: unique events posted as fast
 as possible, and the store counted afterwards (events in the store must equal 2xx responses, up to
 the requests still in flight when wrk stops).
@@ -158,6 +159,7 @@ def main() -> None:
     parser.add_argument("--warm-up", type=int, default=4, help="duration of the warm-up before each run")
     parser.add_argument("--users", type=int, default=610, help="/recommend picks user ids uniformly from 1..USERS (610 in ml-latest-small)")
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--skip-unbatched", action="store_true", help="skip the scored run with micro-batching off")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "serving.json")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -220,6 +222,18 @@ def main() -> None:
     finally:
         bento.stop()
         bare.stop()
+    if not args.skip_unbatched:  # the same scored requests with micro-batching off, right after
+        unbatched = BentoServer({**env, "LMRECSYS_SERVING__BATCH_SCORING": "false"}, work / "bento-unbatched", PROJECT_ROOT).wait_ready(timeout=300)
+        try:
+            scored = recommend.replace('"k": 10}', '"k": 10, "exclude_seen": false}')
+            for connections in args.connections:
+                run_wrk(f"{unbatched.base}/recommend", scored, connections, args.warm_up)
+                numbers = run_wrk(f"{unbatched.base}/recommend", scored, connections, args.seconds)
+                name = "/recommend (real champion, scored per request, micro-batching off)"
+                results["runs"].append({"target": name, "connections": connections, **numbers})
+                print(f"{name:40s} c={connections:3d} {numbers['rps']:9.1f} req/s p50 {numbers['p50_ms']:7.2f} ms p99 {numbers['p99_ms']:7.2f} ms errors {numbers['errors']}", flush=True)
+        finally:
+            unbatched.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")

@@ -366,7 +366,7 @@ class SASRec(Recommender):
         scores = np.empty((len(histories), self.n_items), dtype=np.float32)
         network = self.network.eval()
         with torch.inference_mode():
-            table = network.item_table()
+            table = self._scoring_table(network)
             for start in range(0, len(histories), batch_size):
                 chunk = histories[start : start + batch_size]
                 lengths = [min(len(h), self.config.max_len) for h in chunk]
@@ -379,6 +379,22 @@ class SASRec(Recommender):
                         block[row] = self.popularity
                 scores[start : start + len(chunk)] = block
         return scores
+
+    def _scoring_table(self, network):
+        """The item table for scoring, computed once per set of weights.
+
+        Projecting every item's text vector costs more than scoring a small batch of histories,
+        and the weights only change while training. The cache is keyed by each parameter's and
+        buffer's in-place version counter, which every optimiser step and ``load_state_dict``
+        bumps, so a changed weight always recomputes it.
+        """
+        key = tuple((id(t), t._version) for t in (*network.parameters(), *network.buffers()))
+        cached = getattr(self, "_table_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        table = network.item_table()
+        self._table_cache = (key, table)  # one assignment: a reader on another thread sees old or new
+        return table
 
     def state(self) -> dict[str, np.ndarray]:
         arrays = {"net." + key: value.detach().cpu().numpy() for key, value in self.network.state_dict().items()}

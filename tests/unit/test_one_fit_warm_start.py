@@ -158,7 +158,7 @@ def test_an_incompatible_champion_means_a_cold_start_with_a_log_line(tmp_path, c
     first = _settings(tmp_path, candidates=list(champion_configs), configs=champion_configs)
     assert run_pipeline(first, "first")["decision"] == "promoted"
     second = load_settings(**{**first.model_dump(), "train": {**first.train.model_dump(), "candidates": ["lm_sasrec"], "model_configs": {"lm_sasrec": SMALL}}})
-    with caplog.at_level(logging.INFO, logger="components.pipeline"):
+    with caplog.at_level(logging.INFO, logger="components"):
         decision = run_pipeline(second, "second")
     assert decision["model_kind"] == "lm_sasrec"
     fit = _fit(second, "second")
@@ -172,7 +172,7 @@ def test_an_unreadable_champion_artifact_means_a_cold_start(tmp_path, caplog):
     # corrupt the champion's evaluation-side fit where MLflow keeps it
     for state in Path(settings.artifact_root).rglob("model_val/state.npz"):
         state.write_bytes(b"not a numpy archive")
-    with caplog.at_level(logging.INFO, logger="components.pipeline"):
+    with caplog.at_level(logging.INFO, logger="components"):
         decision = run_pipeline(settings, "second")
     assert decision["model_kind"] == "lm_sasrec"
     fit = _fit(settings, "second")

@@ -154,3 +154,19 @@ def test_requests_keep_the_engine_they_started_with(engines):
 def test_max_batch_must_be_positive():
     with pytest.raises(ValueError, match="max_batch must be at least 1"):
         ScoringBatcher(max_batch=0)
+
+
+def test_the_cached_item_table_follows_the_weights():
+    """SASRec keeps its item table between scoring calls; any change to a weight recomputes it."""
+    import torch
+
+    model = LMSASRec(FAST).fit(random_data(), text_vectors())
+    histories = [History(np.array([1, 2, 3])), History(np.array([4]))]
+    before = model.score(histories)
+    np.testing.assert_array_equal(model.score(histories), before)  # served from the cache
+    with torch.no_grad():
+        model.network.text_projection.weight.mul_(2.0)  # an in-place change, as an optimiser step makes
+    after = model.score(histories)
+    assert not np.allclose(after, before)
+    model._table_cache = None  # a fresh computation agrees with the recomputed cache
+    np.testing.assert_array_equal(model.score(histories), after)
