@@ -4,10 +4,17 @@ Every path encodes the same texts (all ml-latest-small item texts, ordered by it
 same thread count. Each path runs in its own child process, so its peak RSS is its own; the
 children take turns for several rounds so load from other processes hits every path alike, and
 the best round counts. Agreement (cosine, top-10 neighbours) is against our fp32 torch path.
+The torch paths also report batch invariance: the first texts encoded one at a time against the
+same texts in the full pass (share of bit-identical vectors, largest difference).
 Finally the incremental re-run: embed_items on the full catalogue, then again after 10 edited
 titles, through the real cache.
 
-    .venv/bin/python benchmarks/bench_embed.py [--rounds 3] [--threads N] [--limit N] [--json out.json]
+Paths: ``torch-fp32``, ``torch-auto`` (``embed.precision: auto``: bf16 autocast on a CPU with
+bf16 instructions, else fp32), ``sentence-transformers`` (when installed), ``onnx-fp32``,
+``onnx-ffn-int8``, and on a CPU with AMX ``torch-bf16-no-amx`` (bf16 with oneDNN held to its
+AVX-512-BF16 kernels, as on CPUs without AMX).
+
+    .venv/bin/python benchmarks/bench_embed.py [--rounds 3] [--threads N] [--limit N] [--paths a,b] [--json out.json]
 """
 
 from __future__ import annotations
@@ -28,13 +35,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from components.embed import cpu_flags  # noqa: E402  (light: torch is imported only in the children)
+
 PATHS = {
-    "torch-fp32": {"backend": "torch"},
+    "torch-fp32": {"backend": "torch", "precision": "fp32"},
+    "torch-auto": {"backend": "torch", "precision": "auto"},
     "sentence-transformers": {},
     "onnx-fp32": {"backend": "onnx"},
     "onnx-ffn-int8": {"backend": "onnx", "quantize": "ffn-int8"},
+    "torch-bf16-no-amx": {"backend": "torch", "precision": "bf16"},
 }
+PATH_ENV = {"torch-bf16-no-amx": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}}
+"""Environment of a path's child process (oneDNN reads its ISA limit once, at start)."""
 BATCH_SIZE = 64
+INVARIANCE_TEXTS = 300
+"""How many texts the torch paths also encode one at a time, to check batch invariance."""
+
+
+def default_paths() -> list[str]:
+    """Every path this machine can run: sentence-transformers if installed, the no-AMX path on AMX CPUs."""
+    import importlib.util
+
+    names = list(PATHS)
+    if importlib.util.find_spec("sentence_transformers") is None:
+        names.remove("sentence-transformers")
+    if "amx_bf16" not in cpu_flags():
+        names.remove("torch-bf16-no-amx")
+    return names
 
 
 def movielens_texts(limit: int | None) -> list[str]:
@@ -82,7 +109,15 @@ def run_worker(name: str, threads: int, limit: int | None, artifacts: str, out: 
     seconds = time.perf_counter() - started
     np.save(out, np.asarray(vectors, dtype=np.float32))
     peak_mb = peak_rss_mb()
-    print(json.dumps({"path": name, "items": len(texts), "seconds": seconds, "items_per_s": len(texts) / seconds, "load_s": load_seconds, "peak_rss_mb": peak_mb}))
+    result = {"path": name, "items": len(texts), "seconds": seconds, "items_per_s": len(texts) / seconds, "load_s": load_seconds, "peak_rss_mb": peak_mb}
+    if name != "sentence-transformers":
+        result["encoder_id"] = encoder.encoder_id
+        result["precision"] = encoder.precision
+        if encoder.session is None:
+            alone = np.stack([encoder.encode([text])[0] for text in texts[:INVARIANCE_TEXTS]])
+            diff = np.abs(alone - vectors[:INVARIANCE_TEXTS]).max(axis=1)
+            result["batch_invariance"] = {"texts": len(alone), "bit_identical_share": float((diff == 0).mean()), "max_abs_diff": float(diff.max())}
+    print(json.dumps(result))
 
 
 def peak_rss_mb() -> float:
@@ -128,10 +163,11 @@ def incremental_rerun(artifacts: str, backend: dict) -> dict:
     data = read_movielens(Path(os.environ.get("LMRECSYS_BENCH_MOVIELENS", LOCAL_MOVIELENS)))
     with tempfile.TemporaryDirectory() as root:
         settings = load_settings(data_root=Path(root))
-        # EmbedSettings may not carry backend/quantize yet; an unvalidated copy lets the benchmark choose.
+        # An unvalidated copy lets the benchmark choose, whatever EmbedSettings carries.
         embed = settings.embed.model_copy()
         object.__setattr__(embed, "backend", backend.get("backend", "torch"))
         object.__setattr__(embed, "quantize", backend.get("quantize"))
+        object.__setattr__(embed, "precision", backend.get("precision", "auto"))
         settings = settings.model_copy(update={"embed": embed})
         encoder_from_settings(settings)  # load (and export) outside the timed runs
 
@@ -165,7 +201,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="passes per path, taken in turns; the best counts")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="intra-op threads for every path")
     parser.add_argument("--limit", type=int, default=None, help="only the first N texts (a quick check)")
-    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of " + ", ".join(PATHS))
+    parser.add_argument("--paths", default=",".join(default_paths()), help="comma-separated subset of " + ", ".join(PATHS))
     parser.add_argument("--artifacts", default=None, help="where ONNX exports are cached (default: a temporary folder)")
     parser.add_argument("--skip-incremental", action="store_true")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -200,7 +236,7 @@ def main() -> None:
                 command = [sys.executable, __file__, "--worker", name, "--threads", str(args.threads), "--artifacts", artifacts, "--out", out]
                 if args.limit:
                     command += ["--limit", str(args.limit)]
-                done = subprocess.run(command, check=True, capture_output=True, text=True)
+                done = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, **PATH_ENV.get(name, {})})
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 result["vectors"] = out
                 runs[name].append(result)
@@ -218,6 +254,7 @@ def main() -> None:
                 "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[name]),
                 "load_s": best["load_s"],
                 **agreement(np.load(best["vectors"]), reference, reference_neighbours),
+                **{key: best[key] for key in ("precision", "encoder_id", "batch_invariance") if key in best},
             }
             if st_best:
                 entry["ratio_vs_sentence_transformers"] = best["items_per_s"] / st_best
@@ -225,7 +262,9 @@ def main() -> None:
                 entry["first_use_export_s"] = export_seconds[name]
             report["paths"][name] = entry
         if not args.skip_incremental:
-            fastest = max((n for n in names if n != "sentence-transformers"), key=lambda n: report["paths"][n]["items_per_s_best"])
+            # The fastest of our paths that runs in this process as it is (no environment of its own).
+            ours = [n for n in names if n != "sentence-transformers" and n not in PATH_ENV]
+            fastest = max(ours, key=lambda n: report["paths"][n]["items_per_s_best"])
             report["incremental"] = {"path": fastest, **incremental_rerun(artifacts, PATHS[fastest])}
     text = json.dumps(report, indent=2)
     print(text)

@@ -17,6 +17,8 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -131,13 +133,79 @@ SORT_WINDOW = 16384
 PADDING_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 ONNX_EXPORT_VERSION = 1
 """Bumped when the exported graph changes, so stale exports in a cache are rebuilt."""
+PRECISIONS = ("auto", "fp32", "bf16")
+"""``auto``: bfloat16 autocast for the torch backend on a CPU with bf16 instructions, else the
+device's usual precision (fp32 on CPU, fp16 on CUDA). ``fp32`` and ``bf16`` force one."""
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+"""CPU flags of hardware bfloat16 arithmetic; ``bf16`` on a CPU with neither is emulated."""
+AUTO_BF16_FLAG = "amx_bf16"
+"""``auto`` picks bf16 only on CPUs with AMX, where it measured 2.2x fp32."""
+"""/proc/cpuinfo flags of CPUs that multiply bfloat16 in hardware (AMX, AVX-512-BF16)."""
+
+
+def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags as the kernel lists them; empty where there is no such file (not Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16(flags: Iterable[str] | None = None) -> bool:
+    """Whether a CPU with these flags (default: this machine's) multiplies bfloat16 in hardware."""
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def resolve_precision(precision: str = "auto", *, backend: str = "torch", device: str = "cpu", flags: Iterable[str] | None = None) -> str:
+    """The precision an encoder runs at: ``fp32``, ``bf16``, or ``fp16`` (CUDA's default).
+
+    ``flags`` are the CPU's /proc/cpuinfo flags (default: this machine's); they only matter for
+    ``auto`` with the torch backend on CPU.
+    """
+    if precision not in PRECISIONS:
+        raise EncoderError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if backend == "onnx":
+        if precision == "bf16":
+            raise EncoderError(
+                "embed.precision='bf16' needs embed.backend='torch': the onnx backend runs fp32 only. "
+                "Set embed.precision to 'auto' or 'fp32', or embed.backend to 'torch'."
+            )
+        return "fp32"
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        return "fp16"
+    # bf16 only where it is faster: with AMX. On AVX-512-BF16 alone the same path measured slower
+    # than fp32 (docs/benchmarks/embeddings.md), so those CPUs keep fp32 unless asked.
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    return "bf16" if device == "cpu" and AUTO_BF16_FLAG in flags else "fp32"
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, *, equal_only: bool = False) -> list[np.ndarray]:
+    """Row indexes in batches of at most ``batch_size``, longest texts first, ties in input order.
+
+    ``equal_only``: each batch holds texts of one token count, so no batch pads. bf16 needs it:
+    padding changes a text's bf16 vector. Without padding, the vector depends on the text alone,
+    bit for bit, wherever the CPU's bf16 kernels do not vary with the row count (docs/embeddings.md).
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(np.asarray(lengths)[order])) + 1) if equal_only else [order]
+    return [group[start : start + batch_size] for group in groups for start in range(0, len(group), batch_size)]
 
 
 class TextEncoder:
     """A Hugging Face encoder with mean pooling and L2 norm, fast on CPU and on CUDA.
 
     Texts are batched by token count so each batch pads little, run under ``torch.inference_mode``,
-    and on CUDA in half precision. Texts longer than ``max_length`` tokens are truncated.
+    and on CUDA in half precision. ``precision`` (:data:`PRECISIONS`) picks bfloat16 autocast on CPUs
+    with bf16 instructions; bf16 batches hold texts of one token count only, and bf16 vectors have
+    their own :attr:`encoder_id` (suffix ``-bf16``). Texts longer than ``max_length`` tokens are truncated.
     Empty texts are encoded as they are (the encoder's [CLS] [SEP] vector), never an error.
 
     ``backend="onnx"`` (CPU) runs an ONNX export of the same weights through ONNX Runtime;
@@ -157,7 +225,10 @@ class TextEncoder:
         backend: str = "torch",
         quantize: str | None = None,
         artifacts_dir: str | Path | None = None,
+        precision: str = "auto",
+        flags: Iterable[str] | None = None,
     ):
+        """``flags``: the CPU flags ``precision="auto"`` decides by (default: /proc/cpuinfo)."""
         import torch
         from transformers import AutoTokenizer
 
@@ -182,11 +253,23 @@ class TextEncoder:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if backend == "onnx" and self.device != "cpu":
             raise EncoderError("backend='onnx' runs on CPU only; use backend='torch' on CUDA")
+        self.precision = resolve_precision(precision, backend=backend, device=self.device, flags=flags)
         if dtype is None:
-            dtype = "float16" if self.device == "cuda" else "float32"
+            # bf16 on CPU keeps the fp32 weights; autocast casts them for the matrix products.
+            dtype = {"fp16": "float16", "bf16": "float32" if self.device == "cpu" else "bfloat16"}.get(self.precision, "float32")
+        elif backend == "torch" and dtype in _DTYPE_PRECISIONS:
+            if precision != "auto" and _DTYPE_PRECISIONS[dtype] != self.precision:
+                raise EncoderError(f"dtype={dtype!r} contradicts precision={precision!r}; give one of them")
+            self.precision = _DTYPE_PRECISIONS[dtype]
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise EncoderError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
         self.dtype = getattr(torch, dtype)
+        self.autocast = self.device == "cpu" and self.precision == "bf16" and self.dtype == torch.float32
+        if self.precision == "bf16":
+            # bf16 vectors differ slightly from fp32 ones: their own id keeps the caches apart.
+            self.identity.update(precision="bf16", encoder_id=f"{self.identity['encoder_id']}-bf16")
+            if self.device == "cpu" and not cpu_has_bf16(flags):
+                log.warning("bf16 on a CPU without %s: torch emulates bfloat16, slower than fp32", " or ".join(BF16_CPU_FLAGS))
         self.threads = configure_threads()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
@@ -216,7 +299,8 @@ class TextEncoder:
         Texts are tokenised once, a window of :data:`SORT_WINDOW` texts at a time, and each window
         runs in batches of texts with the same or nearly the same token count, so padding costs
         almost nothing (about 1.6% extra tokens on MovieLens, against 31% when sorting by
-        characters). Batches in a window go longest first, so memory peaks early.
+        characters). Batches in a window go longest first, so memory peaks early. Under bf16 every
+        batch holds texts of exactly one token count (:func:`length_batches`), so none pads.
         """
         import torch
 
@@ -234,15 +318,20 @@ class TextEncoder:
 
             bar = tqdm(total=len(texts), unit="item", desc=f"encoding with {self.encoder_id}")
         run = self._run_onnx if self.session is not None else self._run_torch
-        with torch.inference_mode():
+        with ExitStack() as modes:
+            if self.autocast:
+                # no_grad, not inference_mode: autocast reuses its bf16 weight copies across batches
+                # only outside inference mode; inside, it would recast every weight in every batch.
+                modes.enter_context(torch.no_grad())
+                modes.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+            else:
+                modes.enter_context(torch.inference_mode())
             for window_start in range(0, len(texts), SORT_WINDOW):
                 window = texts[window_start : window_start + SORT_WINDOW]
                 encoded = self.tokenizer(window, truncation=True, max_length=self.max_length)
                 columns = {key: encoded[key] for key in PADDING_KEYS if key in encoded}
                 lengths = np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64, count=len(window))
-                order = np.argsort(-lengths, kind="stable")  # longest first, ties in input order
-                for start in range(0, len(window), batch_size):
-                    index = order[start : start + batch_size]
+                for index in length_batches(lengths, batch_size, equal_only=self.precision == "bf16"):
                     batch = self._pad({key: [rows[i] for i in index] for key, rows in columns.items()}, int(lengths[index[0]]))
                     vectors[window_start + index] = run(batch)
                     if bar is not None:
@@ -271,6 +360,8 @@ class TextEncoder:
 
         tensors = {key: torch.from_numpy(value).to(self.device) for key, value in batch.items()}
         hidden = self.model(**tensors).last_hidden_state
+        if self.autocast:
+            hidden = hidden.float()  # pool and normalise in fp32, as the fp32 path does
         mask = tensors["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
@@ -280,6 +371,9 @@ class TextEncoder:
         if "token_type_ids" in self._onnx_inputs and "token_type_ids" not in feeds:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
         return self.session.run(None, feeds)[0].astype(np.float32, copy=False)
+
+
+_DTYPE_PRECISIONS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def _load_config(path: Path):
@@ -433,12 +527,35 @@ def _quantize_ffn(source: Path, target: Path) -> None:
     )
 
 
-@lru_cache(maxsize=4)
 def load_encoder(
-    path: str | None, max_length: int = 128, backend: str = "torch", quantize: str | None = None, artifacts_dir: str | None = None
+    path: str | None,
+    max_length: int = 128,
+    backend: str = "torch",
+    quantize: str | None = None,
+    artifacts_dir: str | None = None,
+    *,
+    precision: str = "auto",
 ) -> TextEncoder:
-    """A process-wide encoder per configuration; loading takes about a second (an ONNX export once, longer)."""
-    return TextEncoder(path, max_length=max_length, backend=backend, quantize=quantize, artifacts_dir=artifacts_dir)
+    """A process-wide encoder per configuration; loading takes about a second (an ONNX export once, longer).
+
+    ``precision`` is ``embed.precision``; pass it from the settings wherever the encoder serves
+    the same vectors as the pipeline, so both use the same encoder id.
+    """
+    device = "cuda" if _cuda_available() else "cpu"
+    resolved = resolve_precision(precision, backend=backend, device=device)
+    # Keyed by the resolved precision, so "auto" and what it resolves to share one encoder.
+    return _load_encoder(path, max_length, backend, quantize, artifacts_dir, resolved if resolved in ("fp32", "bf16") else precision)
+
+
+@lru_cache(maxsize=4)
+def _load_encoder(path, max_length, backend, quantize, artifacts_dir, precision) -> TextEncoder:
+    return TextEncoder(path, max_length=max_length, backend=backend, quantize=quantize, artifacts_dir=artifacts_dir, precision=precision)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def encoder_from_settings(settings: Settings) -> TextEncoder:
@@ -446,13 +563,11 @@ def encoder_from_settings(settings: Settings) -> TextEncoder:
     embed = settings.embed
     backend = getattr(embed, "backend", "torch") or "torch"
     quantize = getattr(embed, "quantize", None) or None
-    if backend == "onnx":
-        import torch
-
-        if torch.cuda.is_available():  # the ONNX path is CPU-only; on a GPU, torch in half precision wins
-            backend, quantize = "torch", None
+    precision = getattr(embed, "precision", "auto") or "auto"
+    if backend == "onnx" and _cuda_available():  # the ONNX path is CPU-only; on a GPU, torch in half precision wins
+        backend, quantize = "torch", None
     artifacts = str(settings.embeddings_dir / "onnx") if backend == "onnx" else None
-    return load_encoder(embed.encoder_path, embed.max_length, backend, quantize, artifacts)
+    return load_encoder(embed.encoder_path, embed.max_length, backend, quantize, artifacts, precision=precision)
 
 
 # --------------------------------------------------------------------------- cache

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -87,8 +87,23 @@ class EmbedSettings(BaseModel):
     quantize: Literal["ffn-int8"] | None = None
     """``ffn-int8`` (onnx only): int8 feed-forward weights; faster, but top-10 neighbour overlap with
     fp32 is 83%, below the 90% the project accepts by default."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Numeric precision of the torch backend. ``auto``: bfloat16 autocast on a CPU with AMX
+    (``amx_bf16``), where it is 2.2x fp32; otherwise what the device did before (fp32 on CPU, fp16 on
+    CUDA; the onnx backend is always fp32). ``fp32`` and ``bf16`` force one; ``bf16`` on a CPU
+    without those flags works but is slow, and ``bf16`` with ``backend: onnx`` is an error. bf16
+    vectors have their own encoder id (suffix ``-bf16``), so they never share a cache with fp32 ones."""
     top_tags: int = 5
     """How many of an item's most frequent tags go into its text."""
+
+    @model_validator(mode="after")
+    def _bf16_needs_torch(self) -> EmbedSettings:
+        if self.precision == "bf16" and self.backend == "onnx":
+            raise ValueError(
+                "embed.precision='bf16' needs embed.backend='torch': the onnx backend runs fp32 only. "
+                "Set embed.precision to 'auto' or 'fp32', or embed.backend to 'torch'."
+            )
+        return self
 
 
 class TrainSettings(BaseModel):

@@ -491,7 +491,7 @@ class RecommenderService:
 
                 loaded = self.loaded
                 path = self.settings.embed.encoder_path or ((loaded.engine.meta.get("encoder") or {}).get("path") if loaded else None)
-                self._encoder = load_encoder(path, self.settings.embed.max_length)
+                self._encoder = load_encoder(path, self.settings.embed.max_length, precision=self.settings.embed.precision)
             return self._encoder
 
     # ------------------------------------------------------------------ helpers shared by endpoints

