@@ -109,6 +109,11 @@ class LMSASRecConfig(SASRecConfig):
     ID embeddings; raw encoder vectors are unit length already."""
     use_id_embeddings: bool = True
     """Add a learned ID embedding to the projected text vector (False: text only)."""
+    dual_view: bool = False
+    """Opt-in LLM-ESR-style dual view: the ID embeddings and the projected text vectors run
+    through two separate transformer streams whose outputs (and item representations) are
+    concatenated, instead of being summed into one stream. Roughly 1.3× the cost per epoch; on
+    ml-latest-small it scored below the single stream (docs/benchmarks/quality.md)."""
 
 
 class SASRec(Recommender):
@@ -186,7 +191,7 @@ class SASRec(Recommender):
 
         if type(source) is not type(self):
             raise WarmStartIncompatible(f"the earlier model is {source.name}, not {self.name}")
-        fields = ("hidden", "blocks", "heads", "max_len", "text_dim", "normalise_text", "use_id_embeddings")
+        fields = ("hidden", "blocks", "heads", "max_len", "text_dim", "normalise_text", "use_id_embeddings", "dual_view")
         for field in fields:
             mine, theirs = getattr(self.config, field, None), getattr(source.config, field, None)
             if mine != theirs:

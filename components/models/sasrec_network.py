@@ -55,6 +55,12 @@ def build_network(n_items: int, config: SASRecConfig, text_matrix: np.ndarray | 
                 self.text_projection = nn.Linear(text_matrix.shape[1], hidden)
             else:
                 self.text = None
+            # opt-in dual view (LLM-ESR style): the ID and text parts run through separate streams
+            self.dual = bool(getattr(config, "dual_view", False)) and text_matrix is not None
+            if self.dual:
+                self.text_position_embedding = nn.Embedding(config.max_len, hidden)
+                self.text_encoder = nn.TransformerEncoder(layer, config.blocks, enable_nested_tensor=False)
+                self.text_final_norm = nn.LayerNorm(hidden)
             self.register_buffer("id_mask", torch.as_tensor(id_mask if id_mask is not None else np.ones(n_items), dtype=torch.float32))
             for name, parameter in self.named_parameters():
                 if parameter.dim() > 1:
@@ -68,6 +74,8 @@ def build_network(n_items: int, config: SASRecConfig, text_matrix: np.ndarray | 
             if not getattr(config, "use_id_embeddings", True):
                 table = torch.zeros_like(table)
             table = table * self.id_mask[:, None]
+            if self.dual:  # (n_items, 2 * hidden): the ID stream's half, then the text stream's
+                return torch.cat([table, self.text_projection(self.text)], dim=1)
             if self.text is not None:
                 table = table + self.text_projection(self.text)
             return table
@@ -78,16 +86,26 @@ def build_network(n_items: int, config: SASRecConfig, text_matrix: np.ndarray | 
             padded = torch.cat([torch.zeros_like(table[:1]), table], dim=0)
             real = tokens > 0
             length = tokens.shape[1]
-            states = padded[tokens] * (config.hidden**0.5)
-            states = states + self.position_embedding.weight[config.max_len - length :][None]
-            states = self.embedding_dropout(states) * real[..., None]
             # a query may attend to earlier real items and to itself (a padding position attends
             # only to itself, so no row is fully masked)
             causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
             allowed = causal[None] & (real[:, None, :] | torch.eye(length, dtype=torch.bool, device=tokens.device)[None])
             mask = (~allowed).repeat_interleave(config.heads, dim=0)
-            states = self.encoder(states, mask=mask)
-            return self.final_norm(states) * real[..., None]
+            if self.dual:
+                hidden = config.hidden
+                streams = (
+                    (padded[:, :hidden], self.position_embedding, self.encoder, self.final_norm),
+                    (padded[:, hidden:], self.text_position_embedding, self.text_encoder, self.text_final_norm),
+                )
+                return torch.cat([self._stream(part[tokens], real, length, mask, *rest) for part, *rest in streams], dim=-1)
+            return self._stream(padded[tokens], real, length, mask, self.position_embedding, self.encoder, self.final_norm)
+
+        def _stream(self, states, real, length, mask, positions, encoder, norm) -> torch.Tensor:
+            states = states * (config.hidden**0.5)
+            states = states + positions.weight[config.max_len - length :][None]
+            states = self.embedding_dropout(states) * real[..., None]
+            states = encoder(states, mask=mask)
+            return norm(states) * real[..., None]
 
     return SASRecNetwork()
 
