@@ -10,6 +10,7 @@ process with no Airflow (same snapshot id, same evaluation numbers).
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -58,10 +59,14 @@ def test_celery_workers_share_the_mapped_shards_and_match_the_embedded_result(tm
         assert all(report["encoded"] > 0 for report in reports), reports
         assert sum(report["encoded"] for report in reports) == left_out
 
-        # one mapped training task per candidate, spread over both workers
+        # one mapped training task per candidate, all queued at once, so free workers share them.
+        # Which worker takes which is Celery's call: the reduced fits take about a second each, so
+        # one worker can run all four while the other is still tearing down its last task (seen in
+        # CI). The shards above show both workers taking mapped instances of one task.
         fits = [ti for ti in tis if ti["task_id"] == "train_candidate"]
         assert sorted(ti["map_index"] for ti in fits) == list(range(len(reference_run["report"]["candidates"])))
-        assert {ti["hostname"].split("@")[0] for ti in fits} == set(WORKERS), {ti["map_index"]: ti["hostname"] for ti in fits}
+        queued = [datetime.fromisoformat(ti["queued_when"]).timestamp() for ti in fits]
+        assert max(queued) - min(queued) < 2.0, {ti["map_index"]: ti["queued_when"] for ti in fits}  # one after another would be seconds apart
 
         # the same result as the reduced pipeline run in one process
         snapshot_id = stack.xcom(PIPELINE, run_id, "validate")
