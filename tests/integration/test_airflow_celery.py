@@ -36,7 +36,7 @@ def test_celery_workers_share_the_mapped_shards_and_match_the_embedded_result(tm
         "AIRFLOW__CELERY__RESULT_BACKEND": result_backend,
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
         "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
-        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__PARALLELISM": "8",  # room for every training task at once (and the watch DAG's)
     }
     stack = AirflowStack(tmp_path / "airflow", DAGS_FOLDER, env, executor="CeleryExecutor", db_url=airflow_postgres_url)
     try:
