@@ -134,13 +134,12 @@ PADDING_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 ONNX_EXPORT_VERSION = 1
 """Bumped when the exported graph changes, so stale exports in a cache are rebuilt."""
 PRECISIONS = ("auto", "fp32", "bf16")
-"""``auto``: bfloat16 autocast for the torch backend on a CPU with bf16 instructions, else the
+"""``auto``: bfloat16 autocast for the torch backend on a CPU with AMX, else the
 device's usual precision (fp32 on CPU, fp16 on CUDA). ``fp32`` and ``bf16`` force one."""
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 """CPU flags of hardware bfloat16 arithmetic; ``bf16`` on a CPU with neither is emulated."""
 AUTO_BF16_FLAG = "amx_bf16"
 """``auto`` picks bf16 only on CPUs with AMX, where it measured 2.2x fp32."""
-"""/proc/cpuinfo flags of CPUs that multiply bfloat16 in hardware (AMX, AVX-512-BF16)."""
 
 
 def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> frozenset[str]:
@@ -204,7 +203,7 @@ class TextEncoder:
 
     Texts are batched by token count so each batch pads little, run under ``torch.inference_mode``,
     and on CUDA in half precision. ``precision`` (:data:`PRECISIONS`) picks bfloat16 autocast on CPUs
-    with bf16 instructions; bf16 batches hold texts of one token count only, and bf16 vectors have
+    with AMX; bf16 batches hold texts of one token count only, and bf16 vectors have
     their own :attr:`encoder_id` (suffix ``-bf16``). Texts longer than ``max_length`` tokens are truncated.
     Empty texts are encoded as they are (the encoder's [CLS] [SEP] vector), never an error.
 
@@ -563,7 +562,7 @@ def encoder_from_settings(settings: Settings) -> TextEncoder:
     embed = settings.embed
     backend = getattr(embed, "backend", "torch") or "torch"
     quantize = getattr(embed, "quantize", None) or None
-    precision = getattr(embed, "precision", "auto") or "auto"
+    precision = embed.precision
     if backend == "onnx" and _cuda_available():  # the ONNX path is CPU-only; on a GPU, torch in half precision wins
         backend, quantize = "torch", None
     artifacts = str(settings.embeddings_dir / "onnx") if backend == "onnx" else None
