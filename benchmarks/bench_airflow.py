@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from components.localstack import AirflowStack, BentoServer, wait_for  # noqa: E402
+from devtools.stack import AirflowStack, BentoServer, wait_for  # noqa: E402
 from components.settings import load_settings  # noqa: E402
 
 PIPELINE = "lm_recsys_pipeline"
@@ -157,7 +157,7 @@ def main() -> int:
 
         import pandas as pd
 
-        from components.snapshots import newest_accepted
+        from components.data.snapshots import newest_accepted
 
         if not args.feedback_only:
             started = time.time()

@@ -68,7 +68,7 @@ def movielens_texts(limit: int | None) -> list[str]:
     """The item texts of ml-latest-small, ordered by item id (the embed stage's own template)."""
     from components.embed import item_texts
     from components.settings import LOCAL_MOVIELENS
-    from components.sources import read_movielens
+    from components.data.sources import read_movielens
 
     folder = Path(os.environ.get("LMRECSYS_BENCH_MOVIELENS", LOCAL_MOVIELENS))
     items = read_movielens(folder).items.sort_values("item_id")
@@ -157,8 +157,8 @@ def incremental_rerun(artifacts: str, backend: dict) -> dict:
     """embed_items over the full catalogue, then after 10 edited titles; seconds of each."""
     from components.embed import embed_items, encoder_from_settings
     from components.settings import LOCAL_MOVIELENS, load_settings
-    from components.snapshots import atomic_write_text, write_snapshot
-    from components.sources import read_movielens
+    from components.data.snapshots import atomic_write_text, write_snapshot
+    from components.data.sources import read_movielens
 
     data = read_movielens(Path(os.environ.get("LMRECSYS_BENCH_MOVIELENS", LOCAL_MOVIELENS)))
     with tempfile.TemporaryDirectory() as root:

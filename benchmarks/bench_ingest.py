@@ -28,7 +28,7 @@ def run_case(source: str, data_root: str) -> dict:
     started = time.perf_counter()
     from components.ingest import ingest
     from components.settings import load_settings
-    from components.validate import validate_snapshot
+    from components.validation.runner import validate_snapshot
 
     imported = time.perf_counter()
     settings = load_settings(data_root=data_root, ingest={"source": source})

@@ -34,11 +34,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from components.dataset import InteractionData, Split, leave_last_out  # noqa: E402
+from components.data.dataset import InteractionData, Split, leave_last_out  # noqa: E402
 from components.models import build_model  # noqa: E402
-from components.protocols import evaluate_on_split, global_time_split, shuffled_split  # noqa: E402
+from components.evaluation.splits import evaluate_on_split, global_time_split, shuffled_split  # noqa: E402
 from components.settings import LOCAL_MOVIELENS, PROJECT_ROOT  # noqa: E402
-from components.sources import read_movielens  # noqa: E402
+from components.data.sources import read_movielens  # noqa: E402
 
 CANDIDATES = ["popularity", "lm_content", "ease", "sasrec", "lm_sasrec"]
 SEQUENTIAL = ["sasrec", "lm_sasrec"]
@@ -83,7 +83,7 @@ def run_candidate(name: str, config: dict, split: Split, vectors: np.ndarray, *,
 def item_vectors(data_dir: Path, vectors_path: str | None) -> tuple[np.ndarray, float]:
     if vectors_path:
         return np.load(vectors_path), 0.0
-    from components.columns import ITEM_COL
+    from components.data.columns import ITEM_COL
     from components.embed import item_texts, load_encoder
 
     started = time.perf_counter()

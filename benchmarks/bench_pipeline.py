@@ -47,7 +47,7 @@ def timed_run(settings, run_key: str) -> dict:
 
 
 def service_start(data_root: Path) -> float:
-    from components.localstack import BentoServer
+    from devtools.stack import BentoServer
 
     started = time.perf_counter()
     server = BentoServer({"LMRECSYS_DATA_ROOT": str(data_root)}, data_root / "logs", ROOT)
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--max-users", type=int, default=None)
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "pipeline.md"))
     args = parser.parse_args()
-    from components.feedback import FeedbackEvent, FeedbackStore
+    from components.feedback.store import FeedbackEvent, FeedbackStore
     from components.settings import load_settings
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -91,8 +91,8 @@ TRIED: list[str] = [
 
 
 def load_data(data_dir: Path):
-    from components.dataset import InteractionData
-    from components.sources import read_movielens
+    from components.data.dataset import InteractionData
+    from components.data.sources import read_movielens
 
     source = read_movielens(data_dir)
     return source, InteractionData.from_frames(source.items, source.interactions)
@@ -100,7 +100,7 @@ def load_data(data_dir: Path):
 
 def item_vectors(source, data, cache: Path) -> np.ndarray:
     """The encoder's vectors for the embed stage's item text, aligned with the catalogue (cached)."""
-    from components.columns import ITEM_COL
+    from components.data.columns import ITEM_COL
     from components.embed import item_texts, load_encoder
 
     path = cache / "item_vectors.npy"
@@ -119,7 +119,7 @@ def item_vectors(source, data, cache: Path) -> np.ndarray:
 
 
 def metrics(scores: np.ndarray, histories, targets, train) -> dict:
-    from components.evaluate import evaluate_scores
+    from components.evaluation.metrics import evaluate_scores
 
     result = evaluate_scores(scores, histories, targets, train_counts=train.item_counts(), bootstrap_samples=1000, seed=0)
     out = {}
@@ -176,7 +176,7 @@ def zscore(scores: np.ndarray, histories) -> np.ndarray:
 
 
 def run_blend(name: str, spec: dict, split, cache: Path, rows: dict) -> dict:
-    from components.evaluate import per_user_metrics, target_ranks
+    from components.evaluation.metrics import per_user_metrics, target_ranks
 
     first, second = spec["blend"]
     for part in (first, second):
@@ -256,7 +256,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from components.dataset import leave_last_out
+    from components.data.dataset import leave_last_out
     from components.settings import LOCAL_MOVIELENS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -33,7 +33,7 @@ import requests
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from components.localstack import BentoServer, ManagedProcess, free_port, wait_for  # noqa: E402
+from devtools.stack import BentoServer, ManagedProcess, free_port, wait_for  # noqa: E402
 
 RECOMMEND_LUA = """
 math.randomseed(os.time())
@@ -206,7 +206,7 @@ def main() -> None:
                 print(f"{name:40s} c={connections:3d} {numbers['rps']:9.1f} req/s p50 {numbers['p50_ms']:7.2f} ms p99 {numbers['p99_ms']:7.2f} ms errors {numbers['errors']}", flush=True)
         results["rss_mb_worker"], results["rss_mb_tree"] = tree_rss_mb(bento)
 
-        from components.feedback import FeedbackStore
+        from components.feedback.store import FeedbackStore
 
         store = FeedbackStore(f"sqlite:///{feedback_db}")
         for connections in args.connections:

@@ -51,7 +51,7 @@ def load(data_root: Path):
 
 
 def interval(model, histories, targets, train_counts, samples: int = 1000) -> dict:
-    from components.evaluate import evaluate_scores
+    from components.evaluation.metrics import evaluate_scores
 
     result = evaluate_scores(model.score(histories), histories, targets, train_counts=train_counts, bootstrap_samples=samples, seed=0).flat()
     return {key: round(float(result[key]), 4) for key in ("ndcg_at_10", "ndcg_at_10_low", "ndcg_at_10_high", "hr_at_10", "hr_at_10_low", "hr_at_10_high")}
@@ -67,7 +67,7 @@ def epochs_to_reach(curve: list[float], start: float | None, level: float) -> in
 
 
 def main() -> None:
-    from components.dataset import InteractionData, leave_last_out
+    from components.data.dataset import InteractionData, leave_last_out
     from components.models import build_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

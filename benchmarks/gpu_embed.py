@@ -44,7 +44,7 @@ VARIATIONS = [
 def synthetic_texts(folder: Path, n: int) -> list[str]:
     """n texts: every MovieLens item text, then the same with varied suffixes, round-robin."""
     from components.embed import item_texts
-    from components.sources import read_movielens
+    from components.data.sources import read_movielens
 
     base = item_texts(read_movielens(folder).items.sort_values("item_id"))
     return [base[i % len(base)] + VARIATIONS[(i // len(base)) % len(VARIATIONS)] for i in range(n)]

@@ -29,16 +29,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from components.dataset import InteractionData, leave_last_out  # noqa: E402
+from components.data.dataset import InteractionData, leave_last_out  # noqa: E402
 from components.settings import LOCAL_MOVIELENS  # noqa: E402
-from components.sources import read_movielens  # noqa: E402
+from components.data.sources import read_movielens  # noqa: E402
 
 
 def item_vectors(data_dir: Path, vectors_path: str | None) -> np.ndarray:
     """Saved text vectors, or the catalogue encoded now with the project's encoder."""
     if vectors_path:
         return np.load(vectors_path)
-    from components.columns import ITEM_COL
+    from components.data.columns import ITEM_COL
     from components.embed import item_texts, load_encoder
 
     items = read_movielens(data_dir).items.sort_values(ITEM_COL, kind="stable")

@@ -107,7 +107,7 @@ def pipeline_run(
 @snapshots_app.command("list")
 def snapshots_list(as_json: bool = JsonOption, quarantined: bool = typer.Option(False, "--quarantined", help="List quarantined snapshots instead.")):
     """Every snapshot, oldest first, with its validation state."""
-    from components.snapshots import list_snapshots
+    from components.data.snapshots import list_snapshots
 
     settings = _settings()
     folder = settings.quarantine_dir if quarantined else settings.snapshots_dir
@@ -132,7 +132,7 @@ def snapshots_list(as_json: bool = JsonOption, quarantined: bool = typer.Option(
 def snapshots_show(snapshot_id: str, as_json: bool = JsonOption):
     """A snapshot's manifest and validation summary."""
     from components.errors import LmRecsysError
-    from components.snapshots import open_snapshot
+    from components.data.snapshots import open_snapshot
 
     settings = _settings()
     try:
@@ -220,7 +220,7 @@ def feedback_replay(path: Path = typer.Argument(..., exists=True, dir_okay=False
     """Write a file of feedback events to the store (idempotent by event_id)."""
     import pandas as pd
 
-    from components.feedback import FeedbackError, FeedbackEvent, FeedbackStore
+    from components.feedback.store import FeedbackError, FeedbackEvent, FeedbackStore
 
     try:
         frame = pd.read_json(path, lines=True) if path.suffix in (".jsonl", ".json") else pd.read_csv(path)
@@ -252,8 +252,8 @@ def status(as_json: bool = JsonOption):
     """The champion, the newest snapshots, and the feedback backlog."""
     _quiet_env()
     from components.registry import CHAMPION, configure, get_alias_version
-    from components.snapshots import list_snapshots
-    from components.trigger import feedback_backlog
+    from components.data.snapshots import list_snapshots
+    from components.feedback.trigger import feedback_backlog
 
     settings = _settings()
     client = configure(settings)

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from components.dataset import InteractionData, leave_last_out
+from components.data.dataset import InteractionData, leave_last_out
 from components.embed import embed_items, embed_shard, plan_shards
 from components.engine import write_bundle
-from components.evaluate import evaluate_scores
+from components.evaluation.metrics import evaluate_scores
 from components.ingest import ingest
 from components.errors import ChampionUnreadable, LmRecsysError
 from components.settings import PROJECT_ROOT, Settings
-from components.snapshots import atomic_write_text, open_snapshot
+from components.data.snapshots import atomic_write_text, open_snapshot
 from components.training import (  # noqa: F401 - the train stages are part of the pipeline's API
     aligned_vectors,
     candidate_fits,
@@ -37,7 +37,7 @@ from components.training import (  # noqa: F401 - the train stages are part of t
     stage_train,
     stage_train_candidate,
 )
-from components.validate import validate_snapshot
+from components.validation.runner import validate_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def stage_register(settings: Settings, report_path: str) -> dict:
     import mlflow
     from mlflow.entities import Metric
 
-    from components.plots import write_report_plots
+    from components.evaluation.plots import write_report_plots
     from components.registry import configure, flatten_params, log_bundle_model, settings_for_logging
 
     report_file = Path(report_path)

@@ -34,7 +34,7 @@ def lm_recsys_feedback_watch():
     @task(outlets=[FEEDBACK_ASSET], execution_timeout=timedelta(minutes=2))
     def check_feedback() -> dict:
         from components.settings import load_settings
-        from components.trigger import claim_trigger
+        from components.feedback.trigger import claim_trigger
 
         backlog = claim_trigger(load_settings())
         if not backlog.due:

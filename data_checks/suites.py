@@ -11,7 +11,7 @@ import time
 import great_expectations as gx
 import great_expectations.expectations as gxe
 
-from components.columns import EVENT_COL, EVENT_ID_COL, ITEM_COL, TIMESTAMP_COL, TITLE_COL, USER_COL, VALUE_COL
+from components.data.columns import EVENT_COL, EVENT_ID_COL, ITEM_COL, TIMESTAMP_COL, TITLE_COL, USER_COL, VALUE_COL
 from components.settings import ValidationSettings
 
 KNOWN_ITEM_FLAG = "item_is_known"
@@ -71,7 +71,7 @@ def ratings_suite(cfg: ValidationSettings) -> gx.ExpectationSuite:
 
 
 DRIFT_COLUMNS = ("volume_ratio", "unknown_item_share", "new_user_ratio", "event_divergence")
-"""One-row frame computed by components.validate.drift_metrics against the reference snapshot."""
+"""One-row frame computed by components.validation.runner.drift_metrics against the reference snapshot."""
 
 
 def drift_suite(cfg: ValidationSettings) -> gx.ExpectationSuite:

@@ -384,7 +384,7 @@ class RecommenderService:
     def __init__(self) -> None:
         import mlflow
 
-        from components.feedback import FeedbackStore
+        from components.feedback.store import FeedbackStore
         from components.settings import load_settings
         from serving.batching import ScoringBatcher
 
@@ -716,7 +716,7 @@ class RecommenderService:
 
     def _check_feedback(self, events: list[FeedbackIn]) -> list | StarletteJSON:
         """Validate events against the catalogue and the snapshot suites; returns store events or an error."""
-        from components.feedback import FeedbackEvent
+        from components.feedback.store import FeedbackEvent
 
         checks = self.settings.validation
         now = time.time()

@@ -1,6 +1,6 @@
-"""Test-side names for the local server helpers (the implementation lives in components.localstack)."""
+"""Test-side names for the local server helpers (the implementation lives in devtools.stack)."""
 
-from components.localstack import (  # noqa: F401
+from devtools.stack import (  # noqa: F401
     TELEMETRY_OFF,
     VENV_BIN,
     AirflowStack,

@@ -10,7 +10,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel
 
-from components.dataset import History, InteractionData
+from components.data.dataset import History, InteractionData
 
 MODEL_REGISTRY: dict[str, type["Recommender"]] = {}
 

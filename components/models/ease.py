@@ -29,8 +29,8 @@ import logging
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from components.dataset import History, InteractionData
-from components.evaluate import per_user_metrics, target_ranks
+from components.data.dataset import History, InteractionData
+from components.evaluation.metrics import per_user_metrics, target_ranks
 from components.models.base import Recommender
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel
 
-from components.dataset import History, InteractionData
+from components.data.dataset import History, InteractionData
 from components.models.base import Recommender
 
 

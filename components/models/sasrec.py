@@ -33,8 +33,8 @@ import time
 import numpy as np
 from pydantic import BaseModel, Field
 
-from components.dataset import History, InteractionData
-from components.evaluate import per_user_metrics, target_ranks
+from components.data.dataset import History, InteractionData
+from components.evaluation.metrics import per_user_metrics, target_ranks
 from components.models.base import Recommender
 from components.models.lm_content import fit_whitening, normalise_rows
 from components.models.sasrec_network import build_network, deterministic, left_pad

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.columns import CATEGORIES_COL, ITEM_COL, TITLE_COL
+from components.data.columns import CATEGORIES_COL, ITEM_COL, TITLE_COL
 from components.embed import TextEncoder, encode_query, item_texts, load_encoder
-from components.sources import read_movielens
+from components.data.sources import read_movielens
 
 pytestmark = pytest.mark.behavioural
 pytest.importorskip("onnxruntime")

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from components.dataset import InteractionData, leave_last_out
+from components.data.dataset import InteractionData, leave_last_out
 from components.models import EASE, Popularity
-from components.protocols import evaluate_on_split, global_time_split, shuffled_split, time_cutoffs
-from components.sources import read_movielens
+from components.evaluation.splits import evaluate_on_split, global_time_split, shuffled_split, time_cutoffs
+from components.data.sources import read_movielens
 
 pytestmark = [pytest.mark.behavioural, pytest.mark.slow]
 

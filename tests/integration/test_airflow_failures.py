@@ -195,7 +195,7 @@ def test_rejected_challenger_ends_green_and_a_feedback_burst_yields_one_follow_u
     run_id = stack.trigger(PIPELINE, {"snapshot_id": chosen})
     wait_for(lambda: _ti(stack, run_id, "ingest")["state"] == "success", RUN_TIMEOUT, interval=1, what="ingest", procs=stack.procs)
 
-    from components.feedback import FeedbackEvent, FeedbackStore
+    from components.feedback.store import FeedbackEvent, FeedbackStore
 
     catalogue = pd.read_parquet(settings.snapshots_dir / chosen / "items.parquet")["item_id"].tolist()
     store = FeedbackStore(settings.feedback_url)

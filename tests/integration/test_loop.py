@@ -1,5 +1,5 @@
 """The walking skeleton's proof: the whole loop on real components, through the exact function
-behind `make demo` (``components.demo.run_demo``) on a reduced ml-latest-small (first 40 users).
+behind `make demo` (``devtools.demo.run_demo``) on a reduced ml-latest-small (first 40 users).
 
 Real Airflow scheduler, dag-processor and api-server (SQLite, LocalExecutor) in a temporary
 AIRFLOW_HOME, MLflow on SQLite, and ``bentoml serve`` in a subprocess. It shows each link:
@@ -26,7 +26,7 @@ N_EVENTS = 5
 
 
 def test_feedback_closes_the_loop(tmp_path, movielens_dir):
-    from components.demo import run_demo
+    from devtools.demo import run_demo
 
     data_root = tmp_path / "demo"
     shown = run_demo(data_root, source=str(movielens_dir), max_users=40, feedback_events=N_EVENTS, keep_running=False, airflow_port=0, mlflow_port=0, bento_port=0)

@@ -27,7 +27,7 @@ def test_ci_runs_the_readme_test_command():
     assert re.search(r"^make test\b", ci, re.M), ".ci/run must call the README's test command"
 
 
-@pytest.mark.parametrize(("target", "expected"), [("demo", "-m components.demo"), ("test", "-m pytest")])
+@pytest.mark.parametrize(("target", "expected"), [("demo", "-m devtools.demo"), ("test", "-m pytest")])
 def test_make_targets_install_then_run(target, expected):
     # `make -n` prints what would run without running it; `-B` forces the install steps to show.
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # may run under `make test`

@@ -187,7 +187,7 @@ def test_failed_load_keeps_serving_the_old_model(server, champion_root, tmp_path
 
 
 def test_acknowledged_feedback_survives_kill_9(champion_root, tmp_path):
-    from components.feedback import FeedbackStore
+    from components.feedback.store import FeedbackStore
 
     feedback_db = tmp_path / "feedback.db"
     server = start_server(champion_root, tmp_path / "bento", feedback_db)

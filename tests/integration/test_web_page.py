@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from components.feedback import FeedbackStore
+from components.feedback.store import FeedbackStore
 from components.pipeline import run_pipeline
 from components.settings import load_settings
 from harness import BentoServer

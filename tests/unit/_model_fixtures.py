@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from components.columns import (
+from components.data.columns import (
     CATEGORIES_COL,
     DESCRIPTION_COL,
     EVENT_COL,
@@ -27,7 +27,7 @@ from components.columns import (
     VALUE_COL,
     YEAR_COL,
 )
-from components.dataset import InteractionData
+from components.data.dataset import InteractionData
 
 T0 = 1_600_000_000
 ITEM_IDS = list(range(10, 18))

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from components.cli import app
-from components.feedback import FeedbackStore
+from components.feedback.store import FeedbackStore
 
 from conftest import TINY_RATINGS_CSV, write_movielens
 

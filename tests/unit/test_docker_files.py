@@ -376,7 +376,7 @@ def test_bentoml_build_packages_the_service(tmp_path):
     (bento_dir,) = [p for p in (tmp_path / "bentoml" / "bentos" / "lm-recsys-serving").iterdir() if p.is_dir()]
     manifest = yaml.safe_load((bento_dir / "bento.yaml").read_text())
     assert manifest["service"] == SERVICE_IMPORT
-    assert (bento_dir / "src" / "serving" / "service.py").is_file() and (bento_dir / "src" / "components" / "engine.py").is_file()
+    assert (bento_dir / "src" / "serving" / "service.py").is_file() and (bento_dir / "src" / "components" / "engine" / "engine.py").is_file()
     assert not (bento_dir / "src" / "tests").exists()
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
     assert "torch==2.13.0" in requirements and "download.pytorch.org/whl/cpu" in requirements

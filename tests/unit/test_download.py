@@ -1,4 +1,4 @@
-"""components.sources.download_file / resolve_movielens_dir against a real local HTTP server."""
+"""components.data.sources.download_file / resolve_movielens_dir against a real local HTTP server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from components.errors import ChecksumError, SourceError
 from components.ingest import ingest
-from components.sources import download_file, read_movielens, resolve_movielens_dir
+from components.data.sources import download_file, read_movielens, resolve_movielens_dir
 
 ZIP_PATH = "/ml-latest-small.zip"
 

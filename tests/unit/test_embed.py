@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _model_fixtures import interactions_frame, items_frame  # noqa: E402
 
-from components.columns import CATEGORIES_COL, DESCRIPTION_COL, ITEM_COL, TAGS_COL, TITLE_COL  # noqa: E402
+from components.data.columns import CATEGORIES_COL, DESCRIPTION_COL, ITEM_COL, TAGS_COL, TITLE_COL  # noqa: E402
 from components.embed import (  # noqa: E402
     EVENT_WEIGHTS,
     EmbeddingCache,
@@ -34,7 +34,7 @@ from components.embed import (  # noqa: E402
 )
 from components.errors import EncoderError, SnapshotRejected  # noqa: E402
 from components.settings import load_settings  # noqa: E402
-from components.snapshots import Snapshot, atomic_write_text, write_snapshot  # noqa: E402
+from components.data.snapshots import Snapshot, atomic_write_text, write_snapshot  # noqa: E402
 
 
 # fp32 throughout: these tests compare exact fp32 numbers, and on a CPU with bf16 instructions the

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _model_fixtures import ACTION, DRAMA, HISTORIES, ITEM_IDS, T0, cluster_vectors, interactions_frame, items_frame, tiny_data  # noqa: E402
 
-from components.dataset import InteractionData  # noqa: E402
+from components.data.dataset import InteractionData  # noqa: E402
 from components.engine import MAX_HISTORY, ServingEngine, write_bundle  # noqa: E402
 from components.models import LMContent, Popularity  # noqa: E402
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.columns import EVENT_COL, ITEM_COL, TIMESTAMP_COL, TITLE_COL, USER_COL, VALUE_COL
-from components.dataset import History, InteractionData, leave_last_out
-from components.evaluate import (
+from components.data.columns import EVENT_COL, ITEM_COL, TIMESTAMP_COL, TITLE_COL, USER_COL, VALUE_COL
+from components.data.dataset import History, InteractionData, leave_last_out
+from components.evaluation.metrics import (
     COLD_START_MAX_TRAIN,
     METRICS,
     bootstrap_interval,

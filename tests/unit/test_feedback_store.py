@@ -1,4 +1,4 @@
-"""components.feedback.FeedbackStore on SQLite and on PostgreSQL (a fresh database per test)."""
+"""components.feedback.store.FeedbackStore on SQLite and on PostgreSQL (a fresh database per test)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 import pandas as pd
 import pytest
 
-from components.feedback import FeedbackError, FeedbackEvent, FeedbackStore
+from components.feedback.store import FeedbackError, FeedbackEvent, FeedbackStore
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from components.localstack import SQLITE_CONNECT_ARGS, VENV_BIN, AirflowStack
+from devtools.stack import SQLITE_CONNECT_ARGS, VENV_BIN, AirflowStack
 
 
 class ScriptedServer:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _model_fixtures import ACTION, DRAMA, HISTORIES, cluster_vectors, tiny_data  # noqa: E402
 
-from components.dataset import History, InteractionData  # noqa: E402
+from components.data.dataset import History, InteractionData  # noqa: E402
 from components.models import MODEL_REGISTRY, LMContent, Popularity, build_model, load_model  # noqa: E402
 from components.models.base import Recommender, top_k  # noqa: E402
 from components.models.lm_content import fit_whitening  # noqa: E402

@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _model_fixtures import cluster_vectors, interactions_frame, items_frame, tiny_data  # noqa: E402
 from test_models_contract import RecommenderContract  # noqa: E402
 
-from components.dataset import History, InteractionData, leave_last_out  # noqa: E402
+from components.data.dataset import History, InteractionData, leave_last_out  # noqa: E402
 from components.models import EASE, LMSASRec, SASRec, build_model, load_model  # noqa: E402
 from components.models.ease import _primal_item_weights, interaction_matrix  # noqa: E402
-from components.protocols import evaluate_on_split, global_time_split, shuffle_histories, shuffled_split, time_cutoffs  # noqa: E402
+from components.evaluation.splits import evaluate_on_split, global_time_split, shuffle_histories, shuffled_split, time_cutoffs  # noqa: E402
 
 FAST = {"hidden": 8, "max_len": 6, "batch_size": 8, "max_epochs": 2, "patience": 1, "progress": False, "device": "cpu"}
 
@@ -226,7 +226,7 @@ def test_shuffled_split_has_the_same_targets():
 def test_global_time_split_cuts_everyone_at_one_time():
     # user 1: items at t=0,1,2,3; user 2: at t=10,11; user 3: at t=2,12
     ids = list(range(100, 106))
-    from components.columns import TIMESTAMP_COL, USER_COL
+    from components.data.columns import TIMESTAMP_COL, USER_COL
 
     frame = interactions_frame({1: [0, 1, 2, 3], 2: [4, 5], 3: [1, 4]}, item_ids=ids)
     stamps = {1: [0, 1, 2, 3], 2: [10, 11], 3: [2, 12]}

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from components.dataset import leave_last_out
+from components.data.dataset import leave_last_out
 from components.errors import LmRecsysError
-from components.evaluate import per_user_metrics, target_ranks
+from components.evaluation.metrics import per_user_metrics, target_ranks
 from components.models import load_model
 from components.pipeline import run_pipeline
 from components.settings import load_settings
-from components.snapshots import list_snapshots
+from components.data.snapshots import list_snapshots
 
 from conftest import write_movielens
 
@@ -98,7 +98,7 @@ def test_serve_epochs_zero_serves_the_evaluation_fit(warm_pair):
 
 
 def _data(settings):
-    from components.dataset import InteractionData
+    from components.data.dataset import InteractionData
 
     snapshot = list_snapshots(settings.snapshots_dir)[-1]
     return InteractionData.from_frames(snapshot.items(), snapshot.interactions())
@@ -127,7 +127,7 @@ def test_warm_start_comes_from_the_champions_evaluation_fit_not_the_served_weigh
 
 
 def test_warm_start_keeps_known_item_rows_and_starts_new_items_from_text(warm_pair):
-    from components.dataset import InteractionData
+    from components.data.dataset import InteractionData
     from components.models import build_model
 
     settings, _, _ = warm_pair

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from components.errors import ChecksumError, SourceError, ValidationFailed
 from components.pipeline import run_pipeline
 from components.settings import load_settings
-from components.snapshots import list_snapshots
+from components.data.snapshots import list_snapshots
 
 from conftest import TINY_RATINGS_CSV, write_movielens
 

@@ -29,7 +29,7 @@ from _model_fixtures import cluster_vectors, tiny_data  # noqa: E402
 from components.engine import write_bundle  # noqa: E402
 from components.errors import RegistryError  # noqa: E402
 from components.models import LMContent  # noqa: E402
-from components.plots import PLOT_FILES, write_report_plots  # noqa: E402
+from components.evaluation.plots import PLOT_FILES, write_report_plots  # noqa: E402
 from components.registry import (  # noqa: E402
     CHALLENGER,
     CHAMPION,
@@ -103,7 +103,7 @@ def model(shared_registry) -> Model:
 @pytest.fixture
 def passing_smoke_test(monkeypatch):
     """The smoke test has its own tests; here only the alias bookkeeping matters."""
-    monkeypatch.setattr("components.registry.smoke_test", lambda *args, **kwargs: (True, "ok (stubbed)"))
+    monkeypatch.setattr("components.registry.gate.smoke_test", lambda *args, **kwargs: (True, "ok (stubbed)"))
 
 
 def promote_chain(model: Model, count: int) -> list[str]:

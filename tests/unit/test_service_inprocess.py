@@ -97,7 +97,7 @@ def champion_root(tmp_path_factory, movielens_dir) -> Path:
 @pytest.fixture(scope="module")
 def catalogue(champion_root) -> pd.DataFrame:
     from components.settings import load_settings
-    from components.snapshots import list_snapshots
+    from components.data.snapshots import list_snapshots
 
     snapshot = list_snapshots(load_settings(data_root=champion_root).snapshots_dir)[0]
     return pd.read_parquet(snapshot.path / "items.parquet")
@@ -137,7 +137,7 @@ def test_admin_reload_is_disabled_without_a_token(champion_root, tmp_path):
 def test_not_ready_until_a_model_exists(tmp_path, catalogue):
     from starlette.testclient import TestClient
 
-    from components.feedback import FeedbackStore
+    from components.feedback.store import FeedbackStore
 
     empty_root = tmp_path / "empty"
     with EnvPatch(service_env(empty_root, tmp_path / "fb.db")):
@@ -165,7 +165,7 @@ def test_health_ready_info_and_ui(client):
 
 def test_recommend_known_user_excludes_seen_and_explains(client, champion_root):
     from components.settings import load_settings
-    from components.snapshots import list_snapshots
+    from components.data.snapshots import list_snapshots
 
     response = post(client, "/recommend", {"user_id": 1, "k": 7})
     assert response.status_code == 200, response.text
@@ -259,7 +259,7 @@ def test_feedback_makes_an_unknown_user_known(client, catalogue):
 
 
 def test_feedback_is_idempotent_by_event_id(client, catalogue):
-    from components.feedback import FeedbackStore
+    from components.feedback.store import FeedbackStore
 
     store = FeedbackStore(f"sqlite:///{client.feedback_db}")
     event = {"user_id": 5, "item_id": catalogue["item_id"].tolist()[30], "event": "rating", "value": 4.5, "event_id": f"idem-{uuid.uuid4().hex}"}
@@ -272,7 +272,7 @@ def test_feedback_is_idempotent_by_event_id(client, catalogue):
 
 
 def test_feedback_batch_all_or_nothing(client, catalogue):
-    from components.feedback import FeedbackStore
+    from components.feedback.store import FeedbackStore
 
     store = FeedbackStore(f"sqlite:///{client.feedback_db}")
     items = catalogue["item_id"].tolist()[40:45]
@@ -348,7 +348,7 @@ def test_non_integer_movielens_user_is_a_400(client, payload, field, message):
     ],
 )
 def test_feedback_semantic_errors_write_nothing(client, payload, field, message):
-    from components.feedback import FeedbackStore
+    from components.feedback.store import FeedbackStore
 
     store = FeedbackStore(f"sqlite:///{client.feedback_db}")
     count = store.count()

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _model_fixtures import interactions_frame, items_frame  # noqa: E402
 
-from components.dataset import History, InteractionData  # noqa: E402
+from components.data.dataset import History, InteractionData  # noqa: E402
 from components.engine import ScoreRequest, ServingEngine, write_bundle  # noqa: E402
 from components.models import EASE, LMSASRec  # noqa: E402
 from serving.batching import ScoringBatcher  # noqa: E402

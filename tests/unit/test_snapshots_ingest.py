@@ -1,4 +1,4 @@
-"""components.snapshots and components.ingest: content-addressed, atomic, incremental snapshots."""
+"""components.data.snapshots and components.ingest: content-addressed, atomic, incremental snapshots."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 
 from components.errors import LmRecsysError, SnapshotRejected, SourceError
-from components.feedback import FeedbackEvent, FeedbackStore
-from components.ingest import _redact, ingest, read_source
-from components.snapshots import list_snapshots, newest_accepted, open_snapshot
-from components.validate import validate_snapshot
+from components.feedback.store import FeedbackEvent, FeedbackStore
+from components.ingest import ingest, read_source
+from components.settings import redact_url
+from components.data.snapshots import list_snapshots, newest_accepted, open_snapshot
+from components.validation.runner import validate_snapshot
 
 
 def visible_dirs(folder):
@@ -163,12 +164,15 @@ def test_parent_with_other_id_type_is_refused(settings, make_settings, tmp_path)
 
 
 def test_redact_hides_credentials():
-    assert _redact("postgresql://user:secret@db:5432/fb") == "postgresql://***@db:5432/fb"
-    assert _redact("sqlite:////tmp/feedback.db") == "sqlite:////tmp/feedback.db"
+    assert redact_url("postgresql://user:secret@db:5432/fb") == "postgresql://user:***@db:5432/fb"
+    assert redact_url("sqlite:////tmp/feedback.db") == "sqlite:////tmp/feedback.db"
+    assert "secret" not in redact_url("postgresql://user:secret@db/fb?sslmode=require")
 
 
 def test_ingest_reads_feedback_from_postgres(make_settings, postgres_url):
-    settings = make_settings(feedback={"url": postgres_url})
+    # trust auth ignores the password, so a URL with one connects and shows it is never recorded
+    with_password = postgres_url.replace("postgres@", "postgres:topsecret@", 1)
+    settings = make_settings(feedback={"url": with_password})
     store = FeedbackStore(postgres_url)
     try:
         store.append([FeedbackEvent(user_id="2", item_id="4", event="like", event_ts=1_300_000_000, event_id="pg-1")])
@@ -177,5 +181,5 @@ def test_ingest_reads_feedback_from_postgres(make_settings, postgres_url):
         store.close()
     snapshot = ingest(settings)
     assert snapshot.manifest["feedback_watermark"] == watermark
-    assert snapshot.manifest["sources"]["feedback"]["uri"] == "postgresql://***@" + postgres_url.split("@", 1)[1]
+    assert snapshot.manifest["sources"]["feedback"]["uri"] == "postgresql://postgres:***@" + postgres_url.split("@", 1)[1]
     assert "pg-1" in set(snapshot.interactions()["event_id"])

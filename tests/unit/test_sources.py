@@ -1,4 +1,4 @@
-"""components.sources: MovieLens and generic-contract readers, and their errors on bad input."""
+"""components.data.sources: MovieLens and generic-contract readers, and their errors on bad input."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import zipfile
 import pandas as pd
 import pytest
 
-from components.columns import INTERACTION_COLUMNS, ITEM_COLUMNS
+from components.data.columns import INTERACTION_COLUMNS, ITEM_COLUMNS
 from components.errors import ChecksumError, SourceError
-from components.sources import (
+from components.data.sources import (
     parse_timestamps,
     read_generic,
     read_movielens,

@@ -1,4 +1,4 @@
-"""components.trigger: when new feedback makes a pipeline run due, and that a burst fires only once."""
+"""components.feedback.trigger: when new feedback makes a pipeline run due, and that a burst fires only once."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from components.feedback import FeedbackError, FeedbackEvent, FeedbackStore
+from components.feedback.store import FeedbackError, FeedbackEvent, FeedbackStore
 from components.ingest import ingest
-from components.trigger import claim_trigger, feedback_backlog
-from components.validate import validate_snapshot
+from components.feedback.trigger import claim_trigger, feedback_backlog
+from components.validation.runner import validate_snapshot
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""components.validate: the Great Expectations suites accept good snapshots and quarantine bad ones."""
+"""components.validation.runner: the Great Expectations suites accept good snapshots and quarantine bad ones."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from components.errors import SnapshotRejected, ValidationFailed
-from components.snapshots import Snapshot, list_snapshots, write_snapshot
-from components.validate import validate_snapshot
+from components.data.snapshots import Snapshot, list_snapshots, write_snapshot
+from components.validation.runner import validate_snapshot
 
 GOOD_ITEMS = pd.DataFrame(
     {

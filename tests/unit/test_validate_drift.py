@@ -6,8 +6,8 @@ import pytest
 
 from components.errors import ValidationFailed
 from components.ingest import ingest
-from components.snapshots import list_snapshots
-from components.validate import js_divergence, validate_snapshot
+from components.data.snapshots import list_snapshots
+from components.validation.runner import js_divergence, validate_snapshot
 
 from conftest import write_movielens
 

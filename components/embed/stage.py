@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.columns import CATEGORIES_COL, DESCRIPTION_COL, ITEM_COL, TAGS_COL, TITLE_COL
+from components.data.columns import CATEGORIES_COL, DESCRIPTION_COL, ITEM_COL, TAGS_COL, TITLE_COL
 from components.errors import EncoderError
 from components.settings import Settings
-from components.snapshots import Snapshot, atomic_write_text
+from components.data.snapshots import Snapshot, atomic_write_text
 
 log = logging.getLogger(__name__)
 

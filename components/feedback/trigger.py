@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-from components.feedback import FeedbackStore
+from components.feedback.store import FeedbackStore
 from components.settings import Settings
-from components.snapshots import newest_accepted
+from components.data.snapshots import newest_accepted
 
 
 @dataclass

@@ -16,8 +16,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from components.columns import CATEGORIES_COL, ITEM_COL, TITLE_COL
-from components.dataset import NEGATIVE_EVENTS, Catalogue, History, InteractionData
+from components.data.columns import CATEGORIES_COL, ITEM_COL, TITLE_COL
+from components.data.dataset import NEGATIVE_EVENTS, Catalogue, History, InteractionData
 from components.models import Recommender, load_model
 from components.models.base import top_k
 from components.settings import ServingSettings

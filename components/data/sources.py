@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.columns import (
+from components.data.columns import (
     CATEGORIES_COL,
     DESCRIPTION_COL,
     EVENT_COL,

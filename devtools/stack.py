@@ -172,7 +172,7 @@ class AirflowStack:
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url or f"sqlite:///{home / 'airflow.db'}",
-            **({} if db_url else {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "components.localstack.SQLITE_CONNECT_ARGS"}),
+            **({} if db_url else {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "devtools.stack.SQLITE_CONNECT_ARGS"}),
             "AIRFLOW__CORE__EXECUTOR": executor,
             "AIRFLOW__CORE__PARALLELISM": "2",
             "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
@@ -211,7 +211,7 @@ class AirflowStack:
     def start_worker(self, name: str) -> ManagedProcess:
         """A Celery worker (concurrency 1) whose task instances report ``<name>@<machine>`` as host."""
         airflow = str(VENV_BIN / "airflow")
-        env = {**self.env, "LMRECSYS_WORKER_NAME": name, "AIRFLOW__CORE__HOSTNAME_CALLABLE": "components.localstack.worker_hostname"}
+        env = {**self.env, "LMRECSYS_WORKER_NAME": name, "AIRFLOW__CORE__HOSTNAME_CALLABLE": "devtools.stack.worker_hostname"}
         proc = ManagedProcess(f"worker-{name}", [airflow, "celery", "worker", "--celery-hostname", f"{name}@%h", "--concurrency", "1", "--skip-serve-logs"], env, self.home / "proc-logs", self.home)
         self.procs.append(proc)
         return proc

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from components.columns import EVENT_COL, EVENT_ID_COL, ITEM_COL, USER_COL, VALUE_COL
+from components.data.columns import EVENT_COL, EVENT_ID_COL, ITEM_COL, USER_COL, VALUE_COL
 from components.errors import ValidationFailed
 from components.settings import Settings
-from components.snapshots import Snapshot, atomic_write_text, quarantine
+from components.data.snapshots import Snapshot, atomic_write_text, quarantine
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -206,7 +206,7 @@ def validate_snapshot(settings: Settings, snapshot: Snapshot) -> Snapshot:
 
 def _reference(settings: Settings, snapshot: Snapshot) -> Snapshot | None:
     """The snapshot to measure drift against: the parent, else the newest accepted one."""
-    from components.snapshots import newest_accepted, open_snapshot
+    from components.data.snapshots import newest_accepted, open_snapshot
 
     parent = snapshot.manifest.get("parent")
     if parent:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import requests
 
-from components.localstack import TELEMETRY_OFF, AirflowStack, BentoServer, ManagedProcess, VENV_BIN, free_port, http_ok, wait_for
+from devtools.stack import TELEMETRY_OFF, AirflowStack, BentoServer, ManagedProcess, VENV_BIN, free_port, http_ok, wait_for
 from components.settings import PROJECT_ROOT, load_settings
 
 QUERY = "a funny space adventure for kids"

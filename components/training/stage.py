@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from components.dataset import InteractionData, leave_last_out
+from components.data.dataset import InteractionData, leave_last_out
 from components.embed import ItemEmbeddings
 from components.errors import ChampionUnreadable, LmRecsysError, TrainingDiverged, WarmStartIncompatible
 from components.models import MODEL_REGISTRY, build_model, load_model
 from components.settings import Settings
-from components.snapshots import atomic_dir, atomic_write_text, open_snapshot
+from components.data.snapshots import atomic_dir, atomic_write_text, open_snapshot
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.columns import (
+from components.data.columns import (
     EVENT_ID_COL,
     INTERACTION_COLUMNS,
     ITEM_COL,

@@ -27,7 +27,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
 
 import mlflow
 import numpy as np
@@ -37,7 +37,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from components.errors import ChampionUnreadable, RegistryError
-from components.settings import Settings
+from components.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -176,18 +176,6 @@ def _registry_errors(function):
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def redact_url(url: str) -> str:
-    """``scheme://user:secret@host/db`` -> ``scheme://user:***@host/db``; other strings unchanged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # -- the promotion lock ----------------------------------------------------------------------------
@@ -701,7 +689,7 @@ def champion_scores(engine, catalogue_ids: np.ndarray, histories) -> np.ndarray:
     model = engine.validation_model()
     mapping = engine.catalogue.positions(catalogue_ids)
     known = mapping >= 0
-    from components.dataset import History
+    from components.data.dataset import History
 
     translated = []
     for h in histories:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.columns import (
+from components.data.columns import (
     EVENT_COL,
     EVENT_ID_COL,
     INTERACTION_COLUMNS,
@@ -18,10 +18,10 @@ from components.columns import (
     VALUE_COL,
 )
 from components.errors import SourceError
-from components.feedback import FeedbackStore
-from components.settings import Settings
-from components.snapshots import Snapshot, as_id_type, newest_accepted, write_snapshot
-from components.sources import SourceData, read_generic, read_movielens, resolve_movielens_dir
+from components.feedback.store import FeedbackStore
+from components.settings import Settings, redact_url
+from components.data.snapshots import Snapshot, as_id_type, newest_accepted, write_snapshot
+from components.data.sources import SourceData, read_generic, read_movielens, resolve_movielens_dir
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def ingest(settings: Settings, *, parent: Snapshot | None = None, use_parent: bo
     sources = {
         name: {"uri": uri, "sha256": source.source_hashes.get(name)} for name, uri in source.source_uris.items()
     }
-    sources["feedback"] = {"uri": _redact(settings.feedback_url), "after": parent_watermark, "upto": watermark}
+    sources["feedback"] = {"uri": redact_url(settings.feedback_url), "after": parent_watermark, "upto": watermark}
     snapshot = write_snapshot(
         settings.snapshots_dir,
         items,
@@ -121,11 +121,3 @@ def ingest(settings: Settings, *, parent: Snapshot | None = None, use_parent: bo
     )
     log.info("snapshot %s: %s", snapshot.snapshot_id, snapshot.manifest["row_counts"])
     return snapshot
-
-
-def _redact(url: str) -> str:
-    """Drop credentials from a database URL before it is written anywhere."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url

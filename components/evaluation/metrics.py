@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from components.dataset import History
+from components.data.dataset import History
 
 METRICS = ("hr@10", "ndcg@10", "mrr@10", "recall@20")
 COLD_START_MAX_TRAIN = 5

@@ -10,16 +10,16 @@
   at least one interaction after it is scored on their first interaction after it. The validation
   side uses an earlier cut-off in the same way.
 
-Both return the ordinary :class:`~components.dataset.Split`, so every model and
-:func:`components.evaluate.evaluate_scores` work on them unchanged.
+Both return the ordinary :class:`~components.data.dataset.Split`, so every model and
+:func:`components.evaluation.metrics.evaluate_scores` work on them unchanged.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from components.dataset import History, InteractionData, Split, leave_last_out
-from components.evaluate import EvaluationResult, evaluate_scores
+from components.data.dataset import History, InteractionData, Split, leave_last_out
+from components.evaluation.metrics import EvaluationResult, evaluate_scores
 
 
 def _permuted(history: History, order: np.ndarray) -> History:

@@ -1,0 +1,1 @@
+from components.registry.gate import *  # noqa: F401,F403  (split in progress)
