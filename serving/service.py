@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 import bentoml
 from fastapi import FastAPI, Request
@@ -28,6 +28,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse as StarletteJSON
 from starlette.responses import Response
+
+from components.data.events import EventType
 
 for _name, _value in (("BENTOML_DO_NOT_TRACK", "True"), ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1")):
     os.environ.setdefault(_name, _value)
@@ -101,7 +103,6 @@ FEEDBACK_REFRESH_S = 1.0
 FUTURE_SLACK_S = 86_400
 """Feedback timestamps may lie at most this far in the future (the snapshot suite's own slack)."""
 
-EventType = Literal["rating", "like", "dislike", "click", "view", "purchase", "interaction"]
 Id = Annotated[
     int | Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)],
     Field(description="A user or item id: an integer for MovieLens, any non-empty string for generic catalogues"),

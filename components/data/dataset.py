@@ -14,8 +14,7 @@ import pandas as pd
 
 from components.data.columns import EVENT_COL, ITEM_COL, TIMESTAMP_COL, TITLE_COL, USER_COL, VALUE_COL
 
-NEGATIVE_EVENTS = ("dislike",)
-"""Events that say a user does not want an item: kept in snapshots, left out of histories."""
+from components.data.events import NEGATIVE_EVENTS
 
 
 @dataclass

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from components.data.columns import CATEGORIES_COL, DESCRIPTION_COL, ITEM_COL, TAGS_COL, TITLE_COL
+from components.data.events import EVENT_WEIGHTS
 from components.errors import EncoderError
 from components.settings import Settings
 from components.data.snapshots import Snapshot, atomic_write_text
@@ -35,8 +36,6 @@ log = logging.getLogger(__name__)
 
 ITEM_TEXT_SEGMENTS = ("{title}", "Genres: {categories}", "Tags: {tags}", "{description}")
 """The item text template: segments whose fields are empty are dropped, the rest joined by '. '."""
-EVENT_WEIGHTS = {"like": 1.0, "purchase": 1.0, "click": 0.5, "view": 0.3, "interaction": 0.5, "dislike": -1.0}
-"""How much one event says about a user's taste; ratings use (value / max rating)."""
 
 
 def default_encoder_path() -> Path:

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from components.data.columns import CATEGORIES_COL, ITEM_COL, TITLE_COL
-from components.data.dataset import NEGATIVE_EVENTS, Catalogue, History, InteractionData
+from components.data.dataset import Catalogue, History, InteractionData
+from components.data.events import NEGATIVE_EVENTS, POSITIVE_EVENTS, POSITIVE_RATING
 from components.models import Recommender, load_model
 from components.models.base import top_k
 from components.settings import ServingSettings
@@ -26,14 +27,10 @@ MAX_HISTORY = 500
 """Only a user's newest this many events are used at request time."""
 
 
-POSITIVE_RATING = 3.5
-"""A rating at or above this counts as liking the item, for explanations."""
-
-
 def _is_positive(event: str, value) -> bool:
     if event == "rating":
         return value is not None and value == value and float(value) >= POSITIVE_RATING
-    return event in ("like", "purchase", "click", "view", "interaction")
+    return event in POSITIVE_EVENTS
 
 
 class ScoreRequest(NamedTuple):

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from components.data.events import EVENT_TYPES
 from components.errors import LmRecsysError
 
 EVENT_FIELDS = ("event_id", "user_id", "item_id", "event", "value", "event_ts")
-KNOWN_EVENTS = ("rating", "like", "dislike", "click", "view", "purchase", "interaction")
 _PG_LOCK_KEY = 0x1A2B3C
 
 
@@ -43,8 +43,8 @@ class FeedbackEvent:
     def normalised(self) -> tuple:
         if not str(self.user_id).strip() or not str(self.item_id).strip():
             raise FeedbackError("feedback events need a non-empty user_id and item_id")
-        if self.event not in KNOWN_EVENTS:
-            raise FeedbackError(f"unknown event type {self.event!r}; use one of {', '.join(KNOWN_EVENTS)}")
+        if self.event not in EVENT_TYPES:
+            raise FeedbackError(f"unknown event type {self.event!r}; use one of {', '.join(EVENT_TYPES)}")
         return (
             self.event_id or f"fb-{uuid.uuid4().hex}",
             str(self.user_id).strip(),
