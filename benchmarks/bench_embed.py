@@ -157,7 +157,8 @@ def incremental_rerun(artifacts: str, backend: dict) -> dict:
     """embed_items over the full catalogue, then after 10 edited titles; seconds of each."""
     from components.embed import embed_items, encoder_from_settings
     from components.settings import LOCAL_MOVIELENS, load_settings
-    from components.data.snapshots import atomic_write_text, write_snapshot
+    from components.data.snapshots import write_snapshot
+    from components.data.atomic import atomic_write_text
     from components.data.sources import read_movielens
 
     data = read_movielens(Path(os.environ.get("LMRECSYS_BENCH_MOVIELENS", LOCAL_MOVIELENS)))

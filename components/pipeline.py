@@ -26,7 +26,8 @@ from components.evaluation.metrics import evaluate_scores
 from components.ingest import ingest
 from components.errors import ChampionUnreadable, LmRecsysError
 from components.settings import PROJECT_ROOT, Settings
-from components.data.snapshots import atomic_write_text, open_snapshot
+from components.data.snapshots import open_snapshot
+from components.data.atomic import atomic_write_text
 from components.training import (  # noqa: F401 - the train stages are part of the pipeline's API
     aligned_vectors,
     candidate_fits,

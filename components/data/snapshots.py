@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.data.atomic import atomic_dir, fsync_file
 from components.data.columns import (
     EVENT_ID_COL,
     INTERACTION_COLUMNS,
@@ -72,42 +73,6 @@ class Snapshot:
             state = "was rejected by validation" if self.validation else "has not been validated"
             raise SnapshotRejected(f"snapshot {self.snapshot_id} {state}; refusing to use it")
         return self
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file under a temporary name, fsync it and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_dir(target: Path):
-    """Yield a temporary folder beside ``target`` that replaces it when the block succeeds.
-
-    A failed block removes the temporary folder and leaves ``target`` as it was. Temporary
-    folders that a killed process left for the same target are removed first.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".tmp-{target.name}-"
-    for stale in target.parent.glob(glob.escape(prefix) + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix))
-    try:
-        yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _frame_digest(frame: pd.DataFrame) -> bytes:
@@ -175,22 +140,14 @@ def write_snapshot(
         "sources": sources,
         **(extra or {}),
     }
-    snapshots_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=snapshots_dir, prefix=".tmp-"))
-    try:
+    with atomic_dir(target, replace=False) as tmp:  # a concurrent writer of the same id may win
         items.to_parquet(tmp / "items.parquet", index=False)
         interactions.to_parquet(tmp / "interactions.parquet", index=False)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         for name in ("items.parquet", "interactions.parquet", "manifest.json"):
-            with open(tmp / name, "rb") as handle:
-                os.fsync(handle.fileno())
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "manifest.json").exists():  # a concurrent writer won the race otherwise
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            fsync_file(tmp / name)
+    if not (target / "manifest.json").exists():
+        raise OSError(f"snapshot folder {target} exists without a manifest")
     return Snapshot(target)
 
 

@@ -30,7 +30,8 @@ from components.data.columns import CATEGORIES_COL, DESCRIPTION_COL, ITEM_COL, T
 from components.data.events import EVENT_WEIGHTS
 from components.errors import EncoderError
 from components.settings import Settings
-from components.data.snapshots import Snapshot, atomic_write_text
+from components.data.snapshots import Snapshot
+from components.data.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

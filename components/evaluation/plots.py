@@ -9,7 +9,7 @@ display is ever needed.
 from __future__ import annotations
 
 import os
-import tempfile
+from components.data.atomic import atomic_file  # noqa: E402 (after the backend choice)
 from pathlib import Path
 
 import matplotlib
@@ -45,16 +45,11 @@ def report_rows(report: dict) -> list[tuple[str, dict]]:
 
 def _save(figure, path: Path) -> Path:
     """Write the figure under a temporary name and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
     try:
-        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_file(path, suffix=".png") as tmp:
+            figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(figure)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -21,7 +21,8 @@ from components.embed import ItemEmbeddings
 from components.errors import ChampionUnreadable, LmRecsysError, TrainingDiverged, WarmStartIncompatible
 from components.models import MODEL_REGISTRY, build_model, load_model
 from components.settings import Settings
-from components.data.snapshots import atomic_dir, atomic_write_text, open_snapshot
+from components.data.snapshots import open_snapshot
+from components.data.atomic import atomic_dir, atomic_write_text
 
 log = logging.getLogger(__name__)
 

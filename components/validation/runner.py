@@ -20,7 +20,8 @@ import pandas as pd
 from components.data.columns import EVENT_COL, EVENT_ID_COL, ITEM_COL, USER_COL, VALUE_COL
 from components.errors import ValidationFailed
 from components.settings import Settings
-from components.data.snapshots import Snapshot, atomic_write_text, quarantine
+from components.data.snapshots import Snapshot, quarantine
+from components.data.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")

@@ -34,7 +34,8 @@ from components.embed import (  # noqa: E402
 )
 from components.errors import EncoderError, SnapshotRejected  # noqa: E402
 from components.settings import load_settings  # noqa: E402
-from components.data.snapshots import Snapshot, atomic_write_text, write_snapshot  # noqa: E402
+from components.data.snapshots import Snapshot, write_snapshot
+from components.data.atomic import atomic_write_text
 
 
 # fp32 throughout: these tests compare exact fp32 numbers, and on a CPU with bf16 instructions the

@@ -30,7 +30,8 @@ from components.embed import (
 )
 from components.errors import EncoderError
 from components.settings import EmbedSettings, load_settings
-from components.data.snapshots import atomic_write_text, write_snapshot
+from components.data.snapshots import write_snapshot
+from components.data.atomic import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
