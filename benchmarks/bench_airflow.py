@@ -134,10 +134,10 @@ def main() -> int:
     env = {
         "LMRECSYS_DATA_ROOT": str(data_root),
         "LMRECSYS_INGEST__SOURCE": settings.resolved_source(),
-        "LMRECSYS_PIPELINE_CRON": "0 0 1 1 *",
-        "LMRECSYS_EMBED_SHARDS": "2",
+        "LMRECSYS_AIRFLOW__PIPELINE_CRON": "0 0 1 1 *",
+        "LMRECSYS_AIRFLOW__EMBED_SHARDS": "2",
         "LMRECSYS_FEEDBACK__TRIGGER_MIN_EVENTS": str(args.events),
-        "LMRECSYS_WATCH_INTERVAL_S": "10",
+        "LMRECSYS_AIRFLOW__WATCH_INTERVAL_S": "10",
         "LMRECSYS_SERVING__POLL_INTERVAL_S": "2",
         "LMRECSYS_REGISTRY__TOLERANCE": str(args.tolerance),
     }

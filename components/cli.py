@@ -30,8 +30,10 @@ JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON ins
 
 
 def _quiet_env() -> None:
-    for name, value in (("GX_ANALYTICS_ENABLED", "False"), ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1"), ("BENTOML_DO_NOT_TRACK", "True"), ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
-        os.environ.setdefault(name, value)
+    from components.settings import disable_telemetry
+
+    disable_telemetry()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _settings():
@@ -53,19 +55,27 @@ def _fail(message: str, code: int = EXIT_ERROR):
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
+    """Rows as a plain-text table (rich, no colour, never wrapped or cut)."""
     if not rows:
         return "(none)"
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
-    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
+    from rich.box import SIMPLE_HEAD
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, box=SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    console = Console(width=10_000, no_color=True, highlight=False, markup=False)
+    with console.capture() as captured:
+        console.print(table, overflow="ignore", crop=False)
+    return "\n".join(line.rstrip() for line in captured.get().splitlines() if line.strip())
 
 
 # ------------------------------------------------------------------ pipeline
 @pipeline_app.command("run")
 def pipeline_run(
     through_airflow: bool = typer.Option(False, "--through-airflow", help="Trigger the lm_recsys_pipeline DAG through the Airflow REST API instead of running in-process."),
-    airflow_url: str = typer.Option("http://127.0.0.1:8080", help="Airflow api-server base URL (with --through-airflow)."),
+    airflow_url: Optional[str] = typer.Option(None, help="Airflow api-server base URL (with --through-airflow; default: the airflow.url setting)."),
     snapshot_id: Optional[str] = typer.Option(None, help="Retrain on this accepted snapshot instead of ingesting (with --through-airflow)."),
     as_json: bool = JsonOption,
 ):
@@ -76,7 +86,9 @@ def pipeline_run(
     if through_airflow:
         import requests
 
-        user, password = os.environ.get("LMRECSYS_AIRFLOW_USER", "admin"), os.environ.get("LMRECSYS_AIRFLOW_PASSWORD", "admin")
+        airflow = _settings().airflow
+        airflow_url = airflow_url or airflow.url
+        user, password = airflow.username, airflow.password.get_secret_value()
         try:
             token = requests.post(f"{airflow_url}/auth/token", json={"username": user, "password": password}, timeout=10).json()["access_token"]
             run = requests.post(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -191,6 +191,24 @@ class ServingSettings(BaseModel):
     """Most requests scored in one model call by the micro-batcher."""
 
 
+class AirflowSettings(BaseModel):
+    """How the DAG files schedule the loop, and how the CLI reaches Airflow's REST API."""
+
+    pipeline_cron: str = "@daily"
+    """Cron expression (or preset) of the scheduled pipeline run; feedback triggers come on top."""
+    embed_shards: int = Field(2, ge=1)
+    """Mapped ``embed_shard`` tasks per pipeline run."""
+    watch_interval_s: float = Field(60.0, gt=0)
+    """How often ``lm_recsys_feedback_watch`` checks the feedback store."""
+    url: str = "http://127.0.0.1:8080"
+    """The Airflow api-server, for ``lmrecsys pipeline run --through-airflow``."""
+    username: str = "admin"
+    """User for Airflow's ``/auth/token``."""
+    password: SecretStr = SecretStr("admin")
+    """Password for Airflow's ``/auth/token`` (the local stack's default; set it for any shared
+    deployment)."""
+
+
 class Settings(BaseSettings):
     """Process-wide configuration. Build it with :func:`load_settings` when needed."""
 
@@ -205,6 +223,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    airflow: AirflowSettings = Field(default_factory=AirflowSettings)
 
     @property
     def root(self) -> Path:
@@ -266,3 +285,25 @@ def redact_url(url: str) -> str:
         return url
     netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+TELEMETRY_OFF = {
+    "BENTOML_DO_NOT_TRACK": "True",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "GX_ANALYTICS_ENABLED": "False",
+    "HF_HUB_OFFLINE": "1",
+    "SCARF_ANALYTICS": "false",
+}
+"""Environment that turns off every third-party library's telemetry (and Hugging Face downloads)."""
+
+
+def disable_telemetry(environ: dict | None = None) -> dict:
+    """Set ``TELEMETRY_OFF`` in ``environ`` (default ``os.environ``) without overriding explicit
+    values; returns ``environ``. Child processes inherit it."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    for name, value in TELEMETRY_OFF.items():
+        environ.setdefault(name, value)
+    return environ

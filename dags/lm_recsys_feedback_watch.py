@@ -1,7 +1,7 @@
 """
 # lm_recsys_feedback_watch
 
-Closes the loop with no human step: every `LMRECSYS_WATCH_INTERVAL_S` seconds (60 by default)
+Closes the loop with no human step: every `LMRECSYS_AIRFLOW__WATCH_INTERVAL_S` seconds (60 by default)
 it checks the feedback store. When at least `LMRECSYS_FEEDBACK__TRIGGER_MIN_EVENTS` new events lie
 past the newest accepted snapshot (or the oldest is older than `…__TRIGGER_MAX_AGE_S`), it
 records the trigger and publishes the `lmrecsys_feedback` asset, which starts
@@ -10,14 +10,15 @@ records the trigger and publishes the `lmrecsys_feedback` asset, which starts
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
+from components.settings import load_settings
+
 FEEDBACK_ASSET = Asset(name="lmrecsys_feedback", uri="lmrecsys://feedback/new-events")
-INTERVAL_S = float(os.environ.get("LMRECSYS_WATCH_INTERVAL_S", "60"))
+INTERVAL_S = load_settings().airflow.watch_interval_s
 
 
 @dag(
@@ -33,7 +34,6 @@ INTERVAL_S = float(os.environ.get("LMRECSYS_WATCH_INTERVAL_S", "60"))
 def lm_recsys_feedback_watch():
     @task(outlets=[FEEDBACK_ASSET], execution_timeout=timedelta(minutes=2))
     def check_feedback() -> dict:
-        from components.settings import load_settings
         from components.feedback.trigger import claim_trigger
 
         backlog = claim_trigger(load_settings())

@@ -16,14 +16,14 @@ Every task is one call into `components.pipeline`; only ids and paths cross XCom
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
 
+from components.settings import load_settings
+
 FEEDBACK_ASSET = Asset(name="lmrecsys_feedback", uri="lmrecsys://feedback/new-events")
-SCHEDULE = os.environ.get("LMRECSYS_PIPELINE_CRON", "@daily")
-EMBED_SHARDS = int(os.environ.get("LMRECSYS_EMBED_SHARDS", "2"))
+SCHEDULE = load_settings().airflow.pipeline_cron
 RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True}
 
 
@@ -33,8 +33,6 @@ def _run_key() -> str:
 
 
 def _settings():
-    from components.settings import load_settings
-
     return load_settings()
 
 
@@ -75,7 +73,8 @@ def lm_recsys_pipeline():
     def plan_embedding_shards(snapshot_id: str) -> list[int]:
         from components.pipeline import stage_plan_shards
 
-        return stage_plan_shards(_settings(), snapshot_id, EMBED_SHARDS)
+        settings = _settings()
+        return stage_plan_shards(settings, snapshot_id, settings.airflow.embed_shards)
 
     @task(execution_timeout=timedelta(minutes=30))
     def embed_shard(shard: int, snapshot_id: str, shards: list[int]) -> dict:

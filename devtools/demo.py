@@ -80,9 +80,9 @@ def run_demo(
     env = {
         "LMRECSYS_DATA_ROOT": str(data_root),
         "LMRECSYS_FEEDBACK__TRIGGER_MIN_EVENTS": str(feedback_events),
-        "LMRECSYS_WATCH_INTERVAL_S": "10",
+        "LMRECSYS_AIRFLOW__WATCH_INTERVAL_S": "10",
         "LMRECSYS_SERVING__POLL_INTERVAL_S": "3",
-        "LMRECSYS_PIPELINE_CRON": os.environ.get("LMRECSYS_PIPELINE_CRON", "@daily"),
+        "LMRECSYS_AIRFLOW__PIPELINE_CRON": os.environ.get("LMRECSYS_AIRFLOW__PIPELINE_CRON", "@daily"),
     }
     if source:
         env["LMRECSYS_INGEST__SOURCE"] = source

@@ -9,7 +9,9 @@ waits, then SIGKILLs anything left, so no test leaves a server behind.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,18 +22,14 @@ from pathlib import Path
 
 import psutil
 import requests
+import tenacity
+
+from components import settings
 
 VENV_BIN = Path(sys.executable).parent
 """Console scripts (airflow, bentoml, mlflow) of the running interpreter's environment."""
-TELEMETRY_OFF = {
-    "BENTOML_DO_NOT_TRACK": "True",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "GX_ANALYTICS_ENABLED": "False",
-    "HF_HUB_OFFLINE": "1",
-    "SCARF_ANALYTICS": "false",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
+TELEMETRY_OFF = {**settings.TELEMETRY_OFF, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+"""The child processes' environment additions: telemetry off, offline, no progress bars."""
 
 
 def free_port() -> int:
@@ -164,7 +162,10 @@ class AirflowStack:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         home.mkdir(parents=True, exist_ok=True)
-        (home / "passwords.json").write_text('{"admin": "admin"}')
+        credentials = settings.load_settings().airflow  # the CLI's --through-airflow reads the same
+        self.username, self.password = credentials.username, credentials.password.get_secret_value()
+        (home / "passwords.json").write_text(json.dumps({self.username: self.password}))
+        (home / "passwords.json").chmod(0o600)
         self.env = {
             **os.environ,
             **TELEMETRY_OFF,
@@ -176,12 +177,12 @@ class AirflowStack:
             "AIRFLOW__CORE__EXECUTOR": executor,
             "AIRFLOW__CORE__PARALLELISM": "2",
             "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",  # user:role
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base}/execution/",
-            "AIRFLOW__API_AUTH__JWT_SECRET": "lmrecsys-test-secret-0123456789abcdef",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),  # a fresh one per stack
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
@@ -235,7 +236,8 @@ class AirflowStack:
     @property
     def headers(self) -> dict:
         if self._token is None:
-            response = requests.post(f"{self.base}/auth/token", json={"username": "admin", "password": "admin"}, timeout=10)
+            credentials = {"username": self.username, "password": self.password}
+            response = requests.post(f"{self.base}/auth/token", json=credentials, timeout=10)
             response.raise_for_status()
             self._token = response.json()["access_token"]
         return {"Authorization": f"Bearer {self._token}"}
@@ -244,17 +246,16 @@ class AirflowStack:
         """One REST call. Idempotent calls are retried on a transient server error or a timeout (a
         locked SQLite database answers 500, or not at all until the lock is free), with a short
         back-off; a POST is never repeated."""
-        tries = attempts if method.upper() in IDEMPOTENT else 1
-        for attempt in range(1, tries + 1):
-            try:
-                response = requests.request(method, f"{self.base}/api/v2{path}", headers=self.headers, timeout=timeout, **kwargs)
-            except (requests.ConnectionError, requests.Timeout):
-                if attempt == tries:
-                    raise
-            else:
-                if response.status_code not in TRANSIENT_STATUS or attempt == tries:
-                    break
-            time.sleep(attempt)
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(attempts if method.upper() in IDEMPOTENT else 1),
+            wait=tenacity.wait_incrementing(start=1, increment=1),
+            retry=tenacity.retry_if_exception_type((requests.ConnectionError, requests.Timeout))
+            | tenacity.retry_if_result(lambda answer: answer.status_code in TRANSIENT_STATUS),
+            retry_error_callback=lambda state: state.outcome.result(),  # out of tries: the last answer (or its error)
+            reraise=True,
+        )
+        url = f"{self.base}/api/v2{path}"
+        response = retrying(lambda: requests.request(method, url, headers=self.headers, timeout=timeout, **kwargs))
         if not response.ok:
             raise requests.HTTPError(f"{method} {path}: {response.status_code} {response.text[:2000]}", response=response)
         return response.json()

@@ -1,27 +1,16 @@
-"""Shared test set-up: telemetry off, offline, and the harness importable."""
+"""Shared test set-up: telemetry off and offline, before any test module imports a library."""
 
 import os
 import uuid
-import sys
 from pathlib import Path
 
-for _name, _value in {
-    "BENTOML_DO_NOT_TRACK": "True",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "GX_ANALYTICS_ENABLED": "False",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "SCARF_ANALYTICS": "false",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}.items():
-    os.environ.setdefault(_name, _value)
+from components.settings import LOCAL_MOVIELENS, disable_telemetry
 
-sys.path.insert(0, str(Path(__file__).parent))
+disable_telemetry()
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import pytest  # noqa: E402
-
-from components.settings import LOCAL_MOVIELENS  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -32,8 +32,8 @@ def reduced_env(data_root: Path, source: Path, **extra: str) -> dict[str, str]:
         "LMRECSYS_INGEST__SOURCE": str(source),
         "LMRECSYS_INGEST__MAX_USERS": str(REDUCED_USERS),
         "LMRECSYS_TRAIN__BOOTSTRAP_SAMPLES": str(BOOTSTRAP_SAMPLES),
-        "LMRECSYS_PIPELINE_CRON": "0 0 1 1 *",  # never due during a test: only our triggers start runs
-        "LMRECSYS_EMBED_SHARDS": "2",
+        "LMRECSYS_AIRFLOW__PIPELINE_CRON": "0 0 1 1 *",  # never due during a test: only our triggers start runs
+        "LMRECSYS_AIRFLOW__EMBED_SHARDS": "2",
         "LMRECSYS_EMBED__PRECISION": PRECISION,
         **extra,
     }

@@ -50,7 +50,7 @@ def embedded(tmp_path_factory, movielens_dir, reference_run):
         data_root,
         source,
         LMRECSYS_FEEDBACK__TRIGGER_MIN_EVENTS=str(TRIGGER_MIN_EVENTS),
-        LMRECSYS_WATCH_INTERVAL_S="4",
+        LMRECSYS_AIRFLOW__WATCH_INTERVAL_S="4",
         # a task orphaned by the scheduler restart is found in seconds, not the default 5 minutes
         AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL="15",
         AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD="15",

@@ -20,7 +20,7 @@ def test_airflow_dags_test_runs_the_pipeline(tmp_path, movielens_dir):
         "LMRECSYS_INGEST__SOURCE": str(movielens_dir),
         "LMRECSYS_INGEST__MAX_USERS": "20",
         "LMRECSYS_TRAIN__BOOTSTRAP_SAMPLES": "100",
-        "LMRECSYS_EMBED_SHARDS": "2",
+        "LMRECSYS_AIRFLOW__EMBED_SHARDS": "2",
     }
     stack = AirflowStack(tmp_path / "airflow", PROJECT_ROOT / "dags", env)
     migrated = stack.airflow("db", "migrate")

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import os
+import uuid
+from pathlib import Path
 
-for _name, _value in {
-    "GX_ANALYTICS_ENABLED": "False",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "HF_HUB_OFFLINE": "1",
-}.items():
-    os.environ.setdefault(_name, _value)
+import pytest
 
-import uuid  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-from components.settings import load_settings  # noqa: E402
+from components.settings import load_settings
 
 # Four movies, three users, seven ratings; written by hand (not MovieLens data).
 TINY_MOVIES_CSV = """movieId,title,genres

@@ -1,9 +1,5 @@
 """The fast encoder paths (ONNX Runtime, ONNX with int8 feed-forward) agree with the fp32 torch path."""
 
-import os
-
-for _key, _value in {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "true"}.items():
-    os.environ.setdefault(_key, _value)
 
 import json
 from pathlib import Path
