@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import requests
+import typer
 
 from devtools.stack import TELEMETRY_OFF, AirflowStack, BentoServer, ManagedProcess, VENV_BIN, free_port, http_ok, wait_for
 from components.settings import PROJECT_ROOT, load_settings
@@ -190,18 +191,22 @@ def run_demo(
         stack.stop()
 
 
-def main() -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Run the lm-recsys demo end to end on this machine.")
-    parser.add_argument("--data-root", default=os.environ.get("LMRECSYS_DATA_ROOT", ".lmrecsys/demo"))
-    parser.add_argument("--max-users", type=int, default=None, help="Use only the first N users (faster).")
-    parser.add_argument("--no-wait", action="store_true", help="Stop everything at the end instead of waiting for Ctrl-C.")
-    args = parser.parse_args()
+def demo(
+    data_root: Path = typer.Option(
+        Path(".lmrecsys/demo"), envvar="LMRECSYS_DATA_ROOT", help="Data root of the demo's stores."
+    ),
+    max_users: int | None = typer.Option(None, help="Use only the first N users (faster)."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Stop everything at the end instead of waiting for Ctrl-C."),
+) -> None:
+    """Run the lm-recsys demo end to end on this machine."""
     for name, value in TELEMETRY_OFF.items():
         os.environ.setdefault(name, value)
-    shown = run_demo(Path(args.data_root), max_users=args.max_users, keep_running=not args.no_wait)
+    shown = run_demo(data_root, max_users=max_users, keep_running=not no_wait)
     print(json.dumps({k: v for k, v in shown.items() if k.endswith("version") or k.endswith("decision")}))
+
+
+def main() -> None:
+    typer.run(demo)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
 
+import cachetools
 import numpy as np
 import pandas as pd
 
@@ -84,6 +86,9 @@ def write_bundle(
     return folder
 
 
+CATEGORY_MASKS = 1024
+"""Distinct category filters whose item masks the engine keeps (one bool per item each)."""
+
 CACHE_DEPTH = 100
 """How many items a cached per-user ranking holds (the largest k a request may ask for)."""
 
@@ -103,9 +108,9 @@ class ServingEngine:
         vectors_path = self.folder / "text_vectors.npy"
         self.text_vectors = np.load(vectors_path) if vectors_path.exists() else None
         self.histories = self._load_histories()
-        self._category_masks: dict[str, np.ndarray] = {}
+        self._category_masks: cachetools.LRUCache = cachetools.LRUCache(maxsize=CATEGORY_MASKS)
+        self._lock = threading.Lock()  # the caches are read from the event loop and the batch worker
         self.cache_users = ServingSettings.model_fields["cache_users"].default  # the service sets its own
-        self._ranked: dict = {}
         self.load_seconds = time.perf_counter() - started
 
     def validation_model(self) -> Recommender:
@@ -187,14 +192,30 @@ class ServingEngine:
         return History(indexes, ["view"] * len(indexes), np.full(len(indexes), np.nan), np.arange(len(indexes)))
 
     # -- answers
+    @property
+    def cache_users(self) -> int:
+        """Most users whose ranking is kept (least recently used dropped first); 0: no cache."""
+        return self._cache_users
+
+    @cache_users.setter
+    def cache_users(self, value: int) -> None:
+        self._cache_users = int(value)
+        self._ranked = cachetools.LRUCache(maxsize=max(self._cache_users, 1))
+
     def category_mask(self, categories: list[str]) -> np.ndarray:
+        """Boolean mask of the items in any of ``categories`` (case-insensitive); the last
+        ``CATEGORY_MASKS`` distinct filters are kept."""
         key = "|".join(sorted(c.lower() for c in categories))
-        if key not in self._category_masks:
+        with self._lock:
+            mask = self._category_masks.get(key)
+        if mask is None:
             wanted = {c.lower() for c in categories}
-            self._category_masks[key] = np.array(
+            mask = np.array(
                 [bool(wanted & {p.lower() for p in str(cats).split("|") if p}) for cats in self.catalogue.categories]
             )
-        return self._category_masks[key]
+            with self._lock:
+                self._category_masks[key] = mask
+        return mask
 
     def rank(self, scores: np.ndarray, k: int, *, exclude: np.ndarray | None = None, categories: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         scores = np.array(scores, dtype=np.float32, copy=True)
@@ -244,19 +265,19 @@ class ServingEngine:
         ranking (CACHE_DEPTH items, with explanations) is computed on the user's first request
         and answered from memory after that; the top-k of the cached ranking is exactly the
         top-k ``recommend_history`` gives (ties go to the lower index in both). At most
-        ``cache_users`` users are kept, the oldest dropped first; 0 turns the cache off. Users
+        ``cache_users`` users are kept, the least recently used dropped first; 0 turns the cache off. Users
         with feedback since training must not come here (their history differs).
         """
         if k > CACHE_DEPTH or self.cache_users <= 0:
             return self.recommend_history(history, k)[0]
-        ranked = self._ranked.get(user_id)
+        with self._lock:
+            ranked = self._ranked.get(user_id)
         if ranked is None:
             # Plain tuples of plain values: the garbage collector stops tracking them, so a full
             # cache adds nothing to collection pauses (named tuples would stay tracked).
             ranked = tuple(tuple(r) for r in self.recommend_history(history, CACHE_DEPTH)[0])
-            if len(self._ranked) >= self.cache_users:  # dicts keep insertion order: drop the oldest
-                self._ranked.pop(next(iter(self._ranked)), None)
-            self._ranked[user_id] = ranked
+            with self._lock:  # the cache drops its least recently used entry when full
+                self._ranked[user_id] = ranked
         return [Recommendation._make(r) for r in ranked[:k]]
 
     def similar_items(self, item_id, k: int) -> list[Recommendation]:

@@ -96,15 +96,13 @@ def _distribution(interactions: pd.DataFrame) -> pd.Series:
 
 def js_divergence(p: pd.Series, q: pd.Series) -> float:
     """Jensen-Shannon divergence (base 2, in [0, 1]) between two discrete distributions."""
+    from scipy.spatial.distance import jensenshannon
+
     keys = p.index.union(q.index)
     p, q = p.reindex(keys, fill_value=0.0).to_numpy(), q.reindex(keys, fill_value=0.0).to_numpy()
-    m = (p + q) / 2
-
-    def kl(a, b):
-        mask = a > 0
-        return float((a[mask] * np.log2(a[mask] / b[mask])).sum())
-
-    return max(0.0, 0.5 * kl(p, m) + 0.5 * kl(q, m))
+    if not len(keys):
+        return 0.0
+    return float(jensenshannon(p, q, base=2) ** 2)  # scipy returns the distance, the divergence's square root
 
 
 def drift_metrics(snapshot_manifest: dict, items: pd.DataFrame, interactions: pd.DataFrame, reference: Snapshot) -> pd.DataFrame:

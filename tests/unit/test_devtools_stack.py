@@ -7,10 +7,12 @@ import json
 import subprocess
 import threading
 import time
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+import typer
 
 from devtools.stack import SQLITE_CONNECT_ARGS, VENV_BIN, AirflowStack
 
@@ -110,3 +112,22 @@ def test_airflow_reads_the_sqlite_busy_timeout_from_the_stack_environment(tmp_pa
 def test_a_server_database_gets_no_sqlite_arguments(tmp_path):
     stack = AirflowStack(tmp_path / "airflow", tmp_path / "dags", db_url="postgresql+psycopg2://u@127.0.0.1:5432/test")
     assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS" not in stack.env
+
+
+def test_demo_command_line(monkeypatch):
+    """``make demo`` runs ``python -m devtools.demo``: its options parse, and bad ones are named."""
+    from typer.testing import CliRunner
+
+    import devtools.demo as demo
+
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda root, **kwargs: calls.append((root, kwargs)) or {"champion_version": 1})
+    app = typer.Typer()
+    app.command()(demo.demo)
+    runner = CliRunner()
+    done = runner.invoke(app, ["--data-root", "somewhere", "--max-users", "40", "--no-wait"])
+    assert done.exit_code == 0, done.output
+    assert calls == [(Path("somewhere"), {"max_users": 40, "keep_running": False})]
+    assert '"champion_version": 1' in done.output
+    bad = runner.invoke(app, ["--max-users", "many"])
+    assert bad.exit_code == 2 and "max-users" in bad.output

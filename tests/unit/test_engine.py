@@ -247,3 +247,29 @@ def test_ranking_cache_is_bounded_and_can_be_turned_off(bundle):
     off.cache_users = 0
     assert off.recommend_user(users[0], off.history_for(users[0]), 5) == off.recommend_history(off.history_for(users[0]), 5)[0]
     assert off._ranked == {}
+
+
+def test_caches_stay_bounded_under_100k_distinct_keys(bundle, data):
+    from components.engine.engine import CATEGORY_MASKS
+
+    engine = ServingEngine(bundle)
+    engine.cache_users = 500
+    history = data.histories[0]
+    for user in range(100_000):
+        engine._ranked[f"user-{user}"] = (("x", 1.0, ""),)  # what recommend_user stores per user
+    assert len(engine._ranked) == 500
+    first = engine.recommend_user("fresh-user", history, 5)
+    assert len(engine._ranked) == 500 and "fresh-user" in engine._ranked
+    assert first == engine.recommend_user("fresh-user", history, 5)
+    for n in range(100_000):
+        engine.category_mask([f"genre-{n}"])
+    assert len(engine._category_masks) == CATEGORY_MASKS
+    action = engine.category_mask(["Action"])
+    assert action.tolist() == [True] * 4 + [False] * 4
+
+
+def test_cache_users_zero_turns_the_ranking_cache_off(bundle, data):
+    engine = ServingEngine(bundle)
+    engine.cache_users = 0
+    engine.recommend_user("someone", data.histories[0], 5)
+    assert len(engine._ranked) == 0

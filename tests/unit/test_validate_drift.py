@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from components.errors import ValidationFailed
@@ -76,3 +77,9 @@ def test_js_divergence_limits():
     same = pd.Series({"a": 0.5, "b": 0.5})
     assert js_divergence(same, same) == pytest.approx(0.0)
     assert js_divergence(pd.Series({"a": 1.0}), pd.Series({"b": 1.0})) == pytest.approx(1.0)
+    # in between, the textbook definition: mean KL (base 2) to the mixture
+    p, q = pd.Series({"a": 0.75, "b": 0.25}), pd.Series({"a": 0.25, "b": 0.75, "c": 0.0})
+    m = {"a": 0.5, "b": 0.5}
+    expected = 0.5 * sum(p[k] * np.log2(p[k] / m[k]) for k in m) + 0.5 * sum(q[k] * np.log2(q[k] / m[k]) for k in m)
+    assert js_divergence(p, q) == pytest.approx(expected, rel=1e-9)
+    assert js_divergence(p, q) == pytest.approx(js_divergence(q, p), rel=1e-12)
