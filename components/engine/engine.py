@@ -22,7 +22,7 @@ from components.data.columns import CATEGORIES_COL, ITEM_COL, TITLE_COL
 from components.data.dataset import Catalogue, History, InteractionData
 from components.data.events import NEGATIVE_EVENTS, POSITIVE_EVENTS, POSITIVE_RATING
 from components.models import Recommender, load_model
-from components.models.base import top_k
+from components.evaluation.metrics import top_k
 from components.settings import ServingSettings
 
 MAX_HISTORY = 500

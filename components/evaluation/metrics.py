@@ -110,7 +110,6 @@ def evaluate_scores(
 
 def top10_coverage(scores: np.ndarray, histories: list[History]) -> float:
     """Share of the catalogue that appears in at least one user's top 10."""
-    from components.models.base import top_k
 
     if len(histories) == 0:
         return 0.0
@@ -119,3 +118,19 @@ def top10_coverage(scores: np.ndarray, histories: list[History]) -> float:
         masked[row, history.items] = -np.inf
     indexes, values = top_k(masked, 10)
     return float(len(np.unique(indexes[np.isfinite(values)])) / scores.shape[1])
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k columns per row, ties broken by the lower index; returns (indexes, scores)."""
+    n = scores.shape[1]
+    k = min(k, n)
+    indexes = np.empty((len(scores), k), dtype=np.int64)
+    if k == 0:
+        return indexes, np.empty((len(scores), 0), dtype=scores.dtype)
+    kth = np.partition(scores, n - k, axis=1)[:, n - k] if k < n else scores.min(axis=1)
+    for row, (line, cut) in enumerate(zip(scores, kth)):
+        above = np.flatnonzero(line > cut)
+        tied = np.flatnonzero(line == cut)[: k - len(above)]  # lower indexes win the tie at the cut
+        chosen = np.concatenate([above, tied])
+        indexes[row] = chosen[np.lexsort((chosen, -line[chosen]))]
+    return indexes, np.take_along_axis(scores, indexes, axis=1)

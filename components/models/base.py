@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from components.data.dataset import History, InteractionData
+from components.evaluation.metrics import top_k  # noqa: F401 (part of the model interface)
 
 MODEL_REGISTRY: dict[str, type["Recommender"]] = {}
 
@@ -90,22 +91,6 @@ class Recommender(ABC):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "model.json").write_text(json.dumps({"name": self.name, "n_items": self.n_items, "config": self.config.model_dump()}))
         np.savez(folder / "state.npz", **self.state())
-
-
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best k columns per row, ties broken by the lower index; returns (indexes, scores)."""
-    n = scores.shape[1]
-    k = min(k, n)
-    indexes = np.empty((len(scores), k), dtype=np.int64)
-    if k == 0:
-        return indexes, np.empty((len(scores), 0), dtype=scores.dtype)
-    kth = np.partition(scores, n - k, axis=1)[:, n - k] if k < n else scores.min(axis=1)
-    for row, (line, cut) in enumerate(zip(scores, kth)):
-        above = np.flatnonzero(line > cut)
-        tied = np.flatnonzero(line == cut)[: k - len(above)]  # lower indexes win the tie at the cut
-        chosen = np.concatenate([above, tied])
-        indexes[row] = chosen[np.lexsort((chosen, -line[chosen]))]
-    return indexes, np.take_along_axis(scores, indexes, axis=1)
 
 
 def build_model(name: str, config: dict | None = None) -> Recommender:

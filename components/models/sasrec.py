@@ -31,89 +31,14 @@ import logging
 import time
 
 import numpy as np
-from pydantic import BaseModel, Field
 
 from components.data.dataset import History, InteractionData
 from components.evaluation.metrics import per_user_metrics, target_ranks
 from components.models.base import Recommender
 from components.models.lm_content import fit_whitening, normalise_rows
-from components.models.sasrec_network import build_network, deterministic, left_pad
+from components.models.sasrec_config import LMSASRecConfig, SASRecConfig
 
 log = logging.getLogger(__name__)
-
-
-class SASRecConfig(BaseModel):
-    """Architecture, optimiser and early-stopping settings of SASRec."""
-
-    hidden: int = Field(64, ge=1)
-    """Width of item embeddings and of the transformer."""
-    blocks: int = Field(2, ge=1)
-    """Number of causal self-attention blocks."""
-    heads: int = Field(1, ge=1)
-    """Attention heads per block (must divide ``hidden``)."""
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    """Dropout on embeddings, attention and the feed-forward layers."""
-    max_len: int = Field(50, ge=1)
-    """Only the newest this many items of a history are read."""
-    batch_size: int = Field(32, ge=1)
-    """Sequences per optimiser step."""
-    lr: float = Field(2e-3, gt=0)
-    """Adam learning rate."""
-    weight_decay: float = Field(0.0, ge=0)
-    """AdamW weight decay."""
-    max_epochs: int = Field(200, ge=1)
-    """Upper bound on training epochs when early stopping."""
-    patience: int = Field(10, ge=1)
-    """Stop after this many epochs without a better validation NDCG@10."""
-    loss_positions: int | None = Field(None, ge=1)
-    """Only each sequence's newest this many positions are training targets (None: all). Full
-    softmax costs positions × catalogue × hidden per epoch; fewer positions trade data for speed."""
-    bfloat16: bool = False
-    """Run the forward pass under bfloat16 autocast (faster on CPUs with AVX-512 BF16 and on GPUs)."""
-    random_windows: bool = True
-    """Each epoch, a history longer than ``max_len`` contributes a random window of it rather than
-    always its newest ``max_len`` items (the newest window is still what is scored)."""
-    epochs: int | None = Field(None, ge=1)
-    """Train exactly this many epochs on every interaction, with no hold-out and no early stopping."""
-    serve_epochs: int = Field(2, ge=0)
-    """Epochs the served model trains on every interaction, continuing from the evaluation fit
-    (which early-stopped on each user's validation item and never trained on the newest two
-    interactions); 0 serves the evaluation fit unchanged. See docs/models.md, "One fit"."""
-    warm_patience: int = Field(3, ge=1)
-    """Patience of a fit that starts from an earlier model's weights (see ``warm_start``)."""
-    min_history_to_validate: int = Field(2, ge=2)
-    """Users with at least this many interactions give their last one to early stopping."""
-    seed: int = 42
-    """Seeds parameter initialisation, dropout and batch order."""
-    device: str | None = None
-    """torch device; None picks CUDA when available, else CPU."""
-    threads: int | None = Field(None, ge=1)
-    """CPU threads for torch; None leaves torch's default."""
-    progress: bool = True
-    """Show a progress bar over epochs."""
-
-
-class LMSASRecConfig(SASRecConfig):
-    """SASRec settings plus how the frozen text vectors enter the item representation."""
-
-    batch_size: int = Field(64, ge=1)
-    """Sequences per optimiser step (64 with lr 1e-3 validated best for LM-SASRec)."""
-    lr: float = Field(1e-3, gt=0)
-    """Adam learning rate."""
-
-    text_dim: int | None = Field(64, ge=1)
-    """PCA-whiten the text vectors onto this many components; None uses the raw vectors."""
-    normalise_text: bool = True
-    """Scale each (whitened) text vector to unit length before the projection. Whitened
-    components have unit variance, so unnormalised vectors are ~sqrt(text_dim) long and swamp the
-    ID embeddings; raw encoder vectors are unit length already."""
-    use_id_embeddings: bool = True
-    """Add a learned ID embedding to the projected text vector (False: text only)."""
-    dual_view: bool = False
-    """Opt-in LLM-ESR-style dual view: the ID embeddings and the projected text vectors run
-    through two separate transformer streams whose outputs (and item representations) are
-    concatenated, instead of being summed into one stream. Roughly 1.3× the cost per epoch; on
-    ml-latest-small it scored below the single stream (docs/benchmarks/quality.md)."""
 
 
 class SASRec(Recommender):
@@ -131,6 +56,8 @@ class SASRec(Recommender):
 
     def fit(self, data: InteractionData, item_vectors: np.ndarray | None = None) -> "SASRec":
         import torch
+
+        from components.models.sasrec_network import build_network, deterministic
 
         config = self.config
         self.n_items = data.n_items
@@ -236,6 +163,8 @@ class SASRec(Recommender):
         """
         import torch
 
+        from components.models.sasrec_network import deterministic
+
         config = self.config
         if config.serve_epochs == 0 or self.network is None:
             return self
@@ -265,6 +194,61 @@ class SASRec(Recommender):
             "validation_curve": [round(v, 5) for v in self.validation_curve],
         }
 
+    def _windows(self, sequences: list[np.ndarray], rng: np.random.Generator):
+        """Inputs and next-item targets (inputs are items[:-1], targets items[1:]), the newest
+        ``max_len`` of each sequence, or a random stretch of a long one if ``random_windows``."""
+        import torch
+
+        from components.models.sasrec_network import left_pad
+
+        config = self.config
+        chosen = list(sequences)
+        if config.random_windows:
+            for i, sequence in enumerate(sequences):
+                if len(sequence) > config.max_len + 1:
+                    start = int(rng.integers(0, len(sequence) - config.max_len))
+                    chosen[i] = sequence[start : start + config.max_len + 1]
+        inputs = torch.as_tensor(left_pad([s[:-1] for s in chosen], config.max_len))
+        targets = torch.as_tensor(left_pad([s[1:] for s in chosen], config.max_len))
+        if config.loss_positions is not None and config.loss_positions < config.max_len:
+            targets[:, : config.max_len - config.loss_positions] = 0
+        return inputs, targets
+
+    def _epoch(self, inputs, targets, optimiser, rng: np.random.Generator, epoch: int) -> float:
+        """One pass over the sequences in random order; returns the mean training loss."""
+        import math
+
+        import torch
+
+        from components.errors import TrainingDiverged
+
+        config, network, device = self.config, self.network, self.device
+        network.train()
+        order = rng.permutation(len(inputs))
+        losses = []
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            batch_inputs, batch_targets = inputs[batch].to(device), targets[batch].to(device)
+            # drop leading all-padding columns: shorter batches run faster
+            used = int((batch_inputs > 0).any(dim=0).to(torch.int8).argmax())
+            batch_inputs, batch_targets = batch_inputs[:, used:], batch_targets[:, used:]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bfloat16):
+                table = network.item_table()
+                states = network(batch_inputs, table)
+                keep = batch_targets > 0
+                logits = states[keep] @ table.T
+            loss = torch.nn.functional.cross_entropy(logits.float(), batch_targets[keep] - 1)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"{self.name}: the training loss became {value} in epoch {epoch}; lower lr or check the data"
+                )
+            optimiser.step()
+            losses.append(value)
+        return float(np.mean(losses))
+
     def _train(
         self,
         sequences: list[np.ndarray],
@@ -279,32 +263,11 @@ class SASRec(Recommender):
     ) -> None:
         """Epochs of full-softmax training; with early stopping the best epoch's weights are kept
         (epoch 0, the starting weights, competes when ``score_start``: a warm start)."""
-        import math
-
         import torch
         from tqdm.auto import tqdm
 
-        from components.errors import TrainingDiverged
-
-        config = self.config
-        network, device = self.network, self.device
-        # inputs are items[:-1], targets items[1:], both the newest max_len of them
-        long = [i for i, s in enumerate(sequences) if len(s) > config.max_len + 1]
-
-        def windows() -> tuple[torch.Tensor, torch.Tensor]:
-            """Inputs and next-item targets, newest max_len each; random windows if configured."""
-            chosen = list(sequences)
-            if config.random_windows:
-                for i in long:  # a random stretch of a long history, not only its newest part
-                    start = int(rng.integers(0, len(sequences[i]) - config.max_len))
-                    chosen[i] = sequences[i][start : start + config.max_len + 1]
-            inputs = torch.as_tensor(left_pad([s[:-1] for s in chosen], config.max_len))
-            targets = torch.as_tensor(left_pad([s[1:] for s in chosen], config.max_len))
-            if config.loss_positions is not None and config.loss_positions < config.max_len:
-                targets[:, : config.max_len - config.loss_positions] = 0
-            return inputs, targets
-
-        inputs, targets = windows()
+        config, network = self.config, self.network
+        inputs, targets = self._windows(sequences, rng)
         optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         best_score, best_state, best_epoch, stale = -1.0, None, 0, 0
         if score_start:
@@ -313,31 +276,9 @@ class SASRec(Recommender):
         bar = tqdm(range(1, total + 1), desc=f"training {self.name}", unit="epoch", disable=not config.progress, leave=False)
         started = time.perf_counter()
         for epoch in bar:
-            network.train()
             if config.random_windows and epoch > 1:
-                inputs, targets = windows()
-            order = rng.permutation(len(sequences))
-            losses = []
-            for start in range(0, len(order), config.batch_size):
-                batch = order[start : start + config.batch_size]
-                batch_inputs, batch_targets = inputs[batch].to(device), targets[batch].to(device)
-                # drop leading all-padding columns: shorter batches run faster
-                used = int((batch_inputs > 0).any(dim=0).to(torch.int8).argmax())
-                batch_inputs, batch_targets = batch_inputs[:, used:], batch_targets[:, used:]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bfloat16):
-                    table = network.item_table()
-                    states = network(batch_inputs, table)
-                    keep = batch_targets > 0
-                    logits = states[keep] @ table.T
-                loss = torch.nn.functional.cross_entropy(logits.float(), batch_targets[keep] - 1)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingDiverged(f"{self.name}: the training loss became {value} in epoch {epoch}; lower lr or check the data")
-                optimiser.step()
-                losses.append(value)
-            postfix = {"loss": f"{np.mean(losses):.3f}"}
+                inputs, targets = self._windows(sequences, rng)
+            postfix = {"loss": f"{self._epoch(inputs, targets, optimiser, rng, epoch):.3f}"}
             if early_stopping:
                 score = self._validation_ndcg(val_histories, val_targets)
                 self.validation_curve.append(score)
@@ -367,6 +308,8 @@ class SASRec(Recommender):
 
     def score(self, histories: list[History], *, batch_size: int = 256) -> np.ndarray:
         import torch
+
+        from components.models.sasrec_network import left_pad
 
         scores = np.empty((len(histories), self.n_items), dtype=np.float32)
         network = self.network.eval()
@@ -412,6 +355,8 @@ class SASRec(Recommender):
 
     def set_state(self, arrays: dict[str, np.ndarray]) -> None:
         import torch
+
+        from components.models.sasrec_network import build_network
 
         self.popularity = arrays["popularity"]
         self.best_epoch = int(arrays["best_epoch"])

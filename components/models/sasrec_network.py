@@ -1,7 +1,7 @@
-"""The SASRec torch network, its padding and its deterministic-training switch.
+"""The SASRec torch network and its deterministic-training switch.
 
-torch is imported inside the functions, so importing this module (and the model registry) does
-not import torch.
+This module imports torch at the top; ``components.models.sasrec`` imports it only inside the
+methods that train or score, so importing the model registry does not import torch.
 """
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ import contextlib
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+from torch import nn
 
 if TYPE_CHECKING:
-    from components.models.sasrec import SASRecConfig
+    from components.models.sasrec_config import SASRecConfig
+
 
 @contextlib.contextmanager
 def deterministic(enabled: bool):
     """Deterministic torch kernels while training on CPU; the previous setting is restored."""
-    import torch
-
     previous, previous_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     if enabled:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -28,86 +29,85 @@ def deterministic(enabled: bool):
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
 
 
-def build_network(n_items: int, config: SASRecConfig, text_matrix: np.ndarray | None, id_mask: np.ndarray | None):
-    """The torch module; built lazily so importing this file does not import torch."""
-    import torch
-    from torch import nn
+class SASRecNetwork(nn.Module):
+    """Embeddings, causal transformer blocks and the tied output layer.
 
-    class SASRecNetwork(nn.Module):
-        """Embeddings, causal transformer blocks and the tied output layer.
+    Index 0 is padding; catalogue item ``i`` is token ``i + 1``.
+    """
 
-        Index 0 is padding; catalogue item ``i`` is token ``i + 1``.
-        """
+    def __init__(self, n_items: int, config: SASRecConfig, text_matrix: np.ndarray | None, id_mask: np.ndarray | None):
+        super().__init__()
+        self.config = config
+        hidden = config.hidden
+        self.item_embedding = nn.Embedding(n_items + 1, hidden, padding_idx=0)
+        self.position_embedding = nn.Embedding(config.max_len, hidden)
+        self.embedding_dropout = nn.Dropout(config.dropout)
+        layer = nn.TransformerEncoderLayer(
+            hidden, config.heads, dim_feedforward=hidden, dropout=config.dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.blocks, enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(hidden)
+        if text_matrix is not None:
+            self.register_buffer("text", torch.as_tensor(text_matrix, dtype=torch.float32))
+            self.text_projection = nn.Linear(text_matrix.shape[1], hidden)
+        else:
+            self.text = None
+        # opt-in dual view (LLM-ESR style): the ID and text parts run through separate streams
+        self.dual = bool(getattr(config, "dual_view", False)) and text_matrix is not None
+        if self.dual:
+            self.text_position_embedding = nn.Embedding(config.max_len, hidden)
+            self.text_encoder = nn.TransformerEncoder(layer, config.blocks, enable_nested_tensor=False)
+            self.text_final_norm = nn.LayerNorm(hidden)
+        self.register_buffer("id_mask", torch.as_tensor(id_mask if id_mask is not None else np.ones(n_items), dtype=torch.float32))
+        for name, parameter in self.named_parameters():
+            if parameter.dim() > 1:
+                nn.init.xavier_normal_(parameter)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
 
-        def __init__(self):
-            super().__init__()
-            hidden = config.hidden
-            self.item_embedding = nn.Embedding(n_items + 1, hidden, padding_idx=0)
-            self.position_embedding = nn.Embedding(config.max_len, hidden)
-            self.embedding_dropout = nn.Dropout(config.dropout)
-            layer = nn.TransformerEncoderLayer(
-                hidden, config.heads, dim_feedforward=hidden, dropout=config.dropout, batch_first=True, norm_first=True
+    def item_table(self) -> torch.Tensor:
+        """Item representations, shape (n_items, hidden): ID part (masked) plus text part."""
+        table = self.item_embedding.weight[1:]
+        if not getattr(self.config, "use_id_embeddings", True):
+            table = torch.zeros_like(table)
+        table = table * self.id_mask[:, None]
+        if self.dual:  # (n_items, 2 * hidden): the ID stream's half, then the text stream's
+            return torch.cat([table, self.text_projection(self.text)], dim=1)
+        if self.text is not None:
+            table = table + self.text_projection(self.text)
+        return table
+
+    def forward(self, tokens: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (batch, length, hidden) of left-padded token sequences."""
+        table = self.item_table() if table is None else table
+        padded = torch.cat([torch.zeros_like(table[:1]), table], dim=0)
+        real = tokens > 0
+        length = tokens.shape[1]
+        # a query may attend to earlier real items and to itself (a padding position attends
+        # only to itself, so no row is fully masked)
+        causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
+        allowed = causal[None] & (real[:, None, :] | torch.eye(length, dtype=torch.bool, device=tokens.device)[None])
+        mask = (~allowed).repeat_interleave(self.config.heads, dim=0)
+        if self.dual:
+            hidden = self.config.hidden
+            streams = (
+                (padded[:, :hidden], self.position_embedding, self.encoder, self.final_norm),
+                (padded[:, hidden:], self.text_position_embedding, self.text_encoder, self.text_final_norm),
             )
-            self.encoder = nn.TransformerEncoder(layer, config.blocks, enable_nested_tensor=False)
-            self.final_norm = nn.LayerNorm(hidden)
-            if text_matrix is not None:
-                self.register_buffer("text", torch.as_tensor(text_matrix, dtype=torch.float32))
-                self.text_projection = nn.Linear(text_matrix.shape[1], hidden)
-            else:
-                self.text = None
-            # opt-in dual view (LLM-ESR style): the ID and text parts run through separate streams
-            self.dual = bool(getattr(config, "dual_view", False)) and text_matrix is not None
-            if self.dual:
-                self.text_position_embedding = nn.Embedding(config.max_len, hidden)
-                self.text_encoder = nn.TransformerEncoder(layer, config.blocks, enable_nested_tensor=False)
-                self.text_final_norm = nn.LayerNorm(hidden)
-            self.register_buffer("id_mask", torch.as_tensor(id_mask if id_mask is not None else np.ones(n_items), dtype=torch.float32))
-            for name, parameter in self.named_parameters():
-                if parameter.dim() > 1:
-                    nn.init.xavier_normal_(parameter)
-            with torch.no_grad():
-                self.item_embedding.weight[0].zero_()
+            return torch.cat([self._stream(part[tokens], real, length, mask, *rest) for part, *rest in streams], dim=-1)
+        return self._stream(padded[tokens], real, length, mask, self.position_embedding, self.encoder, self.final_norm)
 
-        def item_table(self) -> torch.Tensor:
-            """Item representations, shape (n_items, hidden): ID part (masked) plus text part."""
-            table = self.item_embedding.weight[1:]
-            if not getattr(config, "use_id_embeddings", True):
-                table = torch.zeros_like(table)
-            table = table * self.id_mask[:, None]
-            if self.dual:  # (n_items, 2 * hidden): the ID stream's half, then the text stream's
-                return torch.cat([table, self.text_projection(self.text)], dim=1)
-            if self.text is not None:
-                table = table + self.text_projection(self.text)
-            return table
+    def _stream(self, states, real, length, mask, positions, encoder, norm) -> torch.Tensor:
+        states = states * (self.config.hidden**0.5)
+        states = states + positions.weight[self.config.max_len - length :][None]
+        states = self.embedding_dropout(states) * real[..., None]
+        states = encoder(states, mask=mask)
+        return norm(states) * real[..., None]
 
-        def forward(self, tokens: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-            """Hidden states (batch, length, hidden) of left-padded token sequences."""
-            table = self.item_table() if table is None else table
-            padded = torch.cat([torch.zeros_like(table[:1]), table], dim=0)
-            real = tokens > 0
-            length = tokens.shape[1]
-            # a query may attend to earlier real items and to itself (a padding position attends
-            # only to itself, so no row is fully masked)
-            causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
-            allowed = causal[None] & (real[:, None, :] | torch.eye(length, dtype=torch.bool, device=tokens.device)[None])
-            mask = (~allowed).repeat_interleave(config.heads, dim=0)
-            if self.dual:
-                hidden = config.hidden
-                streams = (
-                    (padded[:, :hidden], self.position_embedding, self.encoder, self.final_norm),
-                    (padded[:, hidden:], self.text_position_embedding, self.text_encoder, self.text_final_norm),
-                )
-                return torch.cat([self._stream(part[tokens], real, length, mask, *rest) for part, *rest in streams], dim=-1)
-            return self._stream(padded[tokens], real, length, mask, self.position_embedding, self.encoder, self.final_norm)
 
-        def _stream(self, states, real, length, mask, positions, encoder, norm) -> torch.Tensor:
-            states = states * (config.hidden**0.5)
-            states = states + positions.weight[config.max_len - length :][None]
-            states = self.embedding_dropout(states) * real[..., None]
-            states = encoder(states, mask=mask)
-            return norm(states) * real[..., None]
-
-    return SASRecNetwork()
+def build_network(n_items: int, config: SASRecConfig, text_matrix: np.ndarray | None, id_mask: np.ndarray | None) -> SASRecNetwork:
+    """The network for ``n_items`` catalogue items (token 0 is padding)."""
+    return SASRecNetwork(n_items, config, text_matrix, id_mask)
 
 
 def left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
