@@ -1,14 +1,12 @@
 """The serving engine: everything a fitted recommender needs to answer requests fast.
 
-A :class:`ServingBundle` folder holds the fitted model, the catalogue, the training histories,
-popularity, and the raw text vectors. It is what the MLflow pyfunc carries, and what the BentoML
-service calls directly (no pandas on the hot path).
+It loads a bundle folder (``components.engine.bundle``) and answers from memory; the MLflow
+pyfunc wraps it, and the BentoML service calls it directly (no pandas on the hot path).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -16,12 +14,11 @@ from typing import NamedTuple
 
 import cachetools
 import numpy as np
-import pandas as pd
 
-from components.data.columns import CATEGORIES_COL, ITEM_COL, TITLE_COL
-from components.data.dataset import Catalogue, History, InteractionData
+from components.data.dataset import History
 from components.data.events import NEGATIVE_EVENTS, POSITIVE_EVENTS, POSITIVE_RATING
 from components.models import Recommender, load_model
+from components.engine.bundle import read_catalogue, read_histories
 from components.evaluation.metrics import top_k
 from components.settings import ServingSettings
 
@@ -54,38 +51,6 @@ class Recommendation(NamedTuple):
     explanation: str | None = None
 
 
-def write_bundle(
-    folder: Path,
-    model: Recommender,
-    data: InteractionData,
-    text_vectors: np.ndarray | None,
-    meta: dict,
-    validation_model: Recommender | None = None,
-) -> Path:
-    """Write a serving bundle for ``model`` fitted on ``data`` (all accepted interactions).
-
-    ``validation_model`` is the same recipe fitted only on history before each user's validation
-    item; the gate re-scores a champion with it, because the served model has seen those items.
-    """
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    model.save(folder / "model")
-    if validation_model is not None:
-        validation_model.save(folder / "model_val")
-    catalogue = data.catalogue
-    pd.DataFrame({ITEM_COL: catalogue.item_ids, TITLE_COL: catalogue.titles, CATEGORIES_COL: catalogue.categories}).to_parquet(
-        folder / "catalogue.parquet", index=False
-    )
-    rows = [(user, int(i), e, float(v), int(t)) for user, h in zip(data.user_ids, data.histories) for i, e, v, t in zip(h.items, h.events, h.values, h.timestamps)]
-    pd.DataFrame(rows, columns=["user_id", "item_index", "event", "value", "timestamp"]).to_parquet(folder / "histories.parquet", index=False)
-    np.save(folder / "popularity.npy", data.item_counts().astype(np.float32))
-    if text_vectors is not None:
-        np.save(folder / "text_vectors.npy", text_vectors.astype(np.float32))
-    (folder / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
-    return folder
-
-
 CATEGORY_MASKS = 1024
 """Distinct category filters whose item masks the engine keeps (one bool per item each)."""
 
@@ -101,8 +66,7 @@ class ServingEngine:
         self.folder = Path(folder)
         self.meta = json.loads((self.folder / "bundle.json").read_text())
         self.model = load_model(self.folder / "model")
-        frame = pd.read_parquet(self.folder / "catalogue.parquet")
-        self.catalogue = Catalogue(frame[ITEM_COL].to_numpy(), frame[TITLE_COL].to_numpy(dtype=object), frame[CATEGORIES_COL].to_numpy(dtype=object))
+        self.catalogue = read_catalogue(self.folder)
         self.id_type = self.meta.get("id_type", "int")
         self.popularity = np.load(self.folder / "popularity.npy")
         vectors_path = self.folder / "text_vectors.npy"
@@ -121,17 +85,7 @@ class ServingEngine:
         return self._validation_model
 
     def _load_histories(self) -> dict:
-        frame = pd.read_parquet(self.folder / "histories.parquet")
-        histories = {}
-        users = frame["user_id"].to_numpy()
-        if len(users) == 0:
-            return histories
-        boundaries = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
-        items, events = frame["item_index"].to_numpy(), frame["event"].to_numpy(dtype=object)
-        values, stamps = frame["value"].to_numpy(), frame["timestamp"].to_numpy()
-        for start, stop in zip(boundaries[:-1], boundaries[1:]):
-            histories[self.normalise_id(users[start])] = History(items[start:stop], events[start:stop].tolist(), values[start:stop], stamps[start:stop])
-        return histories
+        return read_histories(self.folder, self.normalise_id)
 
     # -- ids
     def normalise_id(self, value):
