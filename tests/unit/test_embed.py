@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _model_fixtures import interactions_frame, items_frame  # noqa: E402
 
 from components.data.columns import CATEGORIES_COL, DESCRIPTION_COL, ITEM_COL, TAGS_COL, TITLE_COL  # noqa: E402
+from components.data.events import EVENT_WEIGHTS  # noqa: E402
 from components.embed import (  # noqa: E402
-    EVENT_WEIGHTS,
     EmbeddingCache,
     ItemEmbeddings,
     TextEncoder,
@@ -106,10 +106,10 @@ def test_batches_group_texts_by_token_count(encoder, monkeypatch):
 
 
 def test_windows_cover_every_text_in_order(encoder, monkeypatch):
-    import components.embed as embed
+    import components.embed.encoder as encoder_module  # the module whose encode() reads SORT_WINDOW
 
     reference = encoder.encode(TEXTS)
-    monkeypatch.setattr(embed, "SORT_WINDOW", 3)
+    monkeypatch.setattr(encoder_module, "SORT_WINDOW", 3)
     np.testing.assert_allclose(encoder.encode(TEXTS, batch_size=2), reference, atol=1e-5)
 
 
@@ -171,6 +171,13 @@ def test_corrupt_weights_are_not_an_encoder(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(EncoderError, match="could not be loaded"):
         TextEncoder(tmp_path)
+
+
+def test_onnx_backend_needs_an_artifacts_dir():
+    # The export folder comes from the caller (encoder_from_settings: <data_root>/embeddings/onnx),
+    # never from settings the library would build itself.
+    with pytest.raises(EncoderError, match="needs artifacts_dir"):
+        TextEncoder(None, backend="onnx")
 
 
 def test_unreadable_config_is_an_encoder_error(tmp_path):
