@@ -133,3 +133,20 @@ def test_production_files_and_functions_are_small(folder):
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}() is {length} lines")
     assert not too_long, "\n".join(too_long)
+
+
+def test_readme_and_architecture_map_match_the_tree():
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## What is where") :].split("\n## ", 1)[0]
+    named = set(re.findall(r"^\| `([\w-]+)/` \|", table, flags=re.M))
+    tracked = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "..").exists()}
+    tracked -= {"shared", "lm_recsys.egg-info", "__pycache__"}
+    tracked = {name for name in tracked if any((ROOT / name).rglob("*.*"))}
+    assert named == tracked, f"README table names {sorted(named)}, the tree has {sorted(tracked)}"
+    components_row = next(line for line in table.splitlines() if line.startswith("| `components/`"))
+    architecture = (ROOT / "docs" / "architecture.md").read_text()
+    for package in sorted(p.name for p in (ROOT / "components").iterdir() if (p / "__init__.py").exists()):
+        assert f"`{package}/`" in components_row, f"README's components row misses {package}/"
+        assert f"`components/{package}/`" in architecture, f"docs/architecture.md's map misses components/{package}/"
