@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export BENTOML_DO_NOT_TRACK=True MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true GX_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 SCARF_ANALYTICS=false
 
-.PHONY: install demo test test-unit bench clean
+.PHONY: install demo test test-unit lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,14 @@ test: install
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: install
 	$(BIN)/python benchmarks/bench_models.py
