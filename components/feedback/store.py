@@ -4,25 +4,38 @@ Events get a monotonically increasing sequence number ``seq``; a snapshot record
 ``seq`` it contains as its *feedback watermark*. SQLite (WAL mode, ``synchronous=FULL``) is the
 embedded default; ``postgresql://`` URLs use PostgreSQL, where inserts take a transaction-level
 advisory lock so that sequence order equals commit order and a watermark never skips an event.
+
+The store is written on SQLAlchemy Core: one pooled ``Engine`` per store (``pool_pre_ping``, so a
+connection the server dropped is replaced on the next call), the tables declared once below and
+created with ``MetaData.create_all``. The table and column names are those of the earlier
+hand-written schema, so a database created by an older release keeps working as it is.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
 
 from components.data.events import EVENT_TYPES
 from components.errors import LmRecsysError
+from components.settings import redact_url
 
 EVENT_FIELDS = ("event_id", "user_id", "item_id", "event", "value", "event_ts")
 _PG_LOCK_KEY = 0x1A2B3C
+_POOL_OPTIONS: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10, "pool_timeout": 30.0}
+_SQLITE_TIMEOUT_S = 30.0
+_SQLITE_PRAGMAS = (f"busy_timeout={int(_SQLITE_TIMEOUT_S * 1000)}", "journal_mode=WAL", "synchronous=FULL")
+_SQLITE_BEGIN = "lmrecsys_sqlite_begin"  # execution option: how the SQLite begin hook opens a transaction
 
 
 class FeedbackError(LmRecsysError):
@@ -55,101 +68,136 @@ class FeedbackEvent:
         )
 
 
-_SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS feedback_events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
-    user_id TEXT NOT NULL,
-    item_id TEXT NOT NULL,
-    event TEXT NOT NULL,
-    value REAL,
-    event_ts REAL NOT NULL,
-    received_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS feedback_events_user ON feedback_events (user_id, seq);
-CREATE TABLE IF NOT EXISTS feedback_triggers (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    watermark INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    reason TEXT NOT NULL
-);
-"""
+# -- schema: INTEGER PRIMARY KEY AUTOINCREMENT on SQLite (a seq is never reused), BIGSERIAL on PostgreSQL
+_SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_REAL = sa.Double().with_variant(sqlite.REAL(), "sqlite")
 
-_PG_SCHEMA = """
-CREATE TABLE IF NOT EXISTS feedback_events (
-    seq BIGSERIAL PRIMARY KEY,
-    event_id TEXT NOT NULL UNIQUE,
-    user_id TEXT NOT NULL,
-    item_id TEXT NOT NULL,
-    event TEXT NOT NULL,
-    value DOUBLE PRECISION,
-    event_ts DOUBLE PRECISION NOT NULL,
-    received_at DOUBLE PRECISION NOT NULL
-);
-CREATE INDEX IF NOT EXISTS feedback_events_user ON feedback_events (user_id, seq);
-CREATE TABLE IF NOT EXISTS feedback_triggers (
-    id BIGSERIAL PRIMARY KEY,
-    watermark BIGINT NOT NULL,
-    created_at DOUBLE PRECISION NOT NULL,
-    reason TEXT NOT NULL
-);
-"""
+metadata = sa.MetaData()
+
+feedback_events = sa.Table(
+    "feedback_events",
+    metadata,
+    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.Text(), nullable=False, unique=True),
+    sa.Column("user_id", sa.Text(), nullable=False),
+    sa.Column("item_id", sa.Text(), nullable=False),
+    sa.Column("event", sa.Text(), nullable=False),
+    sa.Column("value", _REAL),
+    sa.Column("event_ts", _REAL, nullable=False),
+    sa.Column("received_at", _REAL, nullable=False),
+    sa.Index("feedback_events_user", "user_id", "seq"),
+    sqlite_autoincrement=True,
+)
+
+feedback_triggers = sa.Table(
+    "feedback_triggers",
+    metadata,
+    sa.Column("id", _SEQ, primary_key=True, autoincrement=True),
+    sa.Column("watermark", _SEQ, nullable=False),
+    sa.Column("created_at", _REAL, nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+_events = feedback_events.c
+
+
+# -- engines
+def _sqlite_on_connect(dbapi_connection, _record) -> None:
+    """Every new SQLite connection: driver autocommit (transactions are opened by ``_sqlite_on_begin``),
+    busy timeout, WAL journal, ``synchronous=FULL``."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in _SQLITE_PRAGMAS:
+            cursor.execute(f"PRAGMA {pragma}")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(connection: sa.Connection) -> None:
+    """Writes open ``BEGIN IMMEDIATE`` (the write lock up front); reads run as single autocommit statements."""
+    mode = connection.get_execution_options().get(_SQLITE_BEGIN)
+    if mode is not None:
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _sqlite_engine(url: str) -> sa.Engine:
+    path = Path(url.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(
+        sa.URL.create("sqlite", database=str(path)),
+        connect_args={"timeout": _SQLITE_TIMEOUT_S, "check_same_thread": False},
+        **_POOL_OPTIONS,
+    )
+    sa.event.listen(engine, "connect", _sqlite_on_connect)
+    sa.event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _postgres_engine(url: str) -> sa.Engine:
+    """psycopg2 (the project's PostgreSQL driver), named explicitly: SQLAlchemy 2.1 defaults to psycopg 3."""
+    try:
+        target = sa.make_url("postgresql+psycopg2://" + url.split("://", 1)[1])
+    except sa_exc.ArgumentError as exc:
+        raise FeedbackError(f"feedback store URL {redact_url(url)!r} is not a valid PostgreSQL URL: {exc}") from exc
+    return sa.create_engine(target, connect_args={"connect_timeout": 10}, **_POOL_OPTIONS)
 
 
 class FeedbackStore:
-    """Append-only event log over SQLite or PostgreSQL. Thread-safe; one connection per thread."""
+    """Append-only event log over SQLite or PostgreSQL. Thread-safe; connections come from one pool."""
 
     def __init__(self, url: str):
         self.url = url
         self.is_postgres = url.startswith(("postgresql://", "postgres://"))
         if not self.is_postgres and not url.startswith("sqlite:///"):
-            raise FeedbackError(f"feedback store URL {url!r} must start with sqlite:/// or postgresql://")
-        self._local = threading.local()
-        self._schema_ready = False
-        self._connect()
+            raise FeedbackError(f"feedback store URL {redact_url(url)!r} must start with sqlite:/// or postgresql://")
+        self.engine = _postgres_engine(url) if self.is_postgres else _sqlite_engine(url)
+        dialect_insert = postgresql.insert if self.is_postgres else sqlite.insert
+        self._insert = (
+            dialect_insert(feedback_events)
+            .on_conflict_do_nothing(index_elements=[_events.event_id])
+            .returning(_events.event_id)
+        )
+        try:
+            with self._transaction(lock=self.is_postgres) as conn:
+                metadata.create_all(conn)
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     # -- connections
-    def _connect(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
-        if self.is_postgres:
-            import psycopg2
+    @contextmanager
+    def _connection(self, write: bool = False) -> Iterator[sa.Connection]:
+        try:
+            conn = self.engine.connect()
+        except sa_exc.DBAPIError as exc:
+            reason = exc.orig if exc.orig is not None else exc
+            raise FeedbackError(f"cannot reach the feedback store at {redact_url(self.url)}: {reason}") from exc
+        with conn:
+            if write and not self.is_postgres:
+                conn.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+            yield conn
 
-            try:
-                conn = psycopg2.connect(self.url, connect_timeout=10)
-            except psycopg2.OperationalError as exc:
-                raise FeedbackError(f"cannot reach the feedback store at {self.url}: {exc}") from exc
-            if not self._schema_ready:
-                with conn, conn.cursor() as cur:
-                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
-                    cur.execute(_PG_SCHEMA)
-        else:
-            path = Path(self.url.removeprefix("sqlite:///"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            if not self._schema_ready:
-                conn.executescript(_SQLITE_SCHEMA)
-        self._schema_ready = True
-        self._local.conn = conn
-        return conn
+    @contextmanager
+    def _transaction(self, lock: bool = False) -> Iterator[sa.Connection]:
+        """One committed write transaction; ``lock`` takes the PostgreSQL advisory lock first."""
+        with self._connection(write=True) as conn, conn.begin():
+            if lock:
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_KEY)))
+            yield conn
 
-    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
-        conn = self._connect()
-        if self.is_postgres:
-            with conn, conn.cursor() as cur:
-                cur.execute(sql.replace("?", "%s"), params)
-                return cur.fetchall() if cur.description else []
-        return conn.execute(sql, params).fetchall()
+    def _rows(self, statement: sa.Executable) -> list[tuple]:
+        with self._connection() as conn:
+            return [tuple(row) for row in conn.execute(statement)]
+
+    def _scalar(self, statement: sa.Executable) -> Any:
+        with self._connection() as conn:
+            return conn.execute(statement).scalar_one()
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Close the pooled connections (the store reconnects if it is used again)."""
+        self.engine.dispose()
 
     # -- writes
     def append(self, events: Iterable[FeedbackEvent]) -> list[tuple[str, bool]]:
@@ -161,67 +209,58 @@ class FeedbackStore:
         if not rows:
             return []
         now = time.time()
-        conn = self._connect()
+        params = [{**dict(zip(EVENT_FIELDS, row)), "received_at": now} for row in rows]
+        with self._transaction(lock=self.is_postgres) as conn:
+            fresh = set(conn.execute(self._insert, params).scalars())
         written: list[tuple[str, bool]] = []
-        sql = (
-            "INSERT INTO feedback_events (event_id, user_id, item_id, event, value, event_ts, received_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
-        )
-        if self.is_postgres:
-            with conn, conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
-                for row in rows:
-                    cur.execute(sql.replace("?", "%s"), (*row, now))
-                    written.append((row[0], cur.rowcount == 1))
-            return written
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for row in rows:
-                cursor = conn.execute(sql, (*row, now))
-                written.append((row[0], cursor.rowcount == 1))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        for event_id, *_ in rows:
+            written.append((event_id, event_id in fresh))
+            fresh.discard(event_id)  # a second copy within the batch is a duplicate of the first
         return written
 
     def record_trigger(self, watermark: int, reason: str) -> None:
         """Remember that a pipeline run was requested covering events up to ``watermark``."""
-        self._query("INSERT INTO feedback_triggers (watermark, created_at, reason) VALUES (?, ?, ?)", (int(watermark), time.time(), reason))
+        with self._transaction() as conn:
+            conn.execute(
+                feedback_triggers.insert().values(watermark=int(watermark), created_at=time.time(), reason=reason)
+            )
 
     # -- reads
     def watermark(self) -> int:
         """The highest sequence number written so far (0 when empty)."""
-        return int(self._query("SELECT COALESCE(MAX(seq), 0) FROM feedback_events")[0][0])
+        return int(self._scalar(sa.select(sa.func.coalesce(sa.func.max(_events.seq), 0))))
 
     def last_trigger_watermark(self) -> int:
-        rows = self._query("SELECT COALESCE(MAX(watermark), 0) FROM feedback_triggers")
-        return int(rows[0][0])
+        return int(self._scalar(sa.select(sa.func.coalesce(sa.func.max(feedback_triggers.c.watermark), 0))))
 
     def count_since(self, watermark: int) -> int:
-        return int(self._query("SELECT COUNT(*) FROM feedback_events WHERE seq > ?", (int(watermark),))[0][0])
+        return int(self._scalar(sa.select(sa.func.count()).where(_events.seq > int(watermark))))
 
     def count(self) -> int:
-        return int(self._query("SELECT COUNT(*) FROM feedback_events")[0][0])
+        return int(self._scalar(sa.select(sa.func.count()).select_from(feedback_events)))
 
     def oldest_received_since(self, watermark: int) -> float | None:
-        rows = self._query("SELECT MIN(received_at) FROM feedback_events WHERE seq > ?", (int(watermark),))
-        return None if rows[0][0] is None else float(rows[0][0])
+        oldest = self._scalar(sa.select(sa.func.min(_events.received_at)).where(_events.seq > int(watermark)))
+        return None if oldest is None else float(oldest)
 
     def events_between(self, after: int, upto: int) -> pd.DataFrame:
         """Events with ``after < seq <= upto`` as a frame, in sequence order."""
-        rows = self._query(
-            "SELECT seq, event_id, user_id, item_id, event, value, event_ts FROM feedback_events "
-            "WHERE seq > ? AND seq <= ? ORDER BY seq",
-            (int(after), int(upto)),
+        columns = ["seq", *EVENT_FIELDS[:4], "value", "event_ts"]
+        rows = self._rows(
+            sa.select(*(_events[name] for name in columns))
+            .where(_events.seq > int(after), _events.seq <= int(upto))
+            .order_by(_events.seq)
         )
-        return pd.DataFrame(rows, columns=["seq", *EVENT_FIELDS[:4], "value", "event_ts"])
+        return pd.DataFrame(rows, columns=columns)
 
-    def user_events_since(self, user_id: str, watermark: int, limit: int = 200) -> list[tuple[str, str, float | None, float]]:
+    def user_events_since(
+        self, user_id: str, watermark: int, limit: int = 200
+    ) -> list[tuple[str, str, float | None, float]]:
         """A user's newest events past ``watermark``: (item_id, event, value, event_ts), oldest first."""
-        rows = self._query(
-            "SELECT item_id, event, value, event_ts FROM feedback_events WHERE user_id = ? AND seq > ? "
-            "ORDER BY seq DESC LIMIT ?",
-            (str(user_id), int(watermark), int(limit)),
+        rows = self._rows(
+            sa.select(_events.item_id, _events.event, _events.value, _events.event_ts)
+            .where(_events.user_id == str(user_id), _events.seq > int(watermark))
+            .order_by(_events.seq.desc())
+            .limit(int(limit))
         )
         return list(reversed(rows))

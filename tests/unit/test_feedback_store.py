@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import pandas as pd
 import pytest
@@ -27,7 +28,8 @@ def store(store_url):
         store.close()
 
 
-def ev(event_id: str, user: str = "u1", item: str = "i1", event: str = "click", value=None, ts: float = 1_700_000_000.0):
+def ev(event_id: str, user: str = "u1", item: str = "i1", event: str = "click", value=None,
+       ts: float = 1_700_000_000.0):
     return FeedbackEvent(user_id=user, item_id=item, event=event, value=value, event_ts=ts, event_id=event_id)
 
 
@@ -130,6 +132,23 @@ def test_bad_event_type_rejects_the_whole_batch(store):
         store.append([FeedbackEvent(user_id="  ", item_id="i1", event="click")])
 
 
+def test_duplicate_within_one_batch_is_written_once(store):
+    assert store.append([ev("d1"), ev("d2"), ev("d1", value=9.0)]) == [("d1", True), ("d2", True), ("d1", False)]
+    frame = store.events_between(0, store.watermark())
+    assert frame["event_id"].tolist() == ["d1", "d2"] and pd.isna(frame["value"]).all()
+
+
+def test_large_batch_keeps_order_and_reports_each_event(store):
+    store.append([ev("big-7"), ev("big-1500")])
+    ids = [f"big-{i}" for i in range(2500)]
+    written = store.append([ev(event_id, user=f"u{i % 7}") for i, event_id in enumerate(ids)])
+    assert [event_id for event_id, _ in written] == ids
+    assert [event_id for event_id, fresh in written if not fresh] == ["big-7", "big-1500"]
+    frame = store.events_between(0, store.watermark())
+    assert frame["event_id"].tolist() == ["big-7", "big-1500", *(i for i in ids if i not in ("big-7", "big-1500"))]
+    assert frame["seq"].is_monotonic_increasing and frame["seq"].is_unique and store.count() == 2500
+
+
 def test_concurrent_appends_from_threads(store):
     def worker(t: int):
         for i in range(10):
@@ -152,7 +171,9 @@ def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path):
     store = FeedbackStore(f"sqlite:///{path}")
     try:
         store.append([ev("w1")])
-        assert store._query("PRAGMA synchronous")[0][0] == 2  # FULL
+        with store.engine.connect() as conn:  # every pooled connection is set up by the connect hook
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
         other = sqlite3.connect(path)  # journal_mode=WAL is persistent: a fresh connection sees it
         try:
             assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -185,3 +206,165 @@ def test_unreachable_postgres_is_a_feedback_error():
     pytest.importorskip("psycopg2")
     with pytest.raises(FeedbackError, match="cannot reach the feedback store"):
         FeedbackStore("postgresql://postgres@127.0.0.1:1/none")
+
+
+def test_unreachable_postgres_error_names_the_redacted_url():
+    pytest.importorskip("psycopg2")
+    redacted = r"cannot reach the feedback store at postgresql://postgres:\*\*\*@127\.0\.0\.1:1/none"
+    with pytest.raises(FeedbackError, match=redacted) as info:
+        FeedbackStore("postgresql://postgres:hunter2@127.0.0.1:1/none")
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(FeedbackError, match="must start with") as info:
+        FeedbackStore("mysql://user:hunter2@localhost/feedback")
+    assert "hunter2" not in str(info.value)
+
+
+def test_sqlite_seq_is_never_reused(tmp_path):
+    path = tmp_path / "feedback.db"
+    store = FeedbackStore(f"sqlite:///{path}")
+    try:
+        store.append([ev("s1"), ev("s2"), ev("s3")])
+        newest = store.watermark()
+        raw = sqlite3.connect(path)
+        try:
+            (ddl,) = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'feedback_events'").fetchone()
+            assert "AUTOINCREMENT" in ddl
+            with raw:
+                raw.execute("DELETE FROM feedback_events WHERE seq = ?", (newest,))
+        finally:
+            raw.close()
+        store.append([ev("s4")])
+        assert store.watermark() == newest + 1 and store.count() == 3
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- upgrading in place
+
+# The schema as the hand-written sqlite3 / psycopg2 store created it; the SQLAlchemy store must open it unchanged.
+OLD_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    value REAL,
+    event_ts REAL NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_events_user ON feedback_events (user_id, seq);
+CREATE TABLE IF NOT EXISTS feedback_triggers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    watermark INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+OLD_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback_events (
+    seq BIGSERIAL PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    value DOUBLE PRECISION,
+    event_ts DOUBLE PRECISION NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_events_user ON feedback_events (user_id, seq);
+CREATE TABLE IF NOT EXISTS feedback_triggers (
+    id BIGSERIAL PRIMARY KEY,
+    watermark BIGINT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+OLD_ROWS = [("old-1", "alice", "i1", "click", None, 10.0, 100.0), ("old-2", "alice", "i2", "rating", 4.0, 20.0, 100.0)]
+OLD_INSERT = (
+    "INSERT INTO feedback_events (event_id, user_id, item_id, event, value, event_ts, received_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def check_upgraded_store(store: FeedbackStore) -> None:
+    """The rows, watermark and trigger written by the old store read back; new writes continue the log."""
+    assert store.watermark() == 2 and store.count() == 2 and store.last_trigger_watermark() == 2
+    assert store.user_events_since("alice", 0) == [("i1", "click", None, 10.0), ("i2", "rating", 4.0, 20.0)]
+    assert store.append([ev("old-2"), ev("new-1", "alice", "i3", ts=30.0)]) == [("old-2", False), ("new-1", True)]
+    newest = store.watermark()  # the retried old-2 may use up a seq value, as it always has
+    assert newest > 2 and store.count_since(2) == 1
+    frame = store.events_between(0, newest)
+    assert frame["event_id"].tolist() == ["old-1", "old-2", "new-1"] and frame["seq"].tolist() == [1, 2, newest]
+    store.record_trigger(newest, "after upgrade")
+    assert store.last_trigger_watermark() == newest
+
+
+def test_sqlite_database_from_the_raw_schema_keeps_working(tmp_path):
+    path = tmp_path / "feedback.db"
+    raw = sqlite3.connect(path)
+    try:
+        raw.executescript(OLD_SQLITE_SCHEMA)
+        with raw:
+            raw.executemany(OLD_INSERT, OLD_ROWS)
+            raw.execute("INSERT INTO feedback_triggers (watermark, created_at, reason) VALUES (2, 100.0, 'old')")
+        schema_before = raw.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+    finally:
+        raw.close()
+    store = FeedbackStore(f"sqlite:///{path}")
+    try:
+        check_upgraded_store(store)
+        with sqlite3.connect(path) as raw:  # nothing was re-created or altered; AUTOINCREMENT still applies
+            assert raw.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall() == schema_before
+            newest = store.watermark()
+            raw.execute("DELETE FROM feedback_events WHERE seq = ?", (newest,))
+        raw.close()
+        assert store.append([ev("new-2")]) == [("new-2", True)] and store.watermark() == newest + 1
+    finally:
+        store.close()
+
+
+def test_postgres_database_from_the_raw_schema_keeps_working(postgres_url):
+    psycopg2 = pytest.importorskip("psycopg2")
+    with psycopg2.connect(postgres_url) as raw, raw.cursor() as cur:
+        cur.execute(OLD_PG_SCHEMA)
+        cur.executemany(OLD_INSERT.replace("?", "%s"), OLD_ROWS)
+        cur.execute("INSERT INTO feedback_triggers (watermark, created_at, reason) VALUES (2, 100.0, 'old')")
+    raw.close()
+    store = FeedbackStore(postgres_url)
+    try:
+        check_upgraded_store(store)
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- PostgreSQL connection loss
+
+
+def test_postgres_store_survives_its_connections_being_killed(postgres_url):
+    psycopg2 = pytest.importorskip("psycopg2")
+    store = FeedbackStore(postgres_url)
+    admin = psycopg2.connect(postgres_url)
+    admin.autocommit = True
+    others = "datname = current_database() AND pid <> pg_backend_pid()"
+    try:
+        assert store.engine.dialect.driver == "psycopg2"  # the project's driver, not SQLAlchemy's default
+        assert store.append([ev("k1")]) == [("k1", True)]
+        with admin.cursor() as cur:
+            cur.execute(f"SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE {others}")
+            killed = cur.fetchall()
+            assert killed and all(ok for _, ok in killed)  # the store's pooled connection(s)
+            for _ in range(100):  # termination is asynchronous: wait until the backends are gone
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", ([pid for pid, _ in killed],))
+                if cur.fetchone()[0] == 0:
+                    break
+                time.sleep(0.05)
+        assert store.append([ev("k2")]) == [("k2", True)]  # same store object, a fresh connection
+        assert store.count() == 2 and store.events_between(0, store.watermark())["event_id"].tolist() == ["k1", "k2"]
+        with admin.cursor() as cur:
+            cur.execute(f"SELECT pid FROM pg_stat_activity WHERE {others}")
+            assert not {pid for (pid,) in cur.fetchall()} & {pid for pid, _ in killed}
+    finally:
+        store.close()
+        admin.close()
