@@ -12,9 +12,7 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +21,10 @@ from components.data.dataset import InteractionData, leave_last_out
 from components.embed import embed_items, embed_shard, plan_shards
 from components.engine import write_bundle
 from components.evaluation.metrics import evaluate_scores
+from components.evaluation.report import fit_tags, git_commit, package_versions, report_markdown, run_summary
 from components.ingest import ingest
 from components.errors import ChampionUnreadable, LmRecsysError
-from components.settings import PROJECT_ROOT, Settings
+from components.settings import Settings
 from components.data.snapshots import open_snapshot
 from components.data.atomic import atomic_write_text
 from components.training import (  # noqa: F401 - the train stages are part of the pipeline's API
@@ -73,7 +72,8 @@ def stage_evaluate(settings: Settings, run_dir: str, handles: list[dict] | None 
 
     ``handles`` are the training tasks' outputs (the DAG passes them; the run folder is the truth).
     """
-    from components.registry import champion_scores, load_champion_engine
+    from components.evaluation.champion import champion_scores
+    from components.registry import load_champion_engine
 
     run = Path(run_dir)
     meta = json.loads((run / "train.json").read_text())
@@ -124,63 +124,6 @@ def stage_evaluate(settings: Settings, run_dir: str, handles: list[dict] | None 
     return str(path)
 
 
-def report_markdown(report: dict) -> str:
-    """The evaluation table: test metrics with 95% intervals, validation gate metric, cold start."""
-    lines = [
-        f"Snapshot `{report['snapshot_id']}`: {report['users']} users, {report['items']} items, full ranking.",
-        "",
-        "| model | HR@10 | NDCG@10 | MRR@10 | Recall@20 | coverage@10 | cold HR@10 | val " + report["gate_metric"] + " |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    rows = list(report["candidates"].items())
-    if "champion" in report:
-        rows.append((f"champion v{report['champion']['version']} ({report['champion']['model']})", report["champion"]))
-    for name, result in rows:
-        test = result["test"]
-
-        def cell(key):
-            return f"{test[key]:.4f} [{test[key + '_low']:.4f}, {test[key + '_high']:.4f}]"
-
-        lines.append(
-            f"| {name} | {cell('hr_at_10')} | {cell('ndcg_at_10')} | {cell('mrr_at_10')} | {cell('recall_at_20')} "
-            f"| {test['coverage_at_10']:.4f} | {test['cold_hr_at_10']:.4f} ({int(test['cold_users'])} users) | {result['val'][report['gate_metric']]:.4f} |"
-        )
-    for name, reason in report.get("dropped", {}).items():
-        lines.append(f"\nDropped **{name}**: {reason}")
-    return "\n".join(lines) + "\n"
-
-
-def fit_tags(report: dict) -> dict[str, str]:
-    """MLflow tags for how the best candidate was fitted, and which candidates were dropped why."""
-    tags = {f"candidate.{name}.dropped": str(reason)[:500] for name, reason in report.get("dropped", {}).items()}
-    fit = report["candidates"][report["best"]].get("fit", {})
-    warm = fit.get("warm_start")
-    if warm:
-        tags["warm_start.used"] = str(warm.get("used"))
-        tags["warm_start.detail"] = str(warm.get("reason") or f"from version {warm.get('champion_version')}")[:500]
-    if fit.get("fit", {}).get("best_epoch") is not None:
-        tags["fit.best_epoch"] = str(fit["fit"]["best_epoch"])
-    return tags
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def package_versions() -> dict:
-    names = ["mlflow", "apache-airflow", "bentoml", "great-expectations", "torch", "transformers", "numpy", "pandas"]
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "absent"
-    return out
-
-
 def stage_register(settings: Settings, report_path: str) -> dict:
     """Log the run to MLflow and register the best candidate as a new version; returns its handle.
 
@@ -190,100 +133,32 @@ def stage_register(settings: Settings, report_path: str) -> dict:
     the embedding manifest, and tags for snapshot, encoder, code and package versions.
     """
     import mlflow
-    from mlflow.entities import Metric
 
-    from components.evaluation.plots import write_report_plots
-    from components.registry import configure, flatten_params, log_bundle_model, settings_for_logging
+    from components.registry import configure, log_bundle_model
 
     report_file = Path(report_path)
     run = report_file.parent
     report = json.loads(report_file.read_text())
     meta = json.loads((run / "train.json").read_text())
     snapshot = open_snapshot(settings.snapshots_dir, meta["snapshot_id"]).require_accepted()
-    data = InteractionData.from_frames(snapshot.items(), snapshot.interactions())
-    vectors, embed_manifest = aligned_vectors(data, meta["embeddings_dir"])
-    best = report["best"]
-    best_fit = candidate_fits(run, [best])[best]
+    best, metric = report["best"], report["gate_metric"]
     client = configure(settings)
-    bundle = run / "bundle"
-    write_bundle(
-        bundle,
-        candidate_model(run, best_fit, "serve"),
-        data,
-        vectors,
-        {
-            "model_name": best,
-            "snapshot_id": snapshot.snapshot_id,
-            "feedback_watermark": snapshot.manifest["feedback_watermark"],
-            "id_type": snapshot.manifest["id_type"],
-            "encoder_id": embed_manifest["encoder"]["encoder_id"],
-            "encoder": embed_manifest["encoder"],
-        },
-        validation_model=candidate_model(run, best_fit, "val"),
-    )
-    plots = write_report_plots(report, run / "plots")
-    metric = report["gate_metric"]
+    bundle, encoder_id = _write_serving_bundle(run, snapshot, meta, best)
     validation_file = snapshot.path / "validation.json"
     validation = json.loads(validation_file.read_text()) if validation_file.exists() else {}
-    best_val, best_test = report["candidates"][best]["val"], report["candidates"][best]["test"]
-    summary = (
-        f"**{best}** is the best of {', '.join(meta['candidates'])} on snapshot `{snapshot.snapshot_id}` "
-        f"(validation {metric} {best_val[metric]:.4f}; test HR@10 {best_test['hr_at_10']:.4f} "
-        f"[{best_test['hr_at_10_low']:.4f}, {best_test['hr_at_10_high']:.4f}]). "
-        + (f"The champion, version {report['champion']['version']}, scored {report['champion']['val'][metric]:.4f} on the same split. " if "champion" in report else "There was no champion to compare with. ")
-        + f"Encoder `{embed_manifest['encoder']['encoder_id']}`; validation {'passed' if validation.get('success') else 'result unknown'} "
-        f"({validation.get('checks', '?')} checks). Plots are under `plots/`, the full table under `evaluation/`."
-    )
+    summary = run_summary(report, meta["candidates"], snapshot.snapshot_id, encoder_id, validation)
     with mlflow.start_run(run_name=f"{snapshot.snapshot_id}-{run.name}") as active:
-        mlflow.set_tags(
-            {
-                "snapshot_id": snapshot.snapshot_id,
-                "snapshot.parent": str(snapshot.manifest.get("parent")),
-                "snapshot.content_hash": str(snapshot.manifest.get("content_hash")),
-                "snapshot.feedback_watermark": str(snapshot.manifest.get("feedback_watermark")),
-                "validation.success": str(validation.get("success")),
-                "validation.checks": str(validation.get("checks")),
-                "encoder_id": embed_manifest["encoder"]["encoder_id"],
-                "git_commit": git_commit(),
-                "run_key": run.name,
-                "best_candidate": best,
-                "python": platform.python_version(),
-                "mlflow.note.content": summary + "\n\n" + (run / "report.md").read_text(),
-                **{f"version.{k}": v for k, v in package_versions().items()},
-                **fit_tags(report),
-            }
-        )
-        mlflow.log_params({"candidates": ",".join(meta["candidates"]), "gate_metric": metric, "tolerance": settings.registry.tolerance, "users": report["users"], "items": report["items"], "max_users": settings.ingest.max_users})
-        logged_settings = settings_for_logging(settings)
-        mlflow.log_params({f"settings.{k}": v for k, v in flatten_params(logged_settings).items()})
-        mlflow.log_dict(logged_settings, "config/settings.json")
-        scored = dict(report["candidates"])
-        if "champion" in report:
-            scored["champion"] = report["champion"]
-        stamp = int(time.time() * 1000)
-        for name, result in scored.items():
-            for side in ("val", "test"):
-                mlflow.log_metrics({f"{name}.{side}.{k}": float(v) for k, v in result[side].items() if isinstance(v, (int, float)) and np.isfinite(v)})
-            # HR@K as one stepped metric per model: the UI draws it as a curve over K
-            curves = [Metric(f"{name}.{side}.hr_curve", float(v), stamp, k) for side in ("val", "test") for k, v in enumerate(result.get(side + "_curve") or [], start=1)]
-            if curves:
-                client.log_batch(active.info.run_id, metrics=curves)
-        mlflow.log_artifact(str(report_file), "evaluation")
-        mlflow.log_artifact(str(run / "report.md"), "evaluation")
-        mlflow.log_artifact(str(run / "train.json"), "evaluation")
-        for path in plots.values():
-            mlflow.log_artifact(str(path), "plots")
-        mlflow.log_artifact(str(snapshot.path / "manifest.json"), "snapshot")
-        mlflow.log_artifact(str(validation_file), "validation")
-        mlflow.log_artifact(str(Path(meta["embeddings_dir"]) / "manifest.json"), "embeddings")
+        _log_run(settings, client, active.info.run_id, run, report, meta, snapshot, encoder_id, validation, summary)
         version, model_uri = log_bundle_model(bundle, settings.registry.model_name)
         run_id = active.info.run_id
-    name = settings.registry.model_name
-    version_tags = {"snapshot_id": snapshot.snapshot_id, "model_kind": best, "run_id": run_id, "encoder_id": embed_manifest["encoder"]["encoder_id"], metric: best_val[metric]}
+    name, best_val = settings.registry.model_name, report["candidates"][best]["val"]
+    version_tags = {"snapshot_id": snapshot.snapshot_id, "model_kind": best, "run_id": run_id, "encoder_id": encoder_id}
+    version_tags[metric] = best_val[metric]
     version_tags.update({k: v for k, v in fit_tags(report).items() if k.startswith("warm_start.")})
     for key, value in version_tags.items():
         client.set_model_version_tag(name, version, key, str(value))
     client.update_model_version(name, version, description=summary)
+    champion = report.get("champion")
     return {
         "version": str(version),
         "model_uri": f"models:/{name}/{version}",
@@ -291,11 +166,103 @@ def stage_register(settings: Settings, report_path: str) -> dict:
         "snapshot_id": snapshot.snapshot_id,
         "model_kind": best,
         "challenger_metric": best_val[metric],
-        "champion_metric": report["champion"]["val"][metric] if "champion" in report else None,
-        "champion_version": report["champion"]["version"] if "champion" in report else report.get("champion_unreadable", {}).get("version"),
+        "champion_metric": champion["val"][metric] if champion else None,
+        "champion_version": champion["version"] if champion else report.get("champion_unreadable", {}).get("version"),
         "champion_unreadable": report.get("champion_unreadable", {}).get("reason"),
-        "popularity_metric": report["candidates"].get("popularity", {}).get("val", {}).get(metric) if best != "popularity" else None,
+        "popularity_metric": (
+            report["candidates"].get("popularity", {}).get("val", {}).get(metric) if best != "popularity" else None
+        ),
     }
+
+
+def _write_serving_bundle(run: Path, snapshot, meta: dict, best: str) -> tuple[Path, str]:
+    """The best candidate's serving fit (and its validation-side fit) as a bundle; returns it and
+    the encoder id."""
+    data = InteractionData.from_frames(snapshot.items(), snapshot.interactions())
+    vectors, embed_manifest = aligned_vectors(data, meta["embeddings_dir"])
+    best_fit = candidate_fits(run, [best])[best]
+    encoder_id = embed_manifest["encoder"]["encoder_id"]
+    bundle_meta = {
+        "model_name": best,
+        "snapshot_id": snapshot.snapshot_id,
+        "feedback_watermark": snapshot.manifest["feedback_watermark"],
+        "id_type": snapshot.manifest["id_type"],
+        "encoder_id": encoder_id,
+        "encoder": embed_manifest["encoder"],
+    }
+    validation_model = candidate_model(run, best_fit, "val")
+    bundle = write_bundle(
+        run / "bundle", candidate_model(run, best_fit, "serve"), data, vectors, bundle_meta, validation_model
+    )
+    return bundle, encoder_id
+
+
+def _log_run(settings, client, run_id, run, report, meta, snapshot, encoder_id, validation, summary) -> None:
+    """Tags, params, metrics (with HR@K curves) and artifacts of one pipeline run in MLflow."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    from components.evaluation.plots import write_report_plots
+    from components.registry import flatten_params, settings_for_logging
+
+    manifest = snapshot.manifest
+    mlflow.set_tags(
+        {
+            "snapshot_id": snapshot.snapshot_id,
+            "snapshot.parent": str(manifest.get("parent")),
+            "snapshot.content_hash": str(manifest.get("content_hash")),
+            "snapshot.feedback_watermark": str(manifest.get("feedback_watermark")),
+            "validation.success": str(validation.get("success")),
+            "validation.checks": str(validation.get("checks")),
+            "encoder_id": encoder_id,
+            "git_commit": git_commit(),
+            "run_key": run.name,
+            "best_candidate": report["best"],
+            "python": platform.python_version(),
+            "mlflow.note.content": summary + "\n\n" + (run / "report.md").read_text(),
+            **{f"version.{k}": v for k, v in package_versions().items()},
+            **fit_tags(report),
+        }
+    )
+    mlflow.log_params(
+        {
+            "candidates": ",".join(meta["candidates"]),
+            "gate_metric": report["gate_metric"],
+            "tolerance": settings.registry.tolerance,
+            "users": report["users"],
+            "items": report["items"],
+            "max_users": settings.ingest.max_users,
+        }
+    )
+    logged_settings = settings_for_logging(settings)
+    mlflow.log_params({f"settings.{k}": v for k, v in flatten_params(logged_settings).items()})
+    mlflow.log_dict(logged_settings, "config/settings.json")
+    scored = dict(report["candidates"])
+    if "champion" in report:
+        scored["champion"] = report["champion"]
+    stamp = int(time.time() * 1000)
+    for name, result in scored.items():
+        for side in ("val", "test"):
+            values = result[side].items()
+            mlflow.log_metrics(
+                {f"{name}.{side}.{k}": float(v) for k, v in values if isinstance(v, int | float) and np.isfinite(v)}
+            )
+        # HR@K as one stepped metric per model: the UI draws it as a curve over K
+        curves = [
+            Metric(f"{name}.{side}.hr_curve", float(v), stamp, k)
+            for side in ("val", "test")
+            for k, v in enumerate(result.get(side + "_curve") or [], start=1)
+        ]
+        if curves:
+            client.log_batch(run_id, metrics=curves)
+    artifacts = {"evaluation": [run / "report.json", run / "report.md", run / "train.json"]}
+    artifacts["plots"] = list(write_report_plots(report, run / "plots").values())
+    artifacts["snapshot"] = [snapshot.path / "manifest.json"]
+    artifacts["validation"] = [snapshot.path / "validation.json"]
+    artifacts["embeddings"] = [Path(meta["embeddings_dir"]) / "manifest.json"]
+    for folder, paths in artifacts.items():
+        for path in paths:
+            mlflow.log_artifact(str(path), folder)
 
 
 def stage_promote(settings: Settings, registration: dict) -> dict:
