@@ -33,9 +33,9 @@ format: install
 	$(BIN)/ruff format .
 
 bench: install
-	$(BIN)/python benchmarks/bench_models.py
-	$(BIN)/python benchmarks/bench_embed.py
-	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python -m benchmarks.bench_models
+	$(BIN)/python -m benchmarks.bench_embed
+	$(BIN)/python -m benchmarks.bench_serving
 
 clean:
 	rm -rf .lmrecsys .pytest_cache

@@ -14,7 +14,7 @@ bf16 instructions, else fp32), ``sentence-transformers`` (when installed), ``onn
 ``onnx-ffn-int8``, and on a CPU with AMX ``torch-bf16-no-amx`` (bf16 with oneDNN held to its
 AVX-512-BF16 kernels, as on CPUs without AMX).
 
-    .venv/bin/python benchmarks/bench_embed.py [--rounds 3] [--threads N] [--limit N] [--paths a,b] [--json out.json]
+    .venv/bin/python -m benchmarks.bench_embed [--rounds 3] [--threads N] [--limit N] [--paths a,b] [--json out.json]
 """
 
 from __future__ import annotations
@@ -22,16 +22,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import (
+    EMBED_MOVIELENS_ENV,
+    agreement,
+    movielens_dir,
+    movielens_texts,
+    onnx_session,
+    own_peak_rss_mb,
+    quiet_environment,
+    top_k_neighbours,
+)
+
+quiet_environment(TOKENIZERS_PARALLELISM="false")
 
 import numpy as np  # noqa: E402
 
@@ -64,24 +72,10 @@ def default_paths() -> list[str]:
     return names
 
 
-def movielens_texts(limit: int | None) -> list[str]:
-    """The item texts of ml-latest-small, ordered by item id (the embed stage's own template)."""
-    from components.embed import item_texts
-    from components.settings import LOCAL_MOVIELENS
-    from components.data.sources import read_movielens
-
-    folder = Path(os.environ.get("LMRECSYS_BENCH_MOVIELENS", LOCAL_MOVIELENS))
-    items = read_movielens(folder).items.sort_values("item_id")
-    texts = item_texts(items)
-    return texts[:limit] if limit else texts
-
-
-def run_worker(name: str, threads: int, limit: int | None, artifacts: str, out: str) -> None:
-    """Child process: load one path, warm it up, time one full pass, save vectors, print JSON."""
+def load_path(name: str, threads: int, artifacts: str):
+    """(encode function, our TextEncoder or None for sentence-transformers) for one path."""
     import torch
 
-    texts = movielens_texts(limit)
-    load_started = time.perf_counter()
     if name == "sentence-transformers":
         from sentence_transformers import SentenceTransformer
 
@@ -91,77 +85,69 @@ def run_worker(name: str, threads: int, limit: int | None, artifacts: str, out: 
         torch.set_num_threads(threads)
 
         def encode(batch: list[str]) -> np.ndarray:
-            return model.encode(batch, batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    else:
-        from components.embed import TextEncoder
+            return model.encode(
+                batch, batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
 
-        encoder = TextEncoder(None, artifacts_dir=artifacts, **PATHS[name])
-        torch.set_num_threads(threads)  # TextEncoder sets it from the machine; the benchmark pins it
-        if encoder.session is not None:
-            encoder.session = type(encoder.session)(str(encoder.onnx_path), _session_options(threads), providers=["CPUExecutionProvider"])
+        return encode, None
+    from components.embed import TextEncoder
 
-        def encode(batch: list[str]) -> np.ndarray:
-            return encoder.encode(batch, batch_size=BATCH_SIZE)
+    encoder = TextEncoder(None, artifacts_dir=artifacts, **PATHS[name])
+    torch.set_num_threads(threads)  # TextEncoder sets it from the machine; the benchmark pins it
+    if encoder.session is not None:
+        encoder.session = onnx_session(str(encoder.onnx_path), threads)
+
+    def encode(batch: list[str]) -> np.ndarray:
+        return encoder.encode(batch, batch_size=BATCH_SIZE)
+
+    return encode, encoder
+
+
+def run_worker(name: str, threads: int, limit: int | None, artifacts: str, out: str) -> None:
+    """Child process: load one path, warm it up, time one full pass, save vectors, print JSON."""
+    import torch  # noqa: F401  (imported before the timed load, as the paths' own imports are not)
+
+    texts = movielens_texts(movielens_dir(EMBED_MOVIELENS_ENV), limit)
+    load_started = time.perf_counter()
+    encode, encoder = load_path(name, threads, artifacts)
     load_seconds = time.perf_counter() - load_started
     encode(texts[:BATCH_SIZE])  # warm-up: first-call allocations and kernel choices
     started = time.perf_counter()
     vectors = encode(texts)
     seconds = time.perf_counter() - started
     np.save(out, np.asarray(vectors, dtype=np.float32))
-    peak_mb = peak_rss_mb()
-    result = {"path": name, "items": len(texts), "seconds": seconds, "items_per_s": len(texts) / seconds, "load_s": load_seconds, "peak_rss_mb": peak_mb}
-    if name != "sentence-transformers":
+    peak_mb = own_peak_rss_mb()
+    result = {
+        "path": name,
+        "items": len(texts),
+        "seconds": seconds,
+        "items_per_s": len(texts) / seconds,
+        "load_s": load_seconds,
+        "peak_rss_mb": peak_mb,
+    }
+    if encoder is not None:
         result["encoder_id"] = encoder.encoder_id
         result["precision"] = encoder.precision
         if encoder.session is None:
             alone = np.stack([encoder.encode([text])[0] for text in texts[:INVARIANCE_TEXTS]])
             diff = np.abs(alone - vectors[:INVARIANCE_TEXTS]).max(axis=1)
-            result["batch_invariance"] = {"texts": len(alone), "bit_identical_share": float((diff == 0).mean()), "max_abs_diff": float(diff.max())}
+            result["batch_invariance"] = {
+                "texts": len(alone),
+                "bit_identical_share": float((diff == 0).mean()),
+                "max_abs_diff": float(diff.max()),
+            }
     print(json.dumps(result))
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
-    exec from the forking parent, which would charge the parent's memory to every child."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # pragma: no cover - not Linux
-
-
-def _session_options(threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return options
-
-
-def top_k_neighbours(vectors: np.ndarray, k: int = 10) -> np.ndarray:
-    similarity = vectors @ vectors.T
-    np.fill_diagonal(similarity, -np.inf)
-    return np.argpartition(-similarity, k, axis=1)[:, :k]
-
-
-def agreement(vectors: np.ndarray, reference: np.ndarray, reference_neighbours: np.ndarray) -> dict:
-    cosines = (vectors * reference).sum(axis=1)
-    neighbours = top_k_neighbours(vectors)
-    overlap = np.mean([len(set(a) & set(b)) / neighbours.shape[1] for a, b in zip(neighbours, reference_neighbours)])
-    return {"cosine_mean": float(cosines.mean()), "cosine_min": float(cosines.min()), "top10_overlap": float(overlap)}
 
 
 def incremental_rerun(artifacts: str, backend: dict) -> dict:
     """embed_items over the full catalogue, then after 10 edited titles; seconds of each."""
-    from components.embed import embed_items, encoder_from_settings
-    from components.settings import LOCAL_MOVIELENS, load_settings
-    from components.data.snapshots import write_snapshot
     from components.data.atomic import atomic_write_text
+    from components.data.snapshots import write_snapshot
     from components.data.sources import read_movielens
+    from components.embed import embed_items, encoder_from_settings
+    from components.settings import load_settings
 
-    data = read_movielens(Path(os.environ.get("LMRECSYS_BENCH_MOVIELENS", LOCAL_MOVIELENS)))
+    data = read_movielens(movielens_dir(EMBED_MOVIELENS_ENV))
     with tempfile.TemporaryDirectory() as root:
         settings = load_settings(data_root=Path(root))
         # An unvalidated copy lets the benchmark choose, whatever EmbedSettings carries.
@@ -173,7 +159,15 @@ def incremental_rerun(artifacts: str, backend: dict) -> dict:
         encoder_from_settings(settings)  # load (and export) outside the timed runs
 
         def accepted(items):
-            snapshot = write_snapshot(settings.snapshots_dir, items, data.interactions, id_type="int", feedback_watermark=0, parent=None, sources={})
+            snapshot = write_snapshot(
+                settings.snapshots_dir,
+                items,
+                data.interactions,
+                id_type="int",
+                feedback_watermark=0,
+                parent=None,
+                sources={},
+            )
             atomic_write_text(snapshot.path / "validation.json", json.dumps({"success": True}))
             return snapshot
 
@@ -197,18 +191,90 @@ def incremental_rerun(artifacts: str, backend: dict) -> dict:
     }
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="passes per path, taken in turns; the best counts")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="intra-op threads for every path")
+    parser.add_argument(
+        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="intra-op threads for every path"
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N texts (a quick check)")
-    parser.add_argument("--paths", default=",".join(default_paths()), help="comma-separated subset of " + ", ".join(PATHS))
+    parser.add_argument(
+        "--paths", default=",".join(default_paths()), help="comma-separated subset of " + ", ".join(PATHS)
+    )
     parser.add_argument("--artifacts", default=None, help="where ONNX exports are cached (default: a temporary folder)")
     parser.add_argument("--skip-incremental", action="store_true")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser, parser.parse_args()
+
+
+def export_onnx(names: list[str], artifacts: str) -> dict[str, float]:
+    """First-use ONNX exports, timed apart from encoding: seconds per ONNX path."""
+    from components.embed import TextEncoder
+
+    export_seconds = {}
+    for name in names:
+        if PATHS[name].get("backend") == "onnx":
+            started = time.perf_counter()
+            TextEncoder(None, artifacts_dir=artifacts, **PATHS[name])
+            export_seconds[name] = time.perf_counter() - started
+    return export_seconds
+
+
+def run_rounds(names: list[str], args: argparse.Namespace, artifacts: str, scratch: str) -> dict[str, list[dict]]:
+    """Every path in its own child process, in turns, for ``args.rounds`` rounds."""
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for round_index in range(args.rounds):
+        for name in names:
+            out = str(Path(scratch) / f"{name}-{round_index}.npy")
+            command = [sys.executable, "-m", "benchmarks.bench_embed", "--worker", name, "--threads", str(args.threads)]
+            command += ["--artifacts", artifacts, "--out", out]
+            if args.limit:
+                command += ["--limit", str(args.limit)]
+            env = {**os.environ, **PATH_ENV.get(name, {})}
+            done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            result["vectors"] = out
+            runs[name].append(result)
+            print(
+                f"round {round_index + 1} {name}: {result['items_per_s']:.0f} items/s, "
+                f"peak RSS {result['peak_rss_mb']:.0f} MB",
+                file=sys.stderr,
+            )
+    return runs
+
+
+def summarise(
+    runs: dict[str, list[dict]], export_seconds: dict[str, float], args: argparse.Namespace, load: dict
+) -> dict:
+    """Per path: best and median speed, peak RSS, agreement with the first fp32 torch pass."""
+    reference = np.load(runs["torch-fp32"][0]["vectors"])
+    reference_neighbours = top_k_neighbours(reference)
+    st_runs = runs.get("sentence-transformers")
+    st_best = max(r["items_per_s"] for r in st_runs) if st_runs is not None else None
+    report = {"threads": args.threads, "items": len(reference), "batch_size": BATCH_SIZE, "rounds": args.rounds, **load}
+    report["paths"] = {}
+    for name, path_runs in runs.items():
+        best = max(path_runs, key=lambda r: r["items_per_s"])
+        entry = {
+            "items_per_s_best": best["items_per_s"],
+            "items_per_s_median": float(np.median([r["items_per_s"] for r in path_runs])),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in path_runs),
+            "load_s": best["load_s"],
+            **agreement(np.load(best["vectors"]), reference, reference_neighbours),
+            **{key: best[key] for key in ("precision", "encoder_id", "batch_invariance") if key in best},
+        }
+        if st_best:
+            entry["ratio_vs_sentence_transformers"] = best["items_per_s"] / st_best
+        if name in export_seconds:
+            entry["first_use_export_s"] = export_seconds[name]
+        report["paths"][name] = entry
+    return report
+
+
+def main() -> None:
+    parser, args = parse_args()
     if args.worker:
         run_worker(args.worker, args.threads, args.limit, args.artifacts, args.out)
         return
@@ -221,47 +287,11 @@ def main() -> None:
         names.insert(0, "torch-fp32")  # the agreement reference
     with tempfile.TemporaryDirectory() as scratch:
         artifacts = args.artifacts or str(Path(scratch) / "onnx")
-        export_seconds = {}
-        from components.embed import TextEncoder
-
-        for name in names:
-            if PATHS[name].get("backend") == "onnx":  # first-use export, timed apart from encoding
-                started = time.perf_counter()
-                TextEncoder(None, artifacts_dir=artifacts, **PATHS[name])
-                export_seconds[name] = time.perf_counter() - started
-        runs: dict[str, list[dict]] = {name: [] for name in names}
+        export_seconds = export_onnx(names, artifacts)
         load = {"loadavg_before": os.getloadavg()}
-        for round_index in range(args.rounds):
-            for name in names:
-                out = str(Path(scratch) / f"{name}-{round_index}.npy")
-                command = [sys.executable, __file__, "--worker", name, "--threads", str(args.threads), "--artifacts", artifacts, "--out", out]
-                if args.limit:
-                    command += ["--limit", str(args.limit)]
-                done = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, **PATH_ENV.get(name, {})})
-                result = json.loads(done.stdout.strip().splitlines()[-1])
-                result["vectors"] = out
-                runs[name].append(result)
-                print(f"round {round_index + 1} {name}: {result['items_per_s']:.0f} items/s, peak RSS {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
+        runs = run_rounds(names, args, artifacts, scratch)
         load["loadavg_after"] = os.getloadavg()
-        reference = np.load(runs["torch-fp32"][0]["vectors"])
-        reference_neighbours = top_k_neighbours(reference)
-        st_best = max(r["items_per_s"] for r in runs["sentence-transformers"]) if "sentence-transformers" in runs else None
-        report = {"threads": args.threads, "items": len(reference), "batch_size": BATCH_SIZE, "rounds": args.rounds, **load, "paths": {}}
-        for name in names:
-            best = max(runs[name], key=lambda r: r["items_per_s"])
-            entry = {
-                "items_per_s_best": best["items_per_s"],
-                "items_per_s_median": float(np.median([r["items_per_s"] for r in runs[name]])),
-                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[name]),
-                "load_s": best["load_s"],
-                **agreement(np.load(best["vectors"]), reference, reference_neighbours),
-                **{key: best[key] for key in ("precision", "encoder_id", "batch_invariance") if key in best},
-            }
-            if st_best:
-                entry["ratio_vs_sentence_transformers"] = best["items_per_s"] / st_best
-            if name in export_seconds:
-                entry["first_use_export_s"] = export_seconds[name]
-            report["paths"][name] = entry
+        report = summarise(runs, export_seconds, args, load)
         if not args.skip_incremental:
             # The fastest of our paths that runs in this process as it is (no environment of its own).
             ours = [n for n in names if n != "sentence-transformers" and n not in PATH_ENV]

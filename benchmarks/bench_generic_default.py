@@ -6,34 +6,26 @@ the movie's tags as ``tags``, ratings as ``rating`` events with ISO timestamps. 
 then runs in-process with the default settings (default candidates, one fit each) on a fresh data
 root, and the gate's decision is reported with every candidate's validation and test NDCG@10.
 
-    python benchmarks/bench_generic_default.py [--movielens DIR] [--max-users N] [--out docs/benchmarks/generic.md]
+    python -m benchmarks.bench_generic_default [--movielens DIR] [--max-users N] [--out docs/benchmarks/generic.md]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-for _name, _value in (("BENTOML_DO_NOT_TRACK", "True"), ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("GX_ANALYTICS_ENABLED", "False"), ("HF_HUB_OFFLINE", "1")):
-    os.environ.setdefault(_name, _value)
+from benchmarks.common import machine_summary, quiet_environment, utc_minute
+
+quiet_environment()
 
 import pandas as pd  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from components.models import MODEL_REGISTRY  # noqa: E402
 from components.pipeline import run_pipeline  # noqa: E402
-from components.settings import load_settings  # noqa: E402
-
-DEFAULT_MOVIELENS = ROOT.parent / "shared" / "data" / "movielens" / "ml-latest-small"
+from components.settings import LOCAL_MOVIELENS, load_settings  # noqa: E402
 
 
 def write_generic(movielens: Path, folder: Path, max_users: int | None) -> tuple[Path, Path]:
@@ -67,9 +59,45 @@ def write_generic(movielens: Path, folder: Path, max_users: int | None) -> tuple
     return folder / "items.csv", folder / "events.csv"
 
 
+def candidate_rows(report: dict) -> list[tuple]:
+    """(name, uses text, validation NDCG@10 with its interval, test NDCG@10 with its interval) per candidate."""
+    rows = []
+    for name, entry in report["candidates"].items():
+        val, test = entry["val"], entry["test"]
+        rows.append(
+            (
+                name,
+                MODEL_REGISTRY[name].uses_text,
+                val["ndcg_at_10"],
+                val["ndcg_at_10_low"],
+                val["ndcg_at_10_high"],
+                test["ndcg_at_10"],
+                test["ndcg_at_10_low"],
+                test["ndcg_at_10_high"],
+            )
+        )
+    return rows
+
+
+def markdown_lines(result: dict, seconds: float) -> list[str]:
+    lines = [
+        f"champion: {result['champion']} (uses the language model: {result['champion_uses_text']}); "
+        f"decision {result['decision']}; pipeline {seconds:.0f} s",
+        "",
+        "| candidate | uses text | validation NDCG@10 | test NDCG@10 |",
+        "|---|---|---|---|",
+    ]
+    for name, text, val, val_lo, val_hi, test, test_lo, test_hi in result["rows"]:
+        lines.append(
+            f"| {name} | {'yes' if text else 'no'} | {val:.4f} [{val_lo:.4f}, {val_hi:.4f}] "
+            f"| {test:.4f} [{test_lo:.4f}, {test_hi:.4f}] |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--movielens", type=Path, default=DEFAULT_MOVIELENS)
+    parser.add_argument("--movielens", type=Path, default=LOCAL_MOVIELENS)
     parser.add_argument("--max-users", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write a Markdown report (and .json next to it)")
     args = parser.parse_args()
@@ -83,27 +111,18 @@ def main() -> None:
     decision = run_pipeline(settings)
     seconds = time.perf_counter() - started
     report = json.loads(next((work / "data" / "runs").glob("*/report.json")).read_text())
-    rows = []
-    for name, entry in report["candidates"].items():
-        rows.append((name, MODEL_REGISTRY[name].uses_text, entry["val"]["ndcg_at_10"], entry["val"]["ndcg_at_10_low"], entry["val"]["ndcg_at_10_high"], entry["test"]["ndcg_at_10"], entry["test"]["ndcg_at_10_low"], entry["test"]["ndcg_at_10_high"]))
+    champion = decision.get("model_kind")
     result = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}",
+        "date": utc_minute(),
+        "machine": machine_summary(),
         "candidates": settings.train.candidates,
         "decision": decision.get("decision"),
-        "champion": decision.get("model_kind"),
-        "champion_uses_text": MODEL_REGISTRY[decision["model_kind"]].uses_text if decision.get("model_kind") else None,
+        "champion": champion,
+        "champion_uses_text": MODEL_REGISTRY[decision["model_kind"]].uses_text if champion else None,
         "pipeline_seconds": round(seconds, 1),
-        "rows": rows,
+        "rows": candidate_rows(report),
     }
-    lines = [
-        f"champion: {result['champion']} (uses the language model: {result['champion_uses_text']}); decision {result['decision']}; pipeline {seconds:.0f} s",
-        "",
-        "| candidate | uses text | validation NDCG@10 | test NDCG@10 |",
-        "|---|---|---|---|",
-    ]
-    for name, text, val, val_lo, val_hi, test, test_lo, test_hi in rows:
-        lines.append(f"| {name} | {'yes' if text else 'no'} | {val:.4f} [{val_lo:.4f}, {val_hi:.4f}] | {test:.4f} [{test_lo:.4f}, {test_hi:.4f}] |")
+    lines = markdown_lines(result, seconds)
     print("\n".join(lines))
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")

@@ -2,9 +2,9 @@
 
 Run from the project root::
 
-    python benchmarks/bench_models.py                      # writes docs/benchmarks/models.{md,json}
-    python benchmarks/bench_models.py --device cpu --threads 2
-    python benchmarks/bench_models.py --vectors item_vectors.npy --out-dir /some/folder
+    python -m benchmarks.bench_models                      # writes docs/benchmarks/models.{md,json}
+    python -m benchmarks.bench_models --device cpu --threads 2
+    python -m benchmarks.bench_models --vectors item_vectors.npy --out-dir /some/folder
 
 Data: ``$LMRECSYS_MOVIELENS`` or ``../shared/data/movielens/ml-latest-small``. Item text vectors
 come from ``--vectors`` (a saved items × dim ``.npy`` aligned with the catalogue sorted by movie
@@ -23,31 +23,26 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
-import resource
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from benchmarks.common import machine_summary, movielens_dir, peak_rss_mb, quiet_environment
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+quiet_environment()
 
+import numpy as np  # noqa: E402
+
+from components.data.atomic import atomic_write_text  # noqa: E402
 from components.data.dataset import InteractionData, Split, leave_last_out  # noqa: E402
-from components.models import build_model  # noqa: E402
-from components.evaluation.splits import evaluate_on_split, global_time_split, shuffled_split  # noqa: E402
-from components.settings import LOCAL_MOVIELENS, PROJECT_ROOT  # noqa: E402
 from components.data.sources import read_movielens  # noqa: E402
+from components.evaluation.splits import evaluate_on_split, global_time_split, shuffled_split  # noqa: E402
+from components.models import build_model  # noqa: E402
+from components.settings import PROJECT_ROOT  # noqa: E402
 
 CANDIDATES = ["popularity", "lm_content", "ease", "sasrec", "lm_sasrec"]
 SEQUENTIAL = ["sasrec", "lm_sasrec"]
 METRIC_KEYS = ("hr@10", "ndcg@10", "mrr@10", "recall@20")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB (Linux reports KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def run_candidate(name: str, config: dict, split: Split, vectors: np.ndarray, *, samples: int, seed: int) -> dict:
@@ -69,14 +64,18 @@ def run_candidate(name: str, config: dict, split: Split, vectors: np.ndarray, *,
         "cold_users": result.cold_users,
         "train_seconds": round(train_seconds, 2),
         "inference_seconds": round(inference_seconds, 2),
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     for attribute in ("chosen_l2", "best_epoch", "train_seconds_per_epoch"):
         if hasattr(model, attribute):
             row[attribute] = getattr(model, attribute)
     if hasattr(model, "validation_curve"):
         row["epochs_run"] = len(model.validation_curve)
-    print(f"{name:>10}: HR@10 {result.metrics['hr@10']:.4f}  NDCG@10 {result.metrics['ndcg@10']:.4f}  train {train_seconds:.1f}s", flush=True)
+    print(
+        f"{name:>10}: HR@10 {result.metrics['hr@10']:.4f}  NDCG@10 {result.metrics['ndcg@10']:.4f}  "
+        f"train {train_seconds:.1f}s",
+        flush=True,
+    )
     return row
 
 
@@ -99,66 +98,84 @@ def cell(row: dict, key: str) -> str:
 
 def markdown(report: dict) -> str:
     """The report as markdown tables."""
-    header = "| model | HR@10 | NDCG@10 | MRR@10 | Recall@20 | coverage@10 | cold HR@10 (users) | train s | inference s | peak RSS MiB |"
+    header = (
+        "| model | HR@10 | NDCG@10 | MRR@10 | Recall@20 | coverage@10 | cold HR@10 (users) | train s "
+        "| inference s | peak RSS MiB |"
+    )
     rule = "|---|---|---|---|---|---|---|---|---|---|"
 
     def table(rows: list[dict]) -> list[str]:
         lines = [header, rule]
         for row in rows:
-            extra = f" (λ={row['chosen_l2']:g})" if "chosen_l2" in row else (f" (epoch {row['best_epoch']})" if "best_epoch" in row else "")
+            if "chosen_l2" in row:
+                extra = f" (λ={row['chosen_l2']:g})"
+            else:
+                extra = f" (epoch {row['best_epoch']})" if "best_epoch" in row else ""
             lines.append(
-                f"| {row['model']}{extra} | {cell(row, 'hr@10')} | {cell(row, 'ndcg@10')} | {cell(row, 'mrr@10')} | {cell(row, 'recall@20')} "
-                f"| {row['coverage@10']:.4f} | {row['cold'].get('hr@10', 0.0):.4f} ({row['cold_users']}) | {row['train_seconds']:.1f} "
+                f"| {row['model']}{extra} | {cell(row, 'hr@10')} | {cell(row, 'ndcg@10')} | {cell(row, 'mrr@10')} "
+                f"| {cell(row, 'recall@20')} | {row['coverage@10']:.4f} "
+                f"| {row['cold'].get('hr@10', 0.0):.4f} ({row['cold_users']}) | {row['train_seconds']:.1f} "
                 f"| {row['inference_seconds']:.2f} | {row['peak_rss_mb']:.0f} |"
             )
         return lines
 
     machine = report["machine"]
+    time_split = report["time_split"]
     lines = [
         "# Recommender benchmark (ml-latest-small)",
         "",
         f"Command: `{report['command']}`  ",
-        f"Machine: {machine['description']}; torch device `{machine['device']}`, {machine['torch_threads']} torch threads.  ",
-        f"Date: {report['date']}. Users evaluated: {report['users']}; items: {report['items']}; full ranking, pessimistic ties; 95% bootstrap intervals ({report['bootstrap_samples']} samples).",
+        f"Machine: {machine['description']}; torch device `{machine['device']}`, "
+        f"{machine['torch_threads']} torch threads.  ",
+        f"Date: {report['date']}. Users evaluated: {report['users']}; items: {report['items']}; full ranking, "
+        f"pessimistic ties; 95% bootstrap intervals ({report['bootstrap_samples']} samples).",
         "",
         "## Fixed protocol (leave-last-out; tuning and early stopping on the validation item)",
         "",
         *table(report["fixed"]),
         "",
-        f"Total training time of the candidate set: {report['total_train_seconds']:.1f} s; process peak RSS {report['peak_rss_mb']:.0f} MiB.",
+        f"Total training time of the candidate set: {report['total_train_seconds']:.1f} s; "
+        f"process peak RSS {report['peak_rss_mb']:.0f} MiB.",
         "",
         "## Order control: the sequential models on shuffled training order",
         "",
         *table(report["shuffled"]),
         "",
-        f"## Global time split (train before the {report['time_split']['test_quantile']:.0%} timestamp quantile, score each user's first later interaction; {report['time_split']['users']} users)",
+        f"## Global time split (train before the {time_split['test_quantile']:.0%} timestamp quantile, "
+        f"score each user's first later interaction; {time_split['users']} users)",
         "",
-        *table(report["time_split"]["rows"]),
+        *table(time_split["rows"]),
         "",
     ]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", default=str(PROJECT_ROOT / "docs" / "benchmarks"), help="where models.md and models.json go")
+    parser.add_argument(
+        "--out-dir", default=str(PROJECT_ROOT / "docs" / "benchmarks"), help="where models.md and models.json go"
+    )
     parser.add_argument("--vectors", default=None, help="saved item text vectors (.npy)")
-    parser.add_argument("--device", default=None, help="torch device for the sequential models (default: CUDA if present)")
+    parser.add_argument(
+        "--device", default=None, help="torch device for the sequential models (default: CUDA if present)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--configs", default="{}", help='JSON {"model": {config overrides}}')
     parser.add_argument("--bootstrap-samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the shuffled order")
     parser.add_argument("--skip-time-split", action="store_true")
     parser.add_argument("--machine", default=None, help="machine description for the report")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
 
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    data_dir = Path(os.environ.get("LMRECSYS_MOVIELENS", LOCAL_MOVIELENS))
-    if not (data_dir / "ratings.csv").exists():
-        raise SystemExit(f"no MovieLens data at {data_dir}; set LMRECSYS_MOVIELENS to an ml-latest-small folder")
+    data_dir = movielens_dir(require=True)
     source = read_movielens(data_dir)
     data = InteractionData.from_frames(source.items, source.interactions)
     vectors, encode_seconds = item_vectors(data_dir, args.vectors)
@@ -183,10 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
         time_rows = [run_candidate(name, config(name), by_time, vectors, **common) for name in CANDIDATES]
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
     report = {
-        "command": "python benchmarks/bench_models.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.bench_models " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": dt.date.today().isoformat(),
         "machine": {
-            "description": args.machine or f"{os.cpu_count()} CPUs, {platform.machine()}" + (f", {gpu}" if gpu else ""),
+            "description": args.machine or machine_summary() + (f", {gpu}" if gpu else ""),
             "device": device,
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
@@ -199,14 +216,11 @@ def main(argv: list[str] | None = None) -> dict:
         "total_train_seconds": round(sum(row["train_seconds"] for row in fixed), 1),
         "shuffled": shuffled,
         "time_split": {"test_quantile": 0.9, "val_quantile": 0.8, "users": time_users, "rows": time_rows},
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out / "models.json", json.dumps(report, indent=2, default=float)), (out / "models.md", markdown(report))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    atomic_write_text(out / "models.json", json.dumps(report, indent=2, default=float))
+    atomic_write_text(out / "models.md", markdown(report))
     print(markdown(report))
     return report
 

@@ -1,6 +1,6 @@
 """Benchmark: in-process pipeline wall time per stage, and `bentoml serve` start-up time.
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--max-users N] [--out docs/benchmarks/pipeline.md]
+    .venv/bin/python -m benchmarks.bench_pipeline [--max-users N] [--out docs/benchmarks/pipeline.md]
 
 The first pipeline run encodes every item; the second (same data plus a few feedback events) hits
 the embedding cache, which is what a feedback-triggered retrain costs.
@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-for _name, _value in (("GX_ANALYTICS_ENABLED", "False"), ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1"), ("BENTOML_DO_NOT_TRACK", "True"), ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
-    os.environ.setdefault(_name, _value)
+from benchmarks.common import peak_rss_mb, quiet_environment, vm_summary
+
+quiet_environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
+
+from components.settings import PROJECT_ROOT  # noqa: E402
 
 
 def timed_run(settings, run_key: str) -> dict:
@@ -43,14 +40,19 @@ def timed_run(settings, run_key: str) -> dict:
     registration = step("register", pipeline.stage_register, settings, report)
     decision = step("promote", pipeline.stage_promote, settings, registration)
     times["total"] = round(time.perf_counter() - started, 2)
-    return {"stages_s": times, "decision": decision["decision"], "version": decision["version"], "model": decision["model_kind"]}
+    return {
+        "stages_s": times,
+        "decision": decision["decision"],
+        "version": decision["version"],
+        "model": decision["model_kind"],
+    }
 
 
 def service_start(data_root: Path) -> float:
     from devtools.stack import BentoServer
 
     started = time.perf_counter()
-    server = BentoServer({"LMRECSYS_DATA_ROOT": str(data_root)}, data_root / "logs", ROOT)
+    server = BentoServer({"LMRECSYS_DATA_ROOT": str(data_root)}, data_root / "logs", PROJECT_ROOT)
     try:
         server.wait_ready(timeout=300)
         return round(time.perf_counter() - started, 2)
@@ -58,10 +60,36 @@ def service_start(data_root: Path) -> float:
         server.stop()
 
 
+def markdown(result: dict, max_users: int | None, candidates: list[str]) -> str:
+    first, second, start_s = result["first"], result["incremental"], result["service_start_s"]
+    stages = list(first["stages_s"])
+    users_flag = f" --max-users {max_users}" if max_users else ""
+    lines = [
+        "# Pipeline wall time and service start",
+        "",
+        f"Command: `.venv/bin/python -m benchmarks.bench_pipeline{users_flag}` · "
+        f"machine: {vm_summary()} · candidates: {', '.join(candidates)} · "
+        f"data: ml-latest-small{' (first ' + str(max_users) + ' users)' if max_users else ''}.",
+        "In-process stage functions (what each Airflow task calls), without Airflow's own overhead.",
+        "",
+        "| run | " + " | ".join(stages) + " |",
+        "|---|" + "---|" * len(stages),
+        "| first (encodes every item) | " + " | ".join(str(first["stages_s"][s]) for s in stages) + " |",
+        "| incremental (5 feedback events, embedding cache hit) | "
+        + " | ".join(str(second["stages_s"][s]) for s in stages)
+        + " |",
+        "",
+        f"`bentoml serve` from start to `/readyz` 200 with the champion loaded: **{start_s} s**. "
+        f"Peak RSS of the pipeline process: {result['peak_rss_mb']} MB.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-users", type=int, default=None)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "pipeline.md"))
+    parser.add_argument("--out", default=str(PROJECT_ROOT / "docs" / "benchmarks" / "pipeline.md"))
     args = parser.parse_args()
     from components.feedback.store import FeedbackEvent, FeedbackStore
     from components.settings import load_settings
@@ -73,27 +101,10 @@ def main() -> None:
         store.append([FeedbackEvent("1", str(item), "like") for item in (1, 2, 3, 4, 5)])
         second = timed_run(settings, "second")
         start_s = service_start(Path(tmp))
-    result = {"first": first, "incremental": second, "service_start_s": start_s, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    result = {"first": first, "incremental": second, "service_start_s": start_s, "peak_rss_mb": round(peak_rss_mb())}
     print(json.dumps(result, indent=2))
-    stages = list(first["stages_s"])
-    lines = [
-        "# Pipeline wall time and service start",
-        "",
-        f"Command: `.venv/bin/python benchmarks/bench_pipeline.py{' --max-users ' + str(args.max_users) if args.max_users else ''}` · "
-        f"machine: {os.cpu_count()}-core CPU VM, Python {platform.python_version()} · date: {time.strftime('%Y-%m-%d')} · "
-        f"candidates: {', '.join(settings.train.candidates)} · data: ml-latest-small{' (first ' + str(args.max_users) + ' users)' if args.max_users else ''}.",
-        "In-process stage functions (what each Airflow task calls), without Airflow's own overhead.",
-        "",
-        "| run | " + " | ".join(stages) + " |",
-        "|---|" + "---|" * len(stages),
-        "| first (encodes every item) | " + " | ".join(str(first["stages_s"][s]) for s in stages) + " |",
-        "| incremental (5 feedback events, embedding cache hit) | " + " | ".join(str(second["stages_s"][s]) for s in stages) + " |",
-        "",
-        f"`bentoml serve` from start to `/readyz` 200 with the champion loaded: **{start_s} s**. Peak RSS of the pipeline process: {result['peak_rss_mb']} MB.",
-        "",
-    ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
+    Path(args.out).write_text(markdown(result, args.max_users, settings.train.candidates))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 Run from the project root (one torch thread, as measured)::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_quality.py                 # the reproduce set
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_quality.py --runs lm_sasrec_len200,blend_len200_ease
-    .venv/bin/python benchmarks/bench_quality.py --list                            # every named experiment
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_quality                 # the reproduce set
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_quality --runs lm_sasrec_len200,blend_len200_ease
+    .venv/bin/python -m benchmarks.bench_quality --list                            # every named experiment
 
 Writes ``docs/benchmarks/quality.md`` and ``quality.json``. Rows already in ``quality.json`` are
 kept, so experiments can be run one process at a time and the report grows; a row that is re-run
@@ -27,22 +27,18 @@ the picked ``w``. Intervals are the evaluator's 95% bootstrap intervals over use
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-for _name, _value in (
-    ("GX_ANALYTICS_ENABLED", "False"), ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"),
-    ("HF_HUB_OFFLINE", "1"), ("BENTOML_DO_NOT_TRACK", "True"),
-):
-    os.environ.setdefault(_name, _value)
+from benchmarks.common import movielens_dir, quiet_environment, utc_minute
+
+quiet_environment()
 
 import numpy as np  # noqa: E402
+
+from components.data.atomic import atomic_write_text  # noqa: E402
+from components.settings import PROJECT_ROOT  # noqa: E402
 
 MACHINE = "2-core Intel Xeon VM with AMX, shared with other jobs, 1 torch thread at the lowest priority"
 
@@ -50,18 +46,41 @@ MACHINE = "2-core Intel Xeon VM with AMX, shared with other jobs, 1 torch thread
 EXPERIMENTS: dict[str, dict] = {
     "ease": {"model": "ease", "config": {}, "note": "λ tuned on the validation side's held-out item"},
     "lm_sasrec": {"model": "lm_sasrec", "config": {}, "note": "today's default candidate"},
-    "lm_sasrec_len200": {"model": "lm_sasrec", "config": {"max_len": 200}, "note": "read the newest 200 items (the reference's setting)"},
+    "lm_sasrec_len200": {
+        "model": "lm_sasrec",
+        "config": {"max_len": 200},
+        "note": "read the newest 200 items (the reference's setting)",
+    },
     "lm_sasrec_h128": {"model": "lm_sasrec", "config": {"hidden": 128}, "note": "wider items and transformer"},
     "lm_sasrec_drop3": {"model": "lm_sasrec", "config": {"dropout": 0.3}, "note": "more dropout"},
     "lm_sasrec_lr2e3": {"model": "lm_sasrec", "config": {"lr": 2e-3}, "note": "higher learning rate"},
     "lm_sasrec_blocks3": {"model": "lm_sasrec", "config": {"blocks": 3}, "note": "one more block"},
-    "lm_sasrec_dual": {"model": "lm_sasrec", "config": {"dual_view": True}, "note": "LLM-ESR-style dual view: separate ID and text streams"},
-    "lm_sasrec_seed2": {"model": "lm_sasrec", "config": {"seed": 7}, "note": "default config, another seed (for seed ensembles)"},
+    "lm_sasrec_dual": {
+        "model": "lm_sasrec",
+        "config": {"dual_view": True},
+        "note": "LLM-ESR-style dual view: separate ID and text streams",
+    },
+    "lm_sasrec_seed2": {
+        "model": "lm_sasrec",
+        "config": {"seed": 7},
+        "note": "default config, another seed (for seed ensembles)",
+    },
     "blend_lm_sasrec_ease": {"blend": ["lm_sasrec", "ease"], "note": "z-score blend, weight tuned on validation"},
     "blend_len200_ease": {"blend": ["lm_sasrec_len200", "ease"], "note": "z-score blend, weight tuned on validation"},
-    "blend_seeds": {"blend": ["lm_sasrec", "lm_sasrec_seed2"], "weight": 0.5, "note": "two seeds of the default, equal weights (not tuned)"},
-    "blend_seeds_ease": {"blend": ["blend_seeds", "ease"], "note": "the two-seed ensemble blended with EASE, weight tuned on validation"},
-    "lm_sasrec_dual_h32": {"model": "lm_sasrec", "config": {"dual_view": True, "hidden": 32}, "note": "dual view at the default's total width (2 × 32)"},
+    "blend_seeds": {
+        "blend": ["lm_sasrec", "lm_sasrec_seed2"],
+        "weight": 0.5,
+        "note": "two seeds of the default, equal weights (not tuned)",
+    },
+    "blend_seeds_ease": {
+        "blend": ["blend_seeds", "ease"],
+        "note": "the two-seed ensemble blended with EASE, weight tuned on validation",
+    },
+    "lm_sasrec_dual_h32": {
+        "model": "lm_sasrec",
+        "config": {"dual_view": True, "hidden": 32},
+        "note": "dual view at the default's total width (2 × 32)",
+    },
 }
 REPRODUCE = ["ease", "lm_sasrec", "lm_sasrec_seed2", "blend_lm_sasrec_ease", "blend_seeds", "blend_seeds_ease"]
 """What a plain run re-computes: the baselines and the best configuration."""
@@ -69,21 +88,32 @@ WEIGHTS = [round(w, 2) for w in np.linspace(0.0, 1.0, 21)]
 
 TRIED: list[str] = [
     "**Outcome.** The best configuration by validation is `blend_seeds_ease`: two seeds of the default LM-SASRec, "
-    "averaged as per-user z-scores, then blended 0.95 : 0.05 with EASE. Test NDCG@10 0.0722 [0.0567, 0.0884] against the "
-    "default's 0.0650: better, but short of the 0.080 target, and within the default's interval. It costs two LM-SASRec "
-    "fits plus one EASE fit per side (about 2× the default's training). No single-model change beat the default on validation.",
+    "averaged as per-user z-scores, then blended 0.95 : 0.05 with EASE. Test NDCG@10 0.0722 [0.0567, 0.0884] against "
+    "the "
+    "default's 0.0650: better, but short of the 0.080 target, and within the default's interval. It costs two "
+    "LM-SASRec "
+    "fits plus one EASE fit per side (about 2× the default's training). No single-model change beat the default on "
+    "validation.",
     "**max_len 200** (the reference's setting): validation 0.0714, the same as max_len 50; test 0.0655 (+0.0005). "
-    "About 4× the seconds per epoch on one thread (self-attention and twice as many training positions). Not worth it here.",
+    "About 4× the seconds per epoch on one thread (self-attention and twice as many training positions). Not worth it "
+    "here.",
     "**Dual view** (opt-in `dual_view`, LLM-ESR style: separate ID and text transformer streams, outputs and item "
-    "representations concatenated): worse, validation 0.0663 and test 0.0522, at roughly 1.2–1.3× the cost per epoch and more epochs.",
+    "representations concatenated): worse, validation 0.0663 and test 0.0522, at roughly 1.2–1.3× the cost per epoch "
+    "and more epochs.",
     "**hidden 128**: validation 0.0668 (below the default's 0.0714), test 0.0659; about 1.2× the default's fit time "
     "(fewer epochs, dearer ones). Not chosen.",
-    "**A second seed** of the default (seed 7): validation 0.0675, test 0.0647: the seed alone moves validation by ~0.004.",
-    "**Seed ensemble** (equal-weight z-score average of the two seeds, no weight tuned): test 0.0657, barely above one model.",
-    "**LM-SASRec + EASE blend** (per-user z-scores, weight picked on validation over 0, 0.05, ..., 1): the weight lands at "
-    "0.95 every time; validation +0.003 to +0.005, test +0.001 (one model), +0.004 (max_len 200) and +0.0065 (two seeds).",
-    "Other blend normalisations, tried on validation only (cached scores, not in the table): temperature log-softmax and "
-    "reciprocal-rank fusion reached the same validation range as the z-score blend (0.074 to 0.078), so the simplest one stays.",
+    "**A second seed** of the default (seed 7): validation 0.0675, test 0.0647: the seed alone moves validation by "
+    "~0.004.",
+    "**Seed ensemble** (equal-weight z-score average of the two seeds, no weight tuned): test 0.0657, barely above "
+    "one model.",
+    "**LM-SASRec + EASE blend** (per-user z-scores, weight picked on validation over 0, 0.05, ..., 1): the weight "
+    "lands at "
+    "0.95 every time; validation +0.003 to +0.005, test +0.001 (one model), +0.004 (max_len 200) and +0.0065 (two "
+    "seeds).",
+    "Other blend normalisations, tried on validation only (cached scores, not in the table): temperature log-softmax "
+    "and "
+    "reciprocal-rank fusion reached the same validation range as the z-score blend (0.074 to 0.078), so the simplest "
+    "one stays.",
     "Not tried for lack of time on two shared cores: dropout, learning rate and block-count sweeps (named in `--list`, "
     "runnable); more than two seeds.",
 ]
@@ -121,7 +151,9 @@ def item_vectors(source, data, cache: Path) -> np.ndarray:
 def metrics(scores: np.ndarray, histories, targets, train) -> dict:
     from components.evaluation.metrics import evaluate_scores
 
-    result = evaluate_scores(scores, histories, targets, train_counts=train.item_counts(), bootstrap_samples=1000, seed=0)
+    result = evaluate_scores(
+        scores, histories, targets, train_counts=train.item_counts(), bootstrap_samples=1000, seed=0
+    )
     out = {}
     for name in ("ndcg@10", "hr@10", "mrr@10", "recall@20"):
         low, high = result.intervals[name]
@@ -187,11 +219,13 @@ def run_blend(name: str, spec: dict, split, cache: Path, rows: dict) -> dict:
     curve = []
     grid = [spec["weight"]] if "weight" in spec else WEIGHTS  # a fixed weight is not tuned
     for weight in grid:
-        ranks = target_ranks((weight * za + (1 - weight) * zb).astype(np.float32), split.val_histories, split.val_targets)
+        blended = (weight * za + (1 - weight) * zb).astype(np.float32)
+        ranks = target_ranks(blended, split.val_histories, split.val_targets)
         curve.append(round(float(per_user_metrics(ranks)["ndcg@10"].mean()), 4))
     weight = grid[int(np.argmax(curve))]
     val = (weight * za + (1 - weight) * zb).astype(np.float32)
-    test = (weight * zscore(a["test"], split.test_histories) + (1 - weight) * zscore(b["test"], split.test_histories)).astype(np.float32)
+    test = weight * zscore(a["test"], split.test_histories) + (1 - weight) * zscore(b["test"], split.test_histories)
+    test = test.astype(np.float32)
     np.savez(cache / f"{name}.npz", val=val, test=test)  # a blend can be a part of another blend
     fit_seconds = sum(rows.get(part, {}).get("fit_seconds", float("nan")) for part in (first, second))
     return {
@@ -228,16 +262,24 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}` (rows accumulate across runs; each row's date is in quality.json).  ",
         f"Machine: {report['machine']}.  ",
-        f"Date: {report['date']}. Users evaluated: {report['users']}; items: {report['items']}. Fixed protocol: leave-last-out, "
-        "full ranking over the catalogue, seen items excluded, pessimistic ties; 95% bootstrap intervals over users (1000 samples).",
+        f"Date: {report['date']}. Users evaluated: {report['users']}; items: {report['items']}. Fixed protocol: "
+        "leave-last-out, "
+        "full ranking over the catalogue, seen items excluded, pessimistic ties; 95% bootstrap intervals over users "
+        "(1000 samples).",
         "",
-        "Validation is each user's second-to-last item (all tuning, early stopping and blend weights use it); test is the last "
-        "item, read once per configuration. A sequential model's validation and test numbers come from one early-stopped fit "
-        "(the train stage's fit); fit seconds are that fit's wall time on one thread. A blend's fit seconds are the sum of its parts'.",
+        "Validation is each user's second-to-last item (all tuning, early stopping and blend weights use it); test is "
+        "the last "
+        "item, read once per configuration. A sequential model's validation and test numbers come from one "
+        "early-stopped fit "
+        "(the train stage's fit); fit seconds are that fit's wall time on one thread. A blend's fit seconds are the "
+        "sum of its parts'.",
         "",
-        "Caveats. A sequential model's validation figure is slightly optimistic: early stopping picked its best epoch on the "
-        "same item. Fit seconds move with the load other work puts on the shared machine (the default configuration took "
-        "6.3 s per epoch in one run and 4.1 s in another), so compare seconds per epoch within a few tens of percent only.",
+        "Caveats. A sequential model's validation figure is slightly optimistic: early stopping picked its best epoch "
+        "on the "
+        "same item. Fit seconds move with the load other work puts on the shared machine (the default configuration "
+        "took "
+        "6.3 s per epoch in one run and 4.1 s in another), so compare seconds per epoch within a few tens of percent "
+        "only.",
         "",
         "| config | settings | validation NDCG@10 | test NDCG@10 | test HR@10 | best epoch / run | fit s (s/epoch) |",
         "|---|---|---|---|---|---|---|",
@@ -255,17 +297,20 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    from components.data.dataset import leave_last_out
-    from components.settings import LOCAL_MOVIELENS
-
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default=",".join(REPRODUCE), help="comma-separated experiment names (see --list)")
     parser.add_argument("--list", action="store_true", help="print the named experiments and exit")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--cache-dir", type=Path, default=ROOT / ".lmrecsys-bench" / "quality")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "benchmarks")
-    args = parser.parse_args(argv)
+    parser.add_argument("--cache-dir", type=Path, default=PROJECT_ROOT / ".lmrecsys-bench" / "quality")
+    parser.add_argument("--out-dir", type=Path, default=PROJECT_ROOT / "docs" / "benchmarks")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from components.data.dataset import leave_last_out
+
+    args = parse_args(argv)
     if args.list:
         for name, spec in EXPERIMENTS.items():
             print(f"{name:>22}: {spec.get('config', spec.get('blend'))}  {spec['note']}")
@@ -274,9 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    data_dir = Path(os.environ.get("LMRECSYS_MOVIELENS", LOCAL_MOVIELENS))
-    if not (data_dir / "ratings.csv").exists():
-        raise SystemExit(f"no MovieLens data at {data_dir}; set LMRECSYS_MOVIELENS to an ml-latest-small folder")
+    data_dir = movielens_dir(require=True)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.out_dir / "quality.json"
@@ -295,23 +338,25 @@ def main(argv: list[str] | None = None) -> dict:
             row = run_blend(name, spec, split, args.cache_dir, report["rows"])
         else:
             row = run_model(name, spec, split, vectors, args.cache_dir, args.threads)
-        row["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        row["date"] = utc_minute()
         report["rows"][name] = row
-        print(f"{name}: val NDCG@10 {cell(row['val']['ndcg@10'])}  test NDCG@10 {cell(row['test']['ndcg@10'])}  fit {row['fit_seconds']}s", flush=True)
+        print(
+            f"{name}: val NDCG@10 {cell(row['val']['ndcg@10'])}  test NDCG@10 {cell(row['test']['ndcg@10'])}  "
+            f"fit {row['fit_seconds']}s",
+            flush=True,
+        )
         report.update(
-            command="OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python benchmarks/bench_quality.py",
+            command="OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python -m benchmarks.bench_quality",
             machine=MACHINE,
-            date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+            date=time.strftime("%Y-%m-%d", time.gmtime()),
             users=len(split.test_targets),
             items=data.n_items,
             torch=torch.__version__,
             threads=args.threads,
         )
         report["tried"] = TRIED
-        for path, text in ((json_path, json.dumps(report, indent=2)), (args.out_dir / "quality.md", markdown(report))):
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+        atomic_write_text(json_path, json.dumps(report, indent=2))
+        atomic_write_text(args.out_dir / "quality.md", markdown(report))
     return report
 
 

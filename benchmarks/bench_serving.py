@@ -6,8 +6,8 @@ its own process (``apt-get install -y wrk``). Then feedback ingestion: unique ev
 as possible, and the store counted afterwards (events in the store must equal 2xx responses, up to
 the requests still in flight when wrk stops).
 
-    python benchmarks/bench_serving.py --data-root DIR   # a data root holding a champion
-    python benchmarks/bench_serving.py                   # builds one on the full ml-latest-small first
+    python -m benchmarks.bench_serving --data-root DIR   # a data root holding a champion
+    python -m benchmarks.bench_serving                   # builds one on the full ml-latest-small first
 
 Prints a Markdown table and writes it (with the raw numbers as JSON) to --out.
 """
@@ -27,12 +27,14 @@ import textwrap
 import time
 from pathlib import Path
 
-import psutil
-import requests
+from benchmarks.common import quiet_environment
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+quiet_environment()
 
+import psutil  # noqa: E402
+import requests  # noqa: E402
+
+from components.settings import PROJECT_ROOT  # noqa: E402
 from devtools.stack import BentoServer, ManagedProcess, free_port, wait_for  # noqa: E402
 
 RECOMMEND_LUA = """
@@ -119,10 +121,9 @@ def run_wrk(url: str, script: str, connections: int, seconds: int, threads: int 
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
     try:
-        done = subprocess.run(
-            ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency", "-s", handle.name, url],
-            capture_output=True, text=True, timeout=seconds + 60,
-        )
+        command = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
+        command += ["--latency", "-s", handle.name, url]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     finally:
         os.unlink(handle.name)
     if done.returncode != 0:
@@ -152,16 +153,89 @@ def build_champion(data_root: Path) -> None:
     print(run_pipeline(load_settings(data_root=data_root, train={"bootstrap_samples": 200})), flush=True)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, help="a data root with a registered champion (built when absent)")
     parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
     parser.add_argument("--warm-up", type=int, default=4, help="duration of the warm-up before each run")
-    parser.add_argument("--users", type=int, default=610, help="/recommend picks user ids uniformly from 1..USERS (610 in ml-latest-small)")
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=610,
+        help="/recommend picks user ids uniformly from 1..USERS (610 in ml-latest-small)",
+    )
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--skip-unbatched", action="store_true", help="skip the scored run with micro-batching off")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "serving.json")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def print_run(name: str, connections: int, numbers: dict) -> None:
+    print(
+        f"{name:40s} c={connections:3d} {numbers['rps']:9.1f} req/s p50 {numbers['p50_ms']:7.2f} ms "
+        f"p99 {numbers['p99_ms']:7.2f} ms errors {numbers['errors']}",
+        flush=True,
+    )
+
+
+def throughput_runs(bento: BentoServer, bare_port: int, recommend: str, sweep: str, args, results: dict) -> None:
+    """/recommend (ranking cached, then scored), BentoML's /ping and bare Starlette's, at each connection count."""
+    scored = recommend.replace('"k": 10}', '"k": 10, "exclude_seen": false}')
+    targets = [
+        ("/recommend (real champion, ranking cached)", f"{bento.base}/recommend", recommend, sweep),
+        ("/recommend (real champion, scored per request)", f"{bento.base}/recommend", scored, None),
+        ("/ping (BentoML, trivial async)", f"{bento.base}/ping", PING_LUA, None),
+        ("/ping (bare Starlette, uvicorn)", f"http://127.0.0.1:{bare_port}/ping", PING_LUA, None),
+    ]
+    for connections in args.connections:
+        for name, url, script, warm_up in targets:
+            run_wrk(url, warm_up or script, connections, args.warm_up)
+            numbers = run_wrk(url, script, connections, args.seconds)
+            results["runs"].append({"target": name, "connections": connections, **numbers})
+            print_run(name, connections, numbers)
+
+
+def feedback_runs(bento: BentoServer, feedback_db: Path, item, args, results: dict) -> None:
+    """Unique /feedback events as fast as possible; the store counted afterwards."""
+    from components.feedback.store import FeedbackStore
+
+    store = FeedbackStore(f"sqlite:///{feedback_db}")
+    for connections in args.connections:
+        before = store.count()
+        run = f"c{connections}-{os.getpid()}-{int(time.time())}"
+        script = FEEDBACK_LUA.replace("%ITEM%", str(item)).replace("%RUN%", run).replace("%%", "%")
+        numbers = run_wrk(f"{bento.base}/feedback", script, connections, args.seconds)
+        time.sleep(1)
+        stored = store.count() - before
+        lost = max(0, numbers["ok"] - stored)
+        target = "/feedback (durable, group commit)"
+        run_result = {"target": target, "connections": connections, **numbers, "stored": stored, "lost": lost}
+        results["runs"].append(run_result)
+        print(
+            f"/feedback c={connections:3d} {numbers['rps']:9.1f} events/s p50 {numbers['p50_ms']:7.2f} ms "
+            f"p99 {numbers['p99_ms']:7.2f} ms 2xx {numbers['ok']} stored {stored} lost {lost}",
+            flush=True,
+        )
+
+
+def unbatched_runs(env: dict, work: Path, recommend: str, args, results: dict) -> None:
+    """The same scored requests with micro-batching off, right after."""
+    unbatched = BentoServer({**env, "LMRECSYS_SERVING__BATCH_SCORING": "false"}, work / "bento-unbatched", PROJECT_ROOT)
+    unbatched.wait_ready(timeout=300)
+    try:
+        scored = recommend.replace('"k": 10}', '"k": 10, "exclude_seen": false}')
+        for connections in args.connections:
+            run_wrk(f"{unbatched.base}/recommend", scored, connections, args.warm_up)
+            numbers = run_wrk(f"{unbatched.base}/recommend", scored, connections, args.seconds)
+            name = "/recommend (real champion, scored per request, micro-batching off)"
+            results["runs"].append({"target": name, "connections": connections, **numbers})
+            print_run(name, connections, numbers)
+    finally:
+        unbatched.stop()
+
+
+def main() -> None:
+    args = parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
 
@@ -178,62 +252,47 @@ def main() -> None:
     bento = BentoServer(env, work / "bento", PROJECT_ROOT).wait_ready(timeout=300)
     bare_port = free_port()
     (work / "bare_app.py").write_text(BARE_APP)
+    uvicorn = ["-m", "uvicorn", "bare_app:app", "--host", "127.0.0.1", "--port", str(bare_port)]
     bare = ManagedProcess(
         "bare-starlette",
-        [sys.executable, "-m", "uvicorn", "bare_app:app", "--host", "127.0.0.1", "--port", str(bare_port), "--no-access-log", "--log-level", "warning"],
-        {**os.environ}, work / "bare", cwd=work,
+        [sys.executable, *uvicorn, "--no-access-log", "--log-level", "warning"],
+        {**os.environ},
+        work / "bare",
+        cwd=work,
     )
-    results: dict = {"machine": f"{psutil.cpu_count()}-core CPU, {round(psutil.virtual_memory().total / 2**30)} GiB", "python": platform.python_version(), "runs": []}
+    memory_gib = round(psutil.virtual_memory().total / 2**30)
+    results: dict = {
+        "machine": f"{psutil.cpu_count()}-core CPU, {memory_gib} GiB",
+        "python": platform.python_version(),
+        "runs": [],
+    }
     try:
-        wait_for(lambda: requests.post(f"http://127.0.0.1:{bare_port}/ping", timeout=2).ok, 30, what="bare starlette", procs=[bare])
+        wait_for(
+            lambda: requests.post(f"http://127.0.0.1:{bare_port}/ping", timeout=2).ok,
+            30,
+            what="bare starlette",
+            procs=[bare],
+        )
         info = requests.get(f"{bento.base}/info", timeout=10).json()
-        users = args.users
-        item = requests.post(f"{bento.base}/recommend", json={"user_id": 999_999, "k": 1}, timeout=10).json()["items"][0]["item_id"]
+        probe = requests.post(f"{bento.base}/recommend", json={"user_id": 999_999, "k": 1}, timeout=10).json()
+        item = probe["items"][0]["item_id"]
         results["model"] = info
-        recommend = RECOMMEND_LUA.replace("%USERS%", str(users))
-        sweep = SWEEP_LUA.replace("%USERS%", str(users)).replace("%%", "%")
-        targets = [
-            ("/recommend (real champion, ranking cached)", f"{bento.base}/recommend", recommend, sweep),
-            ("/recommend (real champion, scored per request)", f"{bento.base}/recommend", recommend.replace('"k": 10}', '"k": 10, "exclude_seen": false}'), None),
-            ("/ping (BentoML, trivial async)", f"{bento.base}/ping", PING_LUA, None),
-            ("/ping (bare Starlette, uvicorn)", f"http://127.0.0.1:{bare_port}/ping", PING_LUA, None),
-        ]
-        for connections in args.connections:
-            for name, url, script, warm_up in targets:
-                run_wrk(url, warm_up or script, connections, args.warm_up)
-                numbers = run_wrk(url, script, connections, args.seconds)
-                results["runs"].append({"target": name, "connections": connections, **numbers})
-                print(f"{name:40s} c={connections:3d} {numbers['rps']:9.1f} req/s p50 {numbers['p50_ms']:7.2f} ms p99 {numbers['p99_ms']:7.2f} ms errors {numbers['errors']}", flush=True)
+        recommend = RECOMMEND_LUA.replace("%USERS%", str(args.users))
+        sweep = SWEEP_LUA.replace("%USERS%", str(args.users)).replace("%%", "%")
+        throughput_runs(bento, bare_port, recommend, sweep, args, results)
         results["rss_mb_worker"], results["rss_mb_tree"] = tree_rss_mb(bento)
-
-        from components.feedback.store import FeedbackStore
-
-        store = FeedbackStore(f"sqlite:///{feedback_db}")
-        for connections in args.connections:
-            before = store.count()
-            numbers = run_wrk(f"{bento.base}/feedback", FEEDBACK_LUA.replace("%ITEM%", str(item)).replace("%RUN%", f"c{connections}-{os.getpid()}-{int(time.time())}").replace("%%", "%"), connections, args.seconds)
-            time.sleep(1)
-            stored = store.count() - before
-            lost = max(0, numbers["ok"] - stored)
-            results["runs"].append({"target": "/feedback (durable, group commit)", "connections": connections, **numbers, "stored": stored, "lost": lost})
-            print(f"/feedback c={connections:3d} {numbers['rps']:9.1f} events/s p50 {numbers['p50_ms']:7.2f} ms p99 {numbers['p99_ms']:7.2f} ms 2xx {numbers['ok']} stored {stored} lost {lost}", flush=True)
+        feedback_runs(bento, feedback_db, item, args, results)
         results["rss_mb_worker_after_feedback"], results["rss_mb_tree_after_feedback"] = tree_rss_mb(bento)
-        print(f"service RSS: largest process {results['rss_mb_worker']:.0f} MB, whole tree {results['rss_mb_tree']:.0f} MB", flush=True)
+        print(
+            f"service RSS: largest process {results['rss_mb_worker']:.0f} MB, "
+            f"whole tree {results['rss_mb_tree']:.0f} MB",
+            flush=True,
+        )
     finally:
         bento.stop()
         bare.stop()
-    if not args.skip_unbatched:  # the same scored requests with micro-batching off, right after
-        unbatched = BentoServer({**env, "LMRECSYS_SERVING__BATCH_SCORING": "false"}, work / "bento-unbatched", PROJECT_ROOT).wait_ready(timeout=300)
-        try:
-            scored = recommend.replace('"k": 10}', '"k": 10, "exclude_seen": false}')
-            for connections in args.connections:
-                run_wrk(f"{unbatched.base}/recommend", scored, connections, args.warm_up)
-                numbers = run_wrk(f"{unbatched.base}/recommend", scored, connections, args.seconds)
-                name = "/recommend (real champion, scored per request, micro-batching off)"
-                results["runs"].append({"target": name, "connections": connections, **numbers})
-                print(f"{name:40s} c={connections:3d} {numbers['rps']:9.1f} req/s p50 {numbers['p50_ms']:7.2f} ms p99 {numbers['p99_ms']:7.2f} ms errors {numbers['errors']}", flush=True)
-        finally:
-            unbatched.stop()
+    if not args.skip_unbatched:
+        unbatched_runs(env, work, recommend, args, results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")

@@ -1,6 +1,6 @@
 """Benchmark: one fit per run, the served model against a cold refit, and warm against cold starts.
 
-    .venv/bin/python benchmarks/bench_training.py [--model lm_sasrec] [--out docs/benchmarks/training.md]
+    .venv/bin/python -m benchmarks.bench_training [--model lm_sasrec] [--out docs/benchmarks/training.md]
 
 On ml-latest-small, each user's newest interaction is hidden from everything below (``future``);
 ``past`` is the rest, what a pipeline run would have seen.
@@ -21,19 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-for _name, _value in (("GX_ANALYTICS_ENABLED", "False"), ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1"), ("BENTOML_DO_NOT_TRACK", "True")):
-    os.environ.setdefault(_name, _value)
+from benchmarks.common import machine_facts, quiet_environment
+
+quiet_environment()
 
 import numpy as np  # noqa: E402
+
+from components.settings import PROJECT_ROOT  # noqa: E402
 
 
 def load(data_root: Path):
@@ -53,8 +50,12 @@ def load(data_root: Path):
 def interval(model, histories, targets, train_counts, samples: int = 1000) -> dict:
     from components.evaluation.metrics import evaluate_scores
 
-    result = evaluate_scores(model.score(histories), histories, targets, train_counts=train_counts, bootstrap_samples=samples, seed=0).flat()
-    return {key: round(float(result[key]), 4) for key in ("ndcg_at_10", "ndcg_at_10_low", "ndcg_at_10_high", "hr_at_10", "hr_at_10_low", "hr_at_10_high")}
+    scores = model.score(histories)
+    result = evaluate_scores(
+        scores, histories, targets, train_counts=train_counts, bootstrap_samples=samples, seed=0
+    ).flat()
+    keys = ("ndcg_at_10", "ndcg_at_10_low", "ndcg_at_10_high", "hr_at_10", "hr_at_10_low", "hr_at_10_high")
+    return {key: round(float(result[key]), 4) for key in keys}
 
 
 def epochs_to_reach(curve: list[float], start: float | None, level: float) -> int | None:
@@ -66,27 +67,21 @@ def epochs_to_reach(curve: list[float], start: float | None, level: float) -> in
     return None
 
 
-def main() -> None:
-    from components.data.dataset import InteractionData, leave_last_out
-    from components.models import build_model
-
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="lm_sasrec")
     parser.add_argument("--config", default="{}", help="JSON config overrides for the model")
-    parser.add_argument("--data-root", type=Path, default=ROOT / ".lmrecsys-bench")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "training.json")
-    args = parser.parse_args()
-    config = {"progress": False, **json.loads(args.config)}
+    parser.add_argument("--data-root", type=Path, default=PROJECT_ROOT / ".lmrecsys-bench")
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs" / "benchmarks" / "training.json")
+    return parser.parse_args()
 
-    data, vectors = load(args.data_root)
-    keep = [len(h) >= 4 for h in data.histories]
-    past = InteractionData(data.catalogue, data.user_ids, [h.head(-1) if k else h for h, k in zip(data.histories, keep)])
-    future_histories = [h for h, k in zip(past.histories, keep) if k]
-    future_targets = np.array([h.items[-1] for h, k in zip(data.histories, keep) if k], dtype=np.int64)
-    counts = past.item_counts()
-    results: dict = {"model": args.model, "config": config, "users_scored": len(future_targets)}
-    timings = {}
 
+def served_model(args, config: dict, past, vectors, future, counts, results: dict, timings: dict):
+    """The evaluation fit, served as is and after 2 and 5 more epochs; returns it and its state."""
+    from components.data.dataset import leave_last_out
+    from components.models import build_model
+
+    future_histories, future_targets = future
     started = time.perf_counter()
     evaluation = build_model(args.model, config).fit(leave_last_out(past).test_train, vectors)
     timings["evaluation_fit_s"] = round(time.perf_counter() - started, 1)
@@ -102,18 +97,12 @@ def main() -> None:
         served.continue_training(past)
         timings[f"continue_{extra}_s"] = round(time.perf_counter() - started, 1)
         results[f"served_plus_{extra}_epochs"] = interval(served, future_histories, future_targets, counts)
+    return evaluation, champion_state
 
-    started = time.perf_counter()
-    cold = build_model(args.model, config).fit(past, vectors)
-    timings["cold_refit_s"] = round(time.perf_counter() - started, 1)
-    results["cold_refit"] = interval(cold, future_histories, future_targets, counts)
-    results["cold_fit"] = {"best_epoch": cold.best_epoch, "epochs_run": cold.epochs_run, "best_val_ndcg": round(max(cold.validation_curve), 4)}
 
-    # the cold fit's validation set is each user's newest item of past: what the warm fit stops on
-    val = [(h.head(-1), int(h.items[-1])) for h in past.histories if len(h) >= 2]
-    val_histories, val_targets = [h for h, _ in val], np.array([t for _, t in val], dtype=np.int64)
-    cold_val = interval(cold, val_histories, val_targets, leave_last_out(data).test_train.item_counts())
-    results["cold_val_interval"] = cold_val
+def warm_fit(args, config: dict, data, past, vectors, evaluation, champion_state, timings: dict):
+    """A fit on ``past`` that starts from the champion's weights."""
+    from components.models import build_model
 
     source = build_model(args.model, config)
     source.n_items = evaluation.n_items
@@ -123,8 +112,49 @@ def main() -> None:
     started = time.perf_counter()
     warm.fit(past, vectors)  # == leave_last_out(past + new events).test_train
     timings["warm_fit_s"] = round(time.perf_counter() - started, 1)
+    return warm
+
+
+def main() -> None:
+    from components.data.dataset import InteractionData, leave_last_out
+    from components.models import build_model
+
+    args = parse_args()
+    config = {"progress": False, **json.loads(args.config)}
+
+    data, vectors = load(args.data_root)
+    keep = [len(h) >= 4 for h in data.histories]
+    past_histories = [h.head(-1) if k else h for h, k in zip(data.histories, keep)]
+    past = InteractionData(data.catalogue, data.user_ids, past_histories)
+    future_histories = [h for h, k in zip(past.histories, keep) if k]
+    future_targets = np.array([h.items[-1] for h, k in zip(data.histories, keep) if k], dtype=np.int64)
+    future = (future_histories, future_targets)
+    counts = past.item_counts()
+    results: dict = {"model": args.model, "config": config, "users_scored": len(future_targets)}
+    timings = {}
+    evaluation, champion_state = served_model(args, config, past, vectors, future, counts, results, timings)
+
+    started = time.perf_counter()
+    cold = build_model(args.model, config).fit(past, vectors)
+    timings["cold_refit_s"] = round(time.perf_counter() - started, 1)
+    results["cold_refit"] = interval(cold, future_histories, future_targets, counts)
+    results["cold_fit"] = {
+        "best_epoch": cold.best_epoch,
+        "epochs_run": cold.epochs_run,
+        "best_val_ndcg": round(max(cold.validation_curve), 4),
+    }
+
+    # the cold fit's validation set is each user's newest item of past: what the warm fit stops on
+    val = [(h.head(-1), int(h.items[-1])) for h in past.histories if len(h) >= 2]
+    val_histories, val_targets = [h for h, _ in val], np.array([t for _, t in val], dtype=np.int64)
+    cold_val = interval(cold, val_histories, val_targets, leave_last_out(data).test_train.item_counts())
+    results["cold_val_interval"] = cold_val
+
+    warm = warm_fit(args, config, data, past, vectors, evaluation, champion_state, timings)
     results["warm_fit"] = {
-        "best_epoch": warm.best_epoch, "epochs_run": warm.epochs_run, "start_val_ndcg": round(warm.warm_start_score, 4),
+        "best_epoch": warm.best_epoch,
+        "epochs_run": warm.epochs_run,
+        "start_val_ndcg": round(warm.warm_start_score, 4),
         "best_val_ndcg": round(max([warm.warm_start_score, *warm.validation_curve]), 4),
     }
     level = cold_val["ndcg_at_10_low"]
@@ -135,17 +165,9 @@ def main() -> None:
         "cold_best_epoch": cold.best_epoch,
     }
     results["timings"] = timings
-    results["machine"] = {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    results["machine"] = machine_facts()
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
-        return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), platform.processor())
-    except (OSError, subprocess.SubprocessError):
-        return platform.processor()
 
 
 if __name__ == "__main__":

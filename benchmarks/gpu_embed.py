@@ -5,7 +5,7 @@ with a suffix so lengths and tokens differ), encodes them with :class:`component
 on CUDA at each precision, and prints JSON: items/s per precision and agreement with fp32
 (mean and minimum cosine, top-10 neighbour overlap on a 10,000-item sample).
 
-    .venv/bin/python benchmarks/gpu_embed.py [--items 100000] [--batch-size 256] [--movielens DIR]
+    .venv/bin/python -m benchmarks.gpu_embed [--items 100000] [--batch-size 256] [--movielens DIR]
 
 The MovieLens folder defaults to ../shared/data/movielens/ml-latest-small beside the project,
 or LMRECSYS_BENCH_MOVIELENS. Needs nothing beyond the project's virtual environment.
@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import (
+    EMBED_MOVIELENS_ENV,
+    movielens_dir,
+    movielens_texts,
+    neighbour_overlap,
+    quiet_environment,
+    top_k_neighbours,
+)
+
+quiet_environment(TOKENIZERS_PARALLELISM="true")
 
 import numpy as np  # noqa: E402
 
@@ -43,29 +49,19 @@ VARIATIONS = [
 
 def synthetic_texts(folder: Path, n: int) -> list[str]:
     """n texts: every MovieLens item text, then the same with varied suffixes, round-robin."""
-    from components.embed import item_texts
-    from components.data.sources import read_movielens
-
-    base = item_texts(read_movielens(folder).items.sort_values("item_id"))
+    base = movielens_texts(folder)
     return [base[i % len(base)] + VARIATIONS[(i // len(base)) % len(VARIATIONS)] for i in range(n)]
-
-
-def top_k(vectors: np.ndarray, k: int = 10) -> np.ndarray:
-    similarity = vectors @ vectors.T
-    np.fill_diagonal(similarity, -np.inf)
-    return np.argpartition(-similarity, k, axis=1)[:, :k]
 
 
 def main() -> None:
     import torch
 
     from components.embed import TextEncoder
-    from components.settings import LOCAL_MOVIELENS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--movielens", default=os.environ.get("LMRECSYS_BENCH_MOVIELENS", str(LOCAL_MOVIELENS)))
+    parser.add_argument("--movielens", default=str(movielens_dir(EMBED_MOVIELENS_ENV)))
     parser.add_argument("--dtypes", default="float32,float16,bfloat16")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -98,12 +94,11 @@ def main() -> None:
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
         }
         if reference is None:
-            reference, reference_neighbours = vectors, top_k(vectors[sample])
+            reference, reference_neighbours = vectors, top_k_neighbours(vectors[sample])
         else:
             cosines = (vectors * reference).sum(axis=1)
-            neighbours = top_k(vectors[sample])
-            overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(neighbours, reference_neighbours)])
-            entry.update(cosine_mean=float(cosines.mean()), cosine_min=float(cosines.min()), top10_overlap=float(overlap))
+            overlap = neighbour_overlap(top_k_neighbours(vectors[sample]), reference_neighbours)
+            entry.update(cosine_mean=float(cosines.mean()), cosine_min=float(cosines.min()), top10_overlap=overlap)
         report["results"][dtype] = entry
         print(f"{dtype}: {entry['items_per_s']:.0f} items/s", file=sys.stderr)
         del encoder

@@ -2,8 +2,8 @@
 
 Run from the project root::
 
-    python benchmarks/gpu_sasrec.py                   # CUDA (if present) and a 2-thread CPU
-    python benchmarks/gpu_sasrec.py --epochs 5 --cpu-threads 2 --vectors item_vectors.npy
+    python -m benchmarks.gpu_sasrec                   # CUDA (if present) and a 2-thread CPU
+    python -m benchmarks.gpu_sasrec --epochs 5 --cpu-threads 2 --vectors item_vectors.npy
 
 The data comes from ``$LMRECSYS_MOVIELENS`` or ``../shared/data/movielens/ml-latest-small``.
 LM-SASRec needs item text vectors: ``--vectors`` loads a saved (items × dim) ``.npy`` aligned
@@ -21,16 +21,16 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from benchmarks.common import movielens_dir, quiet_environment
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+quiet_environment()
+
+import numpy as np  # noqa: E402
 
 from components.data.dataset import InteractionData, leave_last_out  # noqa: E402
-from components.settings import LOCAL_MOVIELENS  # noqa: E402
 from components.data.sources import read_movielens  # noqa: E402
 
 
@@ -45,7 +45,9 @@ def item_vectors(data_dir: Path, vectors_path: str | None) -> np.ndarray:
     return load_encoder(None).encode(item_texts(items), batch_size=256)
 
 
-def time_epochs(name: str, data: InteractionData, vectors: np.ndarray, device: str, epochs: int, threads: int | None, config: dict) -> dict:
+def time_epochs(
+    name: str, data: InteractionData, vectors: np.ndarray, device: str, epochs: int, threads: int | None, config: dict
+) -> dict:
     """Train ``epochs`` epochs on ``device``; returns per-epoch seconds."""
     import torch
 
@@ -65,7 +67,14 @@ def time_epochs(name: str, data: InteractionData, vectors: np.ndarray, device: s
     if device == "cuda":
         torch.cuda.synchronize()
     steady = (time.perf_counter() - started) / epochs
-    return {"model": name, "device": device, "threads": torch.get_num_threads() if device == "cpu" else None, "first_epoch_s": round(first, 3), "epoch_s": round(steady, 3), "epochs": epochs}
+    return {
+        "model": name,
+        "device": device,
+        "threads": torch.get_num_threads() if device == "cpu" else None,
+        "first_epoch_s": round(first, 3),
+        "epoch_s": round(steady, 3),
+        "epochs": epochs,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -78,9 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", default="{}", help="JSON overrides for both models' configs")
     args = parser.parse_args(argv)
 
-    data_dir = Path(os.environ.get("LMRECSYS_MOVIELENS", LOCAL_MOVIELENS))
-    if not (data_dir / "ratings.csv").exists():
-        raise SystemExit(f"no MovieLens data at {data_dir}; set LMRECSYS_MOVIELENS to an ml-latest-small folder")
+    data_dir = movielens_dir(require=True)
     source = read_movielens(data_dir)
     data = leave_last_out(InteractionData.from_frames(source.items, source.interactions)).test_train
     vectors = item_vectors(data_dir, args.vectors)
@@ -88,7 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{len(vectors)} item vectors for a catalogue of {data.n_items} items")
     config = json.loads(args.config)
     devices = (["cuda"] if torch.cuda.is_available() else []) + (["cpu"] if args.cpu_threads > 0 else [])
-    runs = [time_epochs(name, data, vectors, device, args.epochs, args.cpu_threads, config) for name in ("sasrec", "lm_sasrec") for device in devices]
+    runs = [
+        time_epochs(name, data, vectors, device, args.epochs, args.cpu_threads, config)
+        for name in ("sasrec", "lm_sasrec")
+        for device in devices
+    ]
     result = {
         "benchmark": "sasrec epoch time",
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -1,5 +1,7 @@
 """Which int8 scheme keeps the encoder's neighbours, and does int8 pay off on this CPU at all.
 
+Concluded: per-token int8 keeps 93.5% overlap; int8 is no faster than fp32 on Zen 1, see docs/benchmarks/embeddings.md
+
 Part 1, accuracy. Every linear layer of the encoder (torch, fp32) is replaced by its simulated
 int8 version ("fake quantisation": quantise, dequantise, multiply in fp32). Weights are always
 int8, symmetric, one scale per output channel. Activations are quantised one of three ways:
@@ -25,7 +27,8 @@ Part 2, speed ceiling, on the encoder's own shapes (1,150 token rows, the size o
                   integer products take one activation zero point per tensor, so the asymmetric
                   per-row scheme would also need a correction term.
 
-    .venv/bin/python benchmarks/embed_rowwise_int8.py [--schemes tensor:all,row:all,...] [--threads 2] [--json out.json]
+    .venv/bin/python -m benchmarks.research.embed_rowwise_int8 [--schemes tensor:all,row:all,...] [--threads 2]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -34,20 +37,24 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from benchmarks.common import (
+    EMBED_MOVIELENS_ENV,
+    agreement,
+    movielens_dir,
+    movielens_texts,
+    onnx_session,
+    onnx_session_options,
+    quiet_environment,
+    top_k_neighbours,
+)
+
 # Kinds take turns in one process; threads that spin after their work would slow the next kind.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+quiet_environment(TOKENIZERS_PARALLELISM="false", OMP_WAIT_POLICY="PASSIVE")
 
 import numpy as np  # noqa: E402
-
-from bench_embed import agreement, movielens_texts, top_k_neighbours  # noqa: E402
 
 DEFAULT_SCHEMES = "tensor:all,row:all,rowsym:all,row:ffn"
 LAYER_SETS = {"all": {"qkv", "attn-out", "ffn1", "ffn2"}, "ffn": {"ffn1", "ffn2"}}
@@ -91,7 +98,7 @@ def accuracy(schemes: list[tuple[str, str]], threads: int) -> list[dict]:
     from components.embed import TextEncoder
 
     torch.set_num_threads(threads)
-    texts = movielens_texts(None)
+    texts = movielens_texts(movielens_dir(EMBED_MOVIELENS_ENV))
     encoder = TextEncoder(None)
     started = time.perf_counter()
     reference = encoder.encode(texts)
@@ -105,7 +112,9 @@ def accuracy(schemes: list[tuple[str, str]], threads: int) -> list[dict]:
         for name, module in linears.items():
             if layer_kind(name) in wanted:
                 weight, bias = quantise_weight(module.weight.data), module.bias
-                module.forward = lambda x, w=weight, b=bias, m=mode: torch.nn.functional.linear(quantise_activation(x, m), w, b)
+                module.forward = lambda x, w=weight, b=bias, m=mode: torch.nn.functional.linear(
+                    quantise_activation(x, m), w, b
+                )
             else:
                 module.forward = plain[name]
         vectors = encoder.encode(texts)
@@ -118,7 +127,6 @@ def accuracy(schemes: list[tuple[str, str]], threads: int) -> list[dict]:
 
 
 def _linear_graph(kind: str, weight: np.ndarray) -> bytes:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     k, n = weight.shape
@@ -153,7 +161,9 @@ def _linear_graph(kind: str, weight: np.ndarray) -> bytes:
             helper.make_node("Max", ["raw_scale", "tiny"], ["row_scale"]),
             helper.make_node("Div", ["X", "row_scale"], ["scaled"]),
             helper.make_node("QuantizeLinear", ["scaled", "one", "z128"], ["Xq"]),
-            helper.make_node("MatMulIntegerToFloat", ["Xq", "Wq", "one", "ws", "z128"], ["partial"], domain="com.microsoft"),
+            helper.make_node(
+                "MatMulIntegerToFloat", ["Xq", "Wq", "one", "ws", "z128"], ["partial"], domain="com.microsoft"
+            ),
             helper.make_node("Mul", ["partial", "row_scale"], ["Y"]),
         ]
     else:
@@ -173,13 +183,10 @@ def _linear_graph(kind: str, weight: np.ndarray) -> bytes:
 def speed(threads: int, repeats: int = 10, rounds: int = 7) -> list[dict]:
     """Per shape, every kind in turn for each round, so a slow moment hits all kinds alike; the
     best round of each kind counts."""
-    import onnxruntime as ort
     import torch
 
     torch.set_num_threads(threads)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    options = onnx_session_options(threads)  # every graph optimisation, ONNX Runtime's default too
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     rng = np.random.default_rng(0)
@@ -187,13 +194,14 @@ def speed(threads: int, repeats: int = 10, rounds: int = 7) -> list[dict]:
     for rows, k, n in SHAPES:
         weight = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
         x = rng.standard_normal((rows, k)).astype(np.float32)
-        feeds = {"fp32": x, "int8-kernel": rng.integers(0, 256, (rows, k)).astype(np.uint8), "dynamic-int8": x, "rowsym-linear": x}
+        integers = rng.integers(0, 256, (rows, k)).astype(np.uint8)
+        feeds = {"fp32": x, "int8-kernel": integers, "dynamic-int8": x, "rowsym-linear": x}
         runners = {}
         for kind, feed in feeds.items():
-            session = ort.InferenceSession(_linear_graph(kind, weight), options, providers=["CPUExecutionProvider"])
+            session = onnx_session(_linear_graph(kind, weight), threads, options)
             runners[kind] = lambda s=session, f=feed: s.run(None, {"X": f})
         tx, tw = torch.from_numpy(x), torch.from_numpy(weight)
-        runners["torch-fp32"] = lambda: torch.matmul(tx, tw)
+        runners["torch-fp32"] = lambda a=tx, b=tw: torch.matmul(a, b)
         timing = dict.fromkeys(runners, float("inf"))
         with torch.inference_mode():
             for run in runners.values():
@@ -221,7 +229,9 @@ def speed(threads: int, repeats: int = 10, rounds: int = 7) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--schemes", default=DEFAULT_SCHEMES, help="comma-separated activations:layers, e.g. row:all,tensor:ffn")
+    parser.add_argument(
+        "--schemes", default=DEFAULT_SCHEMES, help="comma-separated activations:layers, e.g. row:all,tensor:ffn"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--json")
@@ -234,7 +244,12 @@ def main() -> None:
         schemes.append((mode, layers))
     cpu_flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     report = {
-        "machine": {"cpus": os.cpu_count(), "avx512_vnni": "avx512_vnni" in cpu_flags, "avx_vnni": "avx_vnni" in cpu_flags, "processor": platform.processor()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "avx512_vnni": "avx512_vnni" in cpu_flags,
+            "avx_vnni": "avx_vnni" in cpu_flags,
+            "processor": platform.processor(),
+        },
         "threads": args.threads,
         "speed": speed(args.threads),
         "accuracy": [] if args.skip_accuracy else accuracy(schemes, args.threads),
