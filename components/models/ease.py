@@ -177,7 +177,7 @@ class EASE(Recommender):
             if len(histories) <= SPARSE_ROWS:
                 # Serving scores one user at a time: their overlap with each training user is a sum
                 # over the few columns they touched. Both matrices are binary, so the counts are
-                # exact integers and equal the dense product bit for bit, at a fifth of its cost.
+                # exact integers and equal the dense product bit for bit, at a fraction of its cost.
                 overlaps = np.stack([self.train_matrix[:, np.unique(h.items)].sum(axis=1, dtype=np.float32) for h in histories])
             else:
                 overlaps = users @ self.train_matrix.T

@@ -75,5 +75,5 @@ class LMSASRecConfig(SASRecConfig):
     dual_view: bool = False
     """Opt-in LLM-ESR-style dual view: the ID embeddings and the projected text vectors run
     through two separate transformer streams whose outputs (and item representations) are
-    concatenated, instead of being summed into one stream. Roughly 1.3× the cost per epoch; on
-    ml-latest-small it scored below the single stream (docs/benchmarks/quality.md)."""
+    concatenated, instead of being summed into one stream. It costs more per epoch (two streams), and
+    on ml-latest-small it scored below the single stream (docs/benchmarks/quality.md)."""
