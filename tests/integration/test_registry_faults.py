@@ -91,7 +91,7 @@ def first_champion(settings: Settings, report: str) -> dict:
     """Set-up: version 1 as champion. Its smoke test is stubbed (it is not what these tests test)."""
     registration = pipeline.stage_register(settings, report)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("components.registry.gate.smoke_test", lambda *args, **kwargs: (True, "ok (set-up, stubbed)"))
+        patch.setattr("components.registry.smoke.smoke_test", lambda *args, **kwargs: (True, "ok (set-up, stubbed)"))
         decision = pipeline.stage_promote(settings, registration)
     assert decision["decision"] == "promoted", decision
     return registration

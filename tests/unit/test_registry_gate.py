@@ -192,7 +192,7 @@ def passing_smoke_test(monkeypatch):
         calls.append(model_uri)
         return True, "ok (stubbed)"
 
-    monkeypatch.setattr("components.registry.gate.smoke_test", fake)
+    monkeypatch.setattr("components.registry.smoke.smoke_test", fake)
     return calls
 
 

@@ -1,4 +1,4 @@
-"""Champion history, rollback, forced promotion and the promotion lock, on a real MLflow registry.
+"""Champion history, rollback, forced promotion and logged settings, on a real MLflow registry.
 
 One SQLite registry per module (creating it costs seconds); every test registers its own model
 name, so each starts with an empty history and the tests do not depend on their order. The
@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -19,6 +18,7 @@ from urllib.parse import unquote, urlparse
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from pydantic import Field, SecretStr
 
 from harness import restored_mlflow_state  # noqa: E402
 
@@ -41,12 +41,11 @@ from components.registry import (  # noqa: E402
     list_versions,
     log_bundle_model,
     promote_if_better,
-    promotion_lock,
     promotion_lock_target,
     rollback,
     settings_for_logging,
 )
-from components.settings import Settings, load_settings  # noqa: E402
+from components.settings import RegistrySettings, Settings, load_settings  # noqa: E402
 
 POPULARITY = 0.10
 _names = itertools.count(1)
@@ -103,7 +102,7 @@ def model(shared_registry) -> Model:
 @pytest.fixture
 def passing_smoke_test(monkeypatch):
     """The smoke test has its own tests; here only the alias bookkeeping matters."""
-    monkeypatch.setattr("components.registry.gate.smoke_test", lambda *args, **kwargs: (True, "ok (stubbed)"))
+    monkeypatch.setattr("components.registry.smoke.smoke_test", lambda *args, **kwargs: (True, "ok (stubbed)"))
 
 
 def promote_chain(model: Model, count: int) -> list[str]:
@@ -268,38 +267,6 @@ def test_racing_forced_promotions_leave_one_champion_and_a_gap_free_log(model, p
     assert model.alias() == history[-1]["version"]
 
 
-def test_lock_target_follows_the_backend(tmp_path):
-    sqlite = load_settings(data_root=tmp_path)
-    assert promotion_lock_target(sqlite) == str(tmp_path.resolve() / "mlflow.db") + ".promotion.lock"
-    pg = load_settings(data_root=tmp_path, registry={"tracking_uri": "postgresql://postgres@127.0.0.1:5432/mlflow"})
-    assert promotion_lock_target(pg) == "postgresql://postgres@127.0.0.1:5432/mlflow"
-    server = load_settings(data_root=tmp_path, registry={"tracking_uri": "http://127.0.0.1:5000"})
-    assert promotion_lock_target(server) == str(tmp_path.resolve() / "registry.promotion.lock")
-
-
-def test_file_lock_excludes_a_second_holder_until_released(tmp_path):
-    settings = load_settings(data_root=tmp_path)
-    held, release = threading.Event(), threading.Event()
-
-    def holder():
-        with promotion_lock(settings):
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    assert held.wait(10)
-    started = time.monotonic()
-    with pytest.raises(RegistryError, match="another promotion has held the lock file"):
-        with promotion_lock(settings, timeout_s=0.3):
-            pass
-    assert time.monotonic() - started >= 0.3
-    release.set()
-    thread.join(10)
-    with promotion_lock(settings, timeout_s=1):
-        pass
-
-
 def test_settings_are_logged_without_secrets(tmp_path):
     settings = load_settings(
         data_root=tmp_path,
@@ -317,6 +284,35 @@ def test_settings_are_logged_without_secrets(tmp_path):
     assert params["train.model_configs.lm_content.whiten_dim"] == "64"
     assert params["train.candidates"] == '["popularity", "lm_content"]'
     assert all(len(value) <= 500 for value in params.values())
+
+
+class _SecretRegistrySettings(RegistrySettings):
+    """Registry settings with secret fields under names that do not sound secret."""
+
+    tracking_uri: SecretStr | None = None
+    lock_url: SecretStr | None = None
+
+
+class _SecretSettings(Settings):
+    registry: _SecretRegistrySettings = Field(default_factory=_SecretRegistrySettings)
+
+
+def test_secret_settings_are_masked_by_type_and_still_used(tmp_path):
+    settings = _SecretSettings(
+        data_root=tmp_path,
+        registry={
+            "tracking_uri": "postgresql://app:hunter2@db.example:5432/mlflow",
+            "lock_url": "postgresql://locker@db.example/locks",
+        },
+    )
+    logged = settings_for_logging(settings)
+    assert "hunter2" not in repr(logged) and "locker" not in repr(logged)
+    assert logged["registry"]["tracking_uri"] == "***" and logged["registry"]["lock_url"] == "***"
+    assert logged["resolved"]["tracking_uri"] == "***"
+    assert logged["registry"]["model_name"] == "recommender"
+    assert promotion_lock_target(settings) == "postgresql://locker@db.example/locks"
+    unset = settings_for_logging(_SecretSettings(data_root=tmp_path))
+    assert unset["registry"]["lock_url"] is None and unset["resolved"]["tracking_uri"].startswith("sqlite:///")
 
 
 def _hand_report() -> dict:
