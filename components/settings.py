@@ -160,23 +160,25 @@ class ServingSettings(BaseModel):
 
     poll_interval_s: float = 30.0
     """How often the service checks whether the champion alias moved."""
-    admin_token: str | None = None
-    """Bearer token for POST /admin/reload. Unset: reload is disabled (there is no default token)."""
+    admin_token: SecretStr | None = None
+    """Bearer token for POST /admin/reload (read it with ``.get_secret_value()``). Unset: reload is disabled
+    (there is no default token)."""
     workers: int = 1
     """BentoML worker processes. Each loads the model and polls the alias itself, so
     POST /admin/reload reaches one worker and the others follow within the poll interval."""
     production: bool = False
     """Production mode: the service refuses to start with an admin token shorter than 32 characters."""
-    max_k: int = 100
-    """Largest k a request may ask for."""
+    max_k: int = Field(default=100, ge=1)
+    """Largest k a request may ask for; a larger k is a 400 naming the field. Read when the service module is
+    imported, like ``workers``: it is part of the endpoints' input schemas."""
     cache_users: int = Field(default=100_000, ge=0)
     """Known users whose top-100 ranking the service keeps in memory per served model (computed
     on their first request; about 20 kB each). Users with feedback since training are always
     scored afresh. 0 turns the cache off."""
     trace_hot_paths: bool = False
     """Create OpenTelemetry spans for the fast-lane endpoints too (read when the service module is
-    imported, like ``workers``). Off by default: the spans cost about a fifth of such a request's
-    time, and BentoML sends them nowhere unless a tracing exporter is configured."""
+    imported, like ``workers``). Off by default: the spans add to every such request's cost, and
+    BentoML sends them nowhere unless a tracing exporter is configured."""
     fast_lane: bool = True
     """Answer JSON requests to the hot endpoints (recommend, recommend_session, similar_items,
     history, feedback, feedback_batch) in the service's fast lane, which validates with the same

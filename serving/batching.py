@@ -2,8 +2,8 @@
 
 Requests from users with feedback since training, with category filters, with
 ``exclude_seen: false``, and sessions all run the model. One at a time, a sequential model spends
-most of each call on fixed costs (the item table, the kernel launches); scoring 200 histories in
-one call costs a tenth as much per history. :class:`ScoringBatcher` collects such requests on the
+most of each call on fixed costs (the item table, the kernel launches); scoring many histories in
+one call pays those costs once for all of them. :class:`ScoringBatcher` collects such requests on the
 event loop and scores them together in one worker thread.
 
 It batches continuously rather than on a timer: a request that arrives while the worker is idle
@@ -26,6 +26,14 @@ if TYPE_CHECKING:
     from components.engine import ScoreRequest, ServingEngine
 
 log = logging.getLogger("lmrecsys.serving")
+
+
+async def score(batcher: ScoringBatcher | None, engine: ServingEngine, request: ScoreRequest):
+    """What ``engine.recommend_histories([request])[0]`` returns: micro-batched through ``batcher``, or
+    scored at once on the calling thread when there is none (batching off)."""
+    if batcher is None:
+        return engine.recommend_histories([request])[0]
+    return await batcher.recommend(engine, request)
 
 
 class ScoringBatcher:
@@ -93,7 +101,9 @@ class ScoringBatcher:
             try:
                 results = engine.recommend_histories([batch[p][1] for p in positions])
             except Exception:  # find the request at fault: score each alone
-                log.warning("a micro-batch of %d failed; scoring its requests one by one", len(positions), exc_info=True)
+                log.warning(
+                    "a micro-batch of %d failed; scoring its requests one by one", len(positions), exc_info=True
+                )
                 results = []
                 for p in positions:
                     try:

@@ -341,6 +341,24 @@ def test_bentofile_builds_the_service_with_the_tested_pins():
         assert any(pattern.startswith(f"{package}/") for pattern in config["include"])
 
 
+def test_the_web_page_is_packaged_with_the_service():
+    """serving/static/ holds no Python, so both the wheel (package-data) and the bento (include
+    patterns) must name it; the service reads the page at start."""
+    import fnmatch
+    import tomllib
+
+    files = (PROJECT_ROOT / "serving" / "static").rglob("*")
+    static = sorted(path.relative_to(PROJECT_ROOT / "serving").as_posix() for path in files if path.is_file())
+    assert "static/index.html" in static
+    setuptools = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package_data = setuptools["package-data"]["serving"]
+    include = yaml.safe_load(BENTOFILE.read_text())["include"]
+    for path in static:
+        assert any(fnmatch.fnmatch(path, pattern) for pattern in package_data), f"serving/{path} is not in the wheel"
+        in_bento = any(fnmatch.fnmatch(f"serving/{path}", pattern) for pattern in include)
+        assert in_bento, f"serving/{path} is not in the bento"
+
+
 # ---------------------------------------------------------------------------- scripts, run for real
 def run_entrypoint(env: dict[str, str], *command: str) -> subprocess.CompletedProcess:
     return subprocess.run(["sh", str(DOCKER / "entrypoint.sh"), *command], env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=30)
@@ -377,6 +395,9 @@ def test_bentoml_build_packages_the_service(tmp_path):
     manifest = yaml.safe_load((bento_dir / "bento.yaml").read_text())
     assert manifest["service"] == SERVICE_IMPORT
     assert (bento_dir / "src" / "serving" / "service.py").is_file() and (bento_dir / "src" / "components" / "engine" / "engine.py").is_file()
+    for module in ("schemas", "middleware", "champion", "feedback_writer", "batching", "bentoml_patch"):
+        assert (bento_dir / "src" / "serving" / f"{module}.py").is_file(), module
+    assert "<h1>lm-recsys</h1>" in (bento_dir / "src" / "serving" / "static" / "index.html").read_text()
     assert not (bento_dir / "src" / "tests").exists()
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
     assert "torch==2.13.0" in requirements and "download.pytorch.org/whl/cpu" in requirements

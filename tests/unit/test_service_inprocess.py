@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="lmrecsys-prom-"))  # before bentoml imports prometheus_client
@@ -150,6 +152,57 @@ def test_not_ready_until_a_model_exists(tmp_path, catalogue):
             # feedback is still accepted (and durable) while no model is loaded
             assert post(test_client, "/feedback", {"user_id": 1, "item_id": 1, "event": "like"}).status_code == 200
     assert FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}").count() == 1
+
+
+MAX_K_PROBE = """
+import json, sys
+from starlette.testclient import TestClient
+from serving.service import RecommenderService
+answers = {}
+with TestClient(RecommenderService.to_asgi(), raise_server_exceptions=False) as client:
+    for path, payload in json.loads(sys.argv[1]):
+        response = client.post(path, json=payload)
+        answers[f"{path} {payload['k']}"] = [response.status_code, response.json()]
+    answers["schema"] = client.get("/docs.json").json()
+print(json.dumps(answers))
+"""
+
+
+def test_max_k_setting_is_the_limit_on_k(champion_root, tmp_path):
+    """With ``serving.max_k`` = 5 (not the default 100), k = 5 is answered and k = 6 is the same 400 naming
+    ``k`` that k = 101 gets by default, in the fast lane and in BentoML's API layer (/search), and the
+    OpenAPI schema says 5. In a fresh process: the limit is part of the input schemas, fixed at import."""
+    requests_ = [
+        ("/recommend", {"user_id": 1, "k": 5}),
+        ("/similar_items", {"item_id": 1, "k": 5}),
+        ("/recommend", {"user_id": 1, "k": 6}),
+        ("/similar_items", {"item_id": 1, "k": 6}),
+        ("/search", {"query": "toys", "k": 6}),  # a sync endpoint: BentoML's API layer, not the fast lane
+    ]
+    env = {
+        **os.environ,
+        **service_env(champion_root, tmp_path / "fb.db", LMRECSYS_SERVING__MAX_K="5"),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+    }
+    (tmp_path / "prometheus").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", MAX_K_PROBE, json.dumps(requests_)],
+        env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = json.loads(result.stdout.strip().splitlines()[-1])
+    for path in ("/recommend", "/similar_items"):
+        status, body = answers[f"{path} 5"]
+        assert status == 200 and len(body["items"]) == 5, (path, body)
+    for path in ("/recommend", "/similar_items", "/search"):
+        status, body = answers[f"{path} 6"]
+        assert status == 400, (path, status, body)
+        assert [detail["loc"] for detail in body["detail"]] == [["k"]], body
+        assert "less than or equal to 5" in body["detail"][0]["msg"], body
+    schemas = answers["schema"]["components"]["schemas"]
+    k_fields = {name: spec["properties"]["k"] for name, spec in schemas.items() if "k" in spec.get("properties", {})}
+    k_limits = {name: field.get("maximum") for name, field in k_fields.items()}
+    assert k_limits and set(k_limits.values()) == {5}, k_limits
 
 
 # ---------------------------------------------------------------------------------------------- happy paths
@@ -404,24 +457,43 @@ def test_admin_reload_needs_the_right_token(client):
     assert response.json()["version"] == client.get("/info").json()["model_version"]
 
 
+def metric(text: str, series: str, **labels: str) -> float:
+    """The sum of ``series`` over the samples in a /metrics page whose labels include ``labels``."""
+    total = 0.0
+    for match in re.finditer(rf"^{re.escape(series)}\{{(.*)\}} (\S+)$", text, flags=re.MULTILINE):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match[1]))
+        if all(found.get(name) == value for name, value in labels.items()):
+            total += float(match[2])
+    return total
+
+
 def test_metrics_show_requests_latency_version_and_feedback(client, catalogue):
+    """BentoML's own request series count every request per endpoint and status (the service keeps
+    only its domain series: model version, reloads, feedback written)."""
+    requests_total, duration = "bentoml_service_request_total", "bentoml_service_request_duration_seconds"
+    ok = {"endpoint": "/recommend", "http_response_code": "200"}
+    bad = {"endpoint": "/recommend", "http_response_code": "400"}
+    before = client.get("/metrics").text
     post(client, "/recommend", {"user_id": 1, "k": 3})
     post(client, "/recommend", {"user_id": 1, "k": 0})
     post(client, "/feedback", {"user_id": 8, "item_id": catalogue["item_id"].tolist()[50], "event": "view"})
     text = client.get("/metrics").text
     version = client.get("/info").json()["model_version"]
-    assert re.search(r'lmrecsys_requests_total\{endpoint="recommend",outcome="ok"\} [1-9]', text)
-    assert re.search(r'lmrecsys_request_seconds_bucket\{endpoint="recommend",le="0.05"\} [1-9]', text)
+    assert metric(text, requests_total, **ok) == metric(before, requests_total, **ok) + 1
+    assert metric(text, requests_total, **bad) == metric(before, requests_total, **bad) + 1
+    assert metric(text, f"{duration}_count", **ok) == metric(before, f"{duration}_count", **ok) + 1
+    assert metric(text, f"{duration}_sum", **ok) > metric(before, f"{duration}_sum", **ok)
+    assert metric(text, f"{duration}_bucket", le="0.05", **ok) >= 1
     assert re.search(rf"lmrecsys_model_version {float(version)}", text)
     assert re.search(r"lmrecsys_feedback_events_written_total [1-9]", text)
-    assert re.search(r'bentoml_service_request_total\{.*endpoint="/recommend".*http_response_code="400"', text)
+    assert "lmrecsys_requests_total" not in text and "lmrecsys_request_seconds" not in text
 
 
 # ---------------------------------------------------------------------------------------------- the fast lane
 def test_fast_lane_answers_exactly_as_bentomls_api_layer(client, catalogue):
     """Every hot endpoint, valid and invalid input alike: the fast lane's status and body equal
     what BentoML's own API layer answers for the same request."""
-    from serving import service
+    from serving.middleware import SERVING
 
     items = catalogue["item_id"].tolist()
     requests_ = [
@@ -444,7 +516,7 @@ def test_fast_lane_answers_exactly_as_bentomls_api_layer(client, catalogue):
         ("/feedback", {"user_id": 1, "item_id": items[0], "event": "shout"}),
         ("/feedback_batch", {"events": []}),
     ]
-    instance = service._SERVING[-1]
+    instance = SERVING[-1]
     answers = {}
     try:
         for lane in (True, False):
@@ -486,7 +558,8 @@ def test_requests_leave_no_timers_behind(client):
 
 
 def test_fast_lane_refuses_endpoints_it_cannot_serve_faithfully():
-    from serving.service import FAST_LANE_ENDPOINTS, FastLane, RecommenderService
+    from serving.middleware import FAST_LANE_ENDPOINTS, FastLane
+    from serving.service import RecommenderService
 
     assert len(FastLane(None, RecommenderService).routes) == len(FAST_LANE_ENDPOINTS)
     with pytest.raises(TypeError, match="'search'"):  # a sync endpoint: BentoML runs it in a thread pool
@@ -498,13 +571,13 @@ def test_micro_batched_answers_equal_unbatched_ones(client, catalogue):
     they form batches, and every answer equals the one the service gives with batching off."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from serving import service
+    from serving.middleware import SERVING
 
     items = catalogue["item_id"].tolist()
     requests_ = [("/recommend", {"user_id": user, "k": 10, "exclude_seen": False}) for user in range(1, 25)]
     requests_ += [("/recommend", {"user_id": user, "k": 5, "categories": ["Comedy"]}) for user in range(1, 9)]
     requests_ += [("/recommend_session", {"item_ids": items[i : i + 3], "k": 5}) for i in range(0, 24, 3)]
-    instance = service._SERVING[-1]
+    instance = SERVING[-1]
     batcher = instance.batcher
     assert batcher is not None  # on by default
     before = batcher.batches

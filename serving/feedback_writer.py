@@ -1,0 +1,201 @@
+"""Durable feedback: the checks, the group-commit writer, and the index of users with feedback newer than the model.
+
+``check_feedback`` applies the catalogue's and the snapshot suites' rules before anything is written;
+``FeedbackWriter`` writes every event to the feedback store before the request that sent it gets its
+2xx; ``RecentFeedback`` lets the requests of users without such events skip asking the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+import uuid
+
+import bentoml
+from starlette.responses import JSONResponse
+
+from serving.champion import user_or_none
+from serving.schemas import error
+
+log = logging.getLogger("lmrecsys.serving")
+
+FEEDBACK_REFRESH_S = 1.0
+"""How often events written by other processes are picked up by the recent-feedback index."""
+FUTURE_SLACK_S = 86_400
+"""Feedback timestamps may lie at most this far in the future (the snapshot suite's own slack)."""
+FEEDBACK_WRITTEN = bentoml.metrics.Counter(
+    name="lmrecsys_feedback_events_written", documentation="Feedback events durably written (duplicates not counted)"
+)
+
+
+async def record_feedback(events: list, engine, checks, writer: FeedbackWriter, recent: RecentFeedback):
+    """Check ``events``, write them durably through ``writer`` and answer as ``/feedback`` does.
+
+    The answer is ``{"accepted", "new", "duplicates", "event_ids"}`` once every event is committed, or the
+    error answer of the first broken rule (nothing written), or a 503 when the store failed (nothing
+    acknowledged). See ``check_feedback`` for ``engine`` and ``checks``.
+    """
+    checked = check_feedback(events, engine, checks)
+    if isinstance(checked, JSONResponse):
+        return checked
+    try:
+        written = await asyncio.wrap_future(writer.submit(checked))
+    except Exception as exc:
+        message = "the feedback store could not write the event(s), nothing was acknowledged"
+        return error(503, f"{message}: {type(exc).__name__}; retry with the same event_id")
+    recent.mark_written({e.user_id for e in checked})
+    new = sum(1 for _, fresh in written if fresh)
+    FEEDBACK_WRITTEN.inc(new)
+    event_ids = [event_id for event_id, _ in written]
+    return {"accepted": len(written), "new": new, "duplicates": len(written) - new, "event_ids": event_ids}
+
+
+def check_feedback(events: list, engine, checks):
+    """Store events for ``events`` (``FeedbackIn``), or the error answer for the first one that breaks a rule.
+
+    ``engine`` is the served model's (None while none is loaded: item ids cannot be checked then);
+    ``checks`` is ``settings.validation``, the rules the snapshot suites apply. Nothing is written here.
+    """
+    from components.feedback.store import FeedbackEvent
+
+    now = time.time()
+    if engine is not None:
+        unknown = [e.item_id for e in events if engine.item_index(e.item_id) is None][:10]
+        if unknown:
+            message = f"unknown item id(s): {unknown}; nothing was written"
+            return error(404, message, field="item_id", unknown_ids=unknown)
+        bad_users = [e.user_id for e in events if user_or_none(engine, e.user_id) is None]
+        if bad_users:
+            message = f"user id(s) {bad_users[:10]} are not valid {engine.id_type} ids; nothing was written"
+            return error(400, message, field="user_id")
+    for position, e in enumerate(events):
+        where = f" (event {position})" if len(events) > 1 else ""
+        if e.event == "rating" and e.value is None:
+            return error(400, f"rating events need a value{where}; nothing was written", field="value")
+        if e.event == "rating" and not checks.value_min <= e.value <= checks.value_max:
+            scale = f"[{checks.value_min}, {checks.value_max}]"
+            return error(400, f"rating value {e.value} is outside {scale}{where}; nothing was written", field="value")
+        if e.timestamp is not None and not checks.earliest_timestamp <= e.timestamp <= now + FUTURE_SLACK_S:
+            message = (
+                f"timestamp {e.timestamp} is before {checks.earliest_timestamp} or more than a day ahead{where}; "
+                "nothing was written"
+            )
+            return error(400, message, field="timestamp")
+        if isinstance(e.user_id, str) and not e.user_id.strip() or isinstance(e.item_id, str) and not e.item_id.strip():
+            field = "user_id" if not str(e.user_id).strip() else "item_id"
+            return error(400, f"user_id and item_id must not be blank{where}; nothing was written", field=field)
+    # The id is fixed here, not in the store, so a retry of this request stays a duplicate.
+    return [
+        FeedbackEvent(
+            str(e.user_id), str(e.item_id), e.event, e.value, e.timestamp, e.event_id or f"fb-{uuid.uuid4().hex}"
+        )
+        for e in events
+    ]
+
+
+class FeedbackWriter:
+    """Writes feedback through one thread, all waiting requests in one transaction (group commit).
+
+    Every commit is fsynced, so a commit per request would cap ingestion at the disk's fsync rate;
+    grouping concurrent requests still writes each event durably before its 2xx, for one fsync per
+    group.
+    """
+
+    def __init__(self, store, max_group_events: int = 5000) -> None:
+        self.store = store
+        self.max_group_events = max_group_events
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="feedback-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, events: list) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((events, future))
+        return future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group, size, stop = [first], len(first[0]), False
+            while size < self.max_group_events:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                group.append(item)
+                size += len(item[0])
+            try:
+                written = self.store.append([event for events, _ in group for event in events])
+            except Exception as exc:  # every waiting request learns the write failed; none gets a 2xx
+                log.exception("writing %d feedback event(s) failed", size)
+                for _, future in group:
+                    future.set_exception(exc)
+            else:
+                start = 0
+                for events, future in group:
+                    future.set_result(written[start : start + len(events)])
+                    start += len(events)
+            if stop:
+                return
+
+
+class RecentFeedback:
+    """Which users may have feedback newer than the served model's watermark.
+
+    Asking the store on every request costs a query (a network round trip on PostgreSQL); most users
+    have no recent events, so this index lets those requests skip it. Writes through this process
+    count at once; events written by other processes are picked up every ``refresh_s``.
+    """
+
+    def __init__(self, store, refresh_s: float = FEEDBACK_REFRESH_S) -> None:
+        self.store = store
+        self.refresh_s = refresh_s
+        self._newest_seq: dict[str, float] = {}
+        self._scanned_upto = 0
+        self._floor: int | None = None
+        self._lock = threading.Lock()
+
+    def may_have_events(self, user_id: str, watermark: int) -> bool:
+        return self._newest_seq.get(user_id, -1) > watermark
+
+    def events_since(self, user_id: str, watermark: int, limit: int) -> list[tuple]:
+        """The user's newest events past ``watermark`` (at most ``limit``); the store is asked only when
+        there may be some."""
+        if not self.may_have_events(user_id, watermark):
+            return []
+        return self.store.user_events_since(user_id, watermark, limit=limit)
+
+    def mark_written(self, user_ids) -> None:
+        # The exact seq is unknown until the next scan; infinity means "ask the store". The lock
+        # orders this after any scan in progress, so a scan never overwrites a fresher mark.
+        with self._lock:
+            for user_id in user_ids:
+                self._newest_seq[user_id] = float("inf")
+
+    def refresh(self, watermark: int) -> None:
+        """Scan events past what was already scanned (or rebuild when the floor moved down)."""
+        with self._lock:
+            if self._floor is None or watermark < self._floor:
+                self._floor, self._scanned_upto, self._newest_seq = watermark, watermark, {}
+            upto = self.store.watermark()
+            if upto <= self._scanned_upto:
+                return
+            frame = self.store.events_between(self._scanned_upto, upto)
+            for user_id, seq in frame.groupby("user_id")["seq"].max().items() if len(frame) else ():
+                key = str(user_id)
+                known = self._newest_seq.get(key, -1.0)
+                self._newest_seq[key] = float(seq) if known == float("inf") else max(known, float(seq))
+            self._scanned_upto = upto
