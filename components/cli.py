@@ -11,14 +11,19 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-app = typer.Typer(help="lm-recsys: a language-model recommender and its whole life cycle.", no_args_is_help=True, add_completion=False)
-pipeline_app = typer.Typer(help="Run the ingest → validate → embed → train → evaluate → register → promote pipeline.", no_args_is_help=True)
+app = typer.Typer(
+    help="lm-recsys: a language-model recommender and its whole life cycle.", no_args_is_help=True, add_completion=False
+)
+pipeline_app = typer.Typer(
+    help="Run the ingest → validate → embed → train → evaluate → register → promote pipeline.", no_args_is_help=True
+)
 snapshots_app = typer.Typer(help="List and inspect immutable data snapshots.", no_args_is_help=True)
-models_app = typer.Typer(help="Registered model versions: list, champion history, promote, roll back.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Registered model versions: list, champion history, promote, roll back.", no_args_is_help=True
+)
 feedback_app = typer.Typer(help="Feedback events: replay a file into the store.", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(snapshots_app, name="snapshots")
@@ -74,9 +79,17 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 # ------------------------------------------------------------------ pipeline
 @pipeline_app.command("run")
 def pipeline_run(
-    through_airflow: bool = typer.Option(False, "--through-airflow", help="Trigger the lm_recsys_pipeline DAG through the Airflow REST API instead of running in-process."),
-    airflow_url: Optional[str] = typer.Option(None, help="Airflow api-server base URL (with --through-airflow; default: the airflow.url setting)."),
-    snapshot_id: Optional[str] = typer.Option(None, help="Retrain on this accepted snapshot instead of ingesting (with --through-airflow)."),
+    through_airflow: bool = typer.Option(
+        False,
+        "--through-airflow",
+        help="Trigger the lm_recsys_pipeline DAG through the Airflow REST API instead of running in-process.",
+    ),
+    airflow_url: str | None = typer.Option(
+        None, help="Airflow api-server base URL (with --through-airflow; default: the airflow.url setting)."
+    ),
+    snapshot_id: str | None = typer.Option(
+        None, help="Retrain on this accepted snapshot instead of ingesting (with --through-airflow)."
+    ),
     as_json: bool = JsonOption,
 ):
     """Run the whole pipeline once and report the gate's decision."""
@@ -90,7 +103,9 @@ def pipeline_run(
         airflow_url = airflow_url or airflow.url
         user, password = airflow.username, airflow.password.get_secret_value()
         try:
-            token = requests.post(f"{airflow_url}/auth/token", json={"username": user, "password": password}, timeout=10).json()["access_token"]
+            token = requests.post(
+                f"{airflow_url}/auth/token", json={"username": user, "password": password}, timeout=10
+            ).json()["access_token"]
             run = requests.post(
                 f"{airflow_url}/api/v2/dags/lm_recsys_pipeline/dagRuns",
                 headers={"Authorization": f"Bearer {token}"},
@@ -100,7 +115,9 @@ def pipeline_run(
             run.raise_for_status()
         except (requests.RequestException, KeyError, ValueError) as exc:
             _fail(f"could not trigger the DAG through {airflow_url}: {exc}")
-        _emit(run.json(), as_json, f"triggered {run.json()['dag_run_id']}; follow it in the Airflow UI at {airflow_url}")
+        _emit(
+            run.json(), as_json, f"triggered {run.json()['dag_run_id']}; follow it in the Airflow UI at {airflow_url}"
+        )
         return
     from components.pipeline import run_pipeline
 
@@ -110,14 +127,21 @@ def pipeline_run(
         _fail(str(exc), EXIT_VALIDATION)
     except LmRecsysError as exc:
         _fail(str(exc))
-    _emit(decision, as_json, f"version {decision['version']} ({decision['model_kind']}) {decision['decision']}: {decision['reason']}")
+    _emit(
+        decision,
+        as_json,
+        f"version {decision['version']} ({decision['model_kind']}) {decision['decision']}: {decision['reason']}",
+    )
     if decision["decision"] != "promoted":
         raise typer.Exit(EXIT_REJECTED)
 
 
 # ------------------------------------------------------------------ snapshots
 @snapshots_app.command("list")
-def snapshots_list(as_json: bool = JsonOption, quarantined: bool = typer.Option(False, "--quarantined", help="List quarantined snapshots instead.")):
+def snapshots_list(
+    as_json: bool = JsonOption,
+    quarantined: bool = typer.Option(False, "--quarantined", help="List quarantined snapshots instead."),
+):
     """Every snapshot, oldest first, with its validation state."""
     from components.data.snapshots import list_snapshots
 
@@ -137,14 +161,18 @@ def snapshots_list(as_json: bool = JsonOption, quarantined: bool = typer.Option(
                 "parent": manifest["parent"] or "-",
             }
         )
-    _emit(rows, as_json, _table(rows, ["snapshot_id", "state", "interactions", "items", "users", "feedback_watermark", "parent"]))
+    _emit(
+        rows,
+        as_json,
+        _table(rows, ["snapshot_id", "state", "interactions", "items", "users", "feedback_watermark", "parent"]),
+    )
 
 
 @snapshots_app.command("show")
 def snapshots_show(snapshot_id: str, as_json: bool = JsonOption):
     """A snapshot's manifest and validation summary."""
-    from components.errors import LmRecsysError
     from components.data.snapshots import open_snapshot
+    from components.errors import LmRecsysError
 
     settings = _settings()
     try:
@@ -155,7 +183,11 @@ def snapshots_show(snapshot_id: str, as_json: bool = JsonOption):
         except LmRecsysError as exc:
             _fail(str(exc))
     validation = snap.validation or {}
-    data = {"manifest": snap.manifest, "validation": {k: validation.get(k) for k in ("success", "checks", "failed", "validated_at")}, "path": str(snap.path)}
+    data = {
+        "manifest": snap.manifest,
+        "validation": {k: validation.get(k) for k in ("success", "checks", "failed", "validated_at")},
+        "path": str(snap.path),
+    }
     _emit(data, as_json)
 
 
@@ -167,7 +199,18 @@ def models_list(as_json: bool = JsonOption):
     from components.registry import list_versions
 
     rows = list_versions(_settings())
-    _emit(rows, as_json, _table(rows, [c for c in ("version", "aliases", "model_kind", "snapshot_id", "decision", "reason") if rows and c in rows[0]]))
+    _emit(
+        rows,
+        as_json,
+        _table(
+            rows,
+            [
+                c
+                for c in ("version", "aliases", "model_kind", "snapshot_id", "decision", "reason")
+                if rows and c in rows[0]
+            ],
+        ),
+    )
 
 
 @models_app.command("history")
@@ -177,7 +220,11 @@ def models_history(as_json: bool = JsonOption):
     from components.registry import champion_history
 
     rows = champion_history(_settings())
-    _emit(rows, as_json, _table(rows, [c for c in ("at", "version", "previous", "by", "action", "reason") if rows and c in rows[0]]))
+    _emit(
+        rows,
+        as_json,
+        _table(rows, [c for c in ("at", "version", "previous", "by", "action", "reason") if rows and c in rows[0]]),
+    )
 
 
 @models_app.command("promote")
@@ -202,7 +249,9 @@ def models_promote(
 
 
 @models_app.command("rollback")
-def models_rollback(reason: str = typer.Option(..., "--reason", help="Why; recorded on the version."), as_json: bool = JsonOption):
+def models_rollback(
+    reason: str = typer.Option(..., "--reason", help="Why; recorded on the version."), as_json: bool = JsonOption
+):
     """Move champion back to the previous champion."""
     _quiet_env()
     from components.errors import LmRecsysError
@@ -217,18 +266,31 @@ def models_rollback(reason: str = typer.Option(..., "--reason", help="Why; recor
 
 # ------------------------------------------------------------------ serve, feedback, status
 @app.command()
-def serve(port: int = typer.Option(3000, help="Port to listen on."), host: str = typer.Option("127.0.0.1", help="Interface to bind.")):
+def serve(
+    port: int = typer.Option(3000, help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+):
     """Serve the champion with BentoML (``bentoml serve serving.service:RecommenderService``)."""
     _quiet_env()
     from components.settings import PROJECT_ROOT
 
     bentoml = Path(sys.executable).parent / "bentoml"
     os.chdir(PROJECT_ROOT)
-    os.execv(str(bentoml), [str(bentoml), "serve", "serving.service:RecommenderService", "--host", host, "--port", str(port)])
+    os.execv(
+        str(bentoml), [str(bentoml), "serve", "serving.service:RecommenderService", "--host", host, "--port", str(port)]
+    )
 
 
 @feedback_app.command("replay")
-def feedback_replay(path: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV or JSON-lines file of events: user_id, item_id, event[, value, timestamp, event_id]."), as_json: bool = JsonOption):
+def feedback_replay(
+    path: Path = typer.Argument(
+        ...,
+        exists=True,
+        dir_okay=False,
+        help="CSV or JSON-lines file of events: user_id, item_id, event[, value, timestamp, event_id].",
+    ),
+    as_json: bool = JsonOption,
+):
     """Write a file of feedback events to the store (idempotent by event_id)."""
     import pandas as pd
 
@@ -243,7 +305,9 @@ def feedback_replay(path: Path = typer.Argument(..., exists=True, dir_okay=False
         _fail(f"{path} lacks column(s) {sorted(missing)}")
     events = [
         FeedbackEvent(
-            str(row["user_id"]), str(row["item_id"]), str(row["event"]),
+            str(row["user_id"]),
+            str(row["item_id"]),
+            str(row["event"]),
             None if pd.isna(row.get("value")) else float(row["value"]),
             None if pd.isna(row.get("timestamp")) else float(row["timestamp"]),
             None if pd.isna(row.get("event_id")) else str(row["event_id"]),
@@ -256,40 +320,69 @@ def feedback_replay(path: Path = typer.Argument(..., exists=True, dir_okay=False
     except FeedbackError as exc:
         _fail(f"nothing was written: {exc}")
     new = sum(fresh for _, fresh in written)
-    _emit({"events": len(written), "new": new, "duplicates": len(written) - new}, as_json, f"{len(written)} events: {new} new, {len(written) - new} already present")
+    _emit(
+        {"events": len(written), "new": new, "duplicates": len(written) - new},
+        as_json,
+        f"{len(written)} events: {new} new, {len(written) - new} already present",
+    )
 
 
 @app.command()
 def status(as_json: bool = JsonOption):
     """The champion, the newest snapshots, and the feedback backlog."""
     _quiet_env()
-    from components.registry import CHAMPION, configure, get_alias_version
     from components.data.snapshots import list_snapshots
     from components.feedback.trigger import feedback_backlog
+    from components.registry import CHAMPION, configure, get_alias_version
 
     settings = _settings()
     client = configure(settings)
     champion = get_alias_version(client, settings.registry.model_name, CHAMPION)
-    runs = client.search_runs([client.get_experiment_by_name(settings.registry.experiment_name).experiment_id], max_results=5, order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name(settings.registry.experiment_name).experiment_id],
+        max_results=5,
+        order_by=["attributes.start_time DESC"],
+    )
     snaps = list_snapshots(settings.snapshots_dir)
     backlog = feedback_backlog(settings)
     data = {
-        "champion": None if champion is None else {"version": str(champion.version), "model_kind": champion.tags.get("model_kind"), "snapshot_id": champion.tags.get("snapshot_id")},
-        "last_runs": [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "snapshot_id": r.data.tags.get("snapshot_id")} for r in runs],
+        "champion": None
+        if champion is None
+        else {
+            "version": str(champion.version),
+            "model_kind": champion.tags.get("model_kind"),
+            "snapshot_id": champion.tags.get("snapshot_id"),
+        },
+        "last_runs": [
+            {
+                "run_id": r.info.run_id,
+                "name": r.info.run_name,
+                "status": r.info.status,
+                "snapshot_id": r.data.tags.get("snapshot_id"),
+            }
+            for r in runs
+        ],
         "snapshots": len(snaps),
         "newest_snapshot": snaps[-1].snapshot_id if snaps else None,
         "feedback_backlog": backlog.as_dict(),
     }
     text = "\n".join(
         [
-            f"champion: {'none' if champion is None else 'version ' + data['champion']['version'] + ' (' + str(data['champion']['model_kind']) + ', snapshot ' + str(data['champion']['snapshot_id']) + ')'}",
+            f"champion: {_describe_champion(data['champion'])}",
             f"snapshots: {data['snapshots']} (newest {data['newest_snapshot']})",
-            f"feedback: {backlog.untrained_events} events not yet trained on; next run due: {'yes' if backlog.due else 'no'} ({backlog.reason})",
+            f"feedback: {backlog.untrained_events} events not yet trained on; "
+            f"next run due: {'yes' if backlog.due else 'no'} ({backlog.reason})",
             "last runs:",
             _table(data["last_runs"], ["name", "status", "snapshot_id"]),
         ]
     )
     _emit(data, as_json, text)
+
+
+def _describe_champion(champion: dict | None) -> str:
+    if champion is None:
+        return "none"
+    return f"version {champion['version']} ({champion['model_kind']}, snapshot {champion['snapshot_id']})"
 
 
 def main() -> None:

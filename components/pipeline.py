@@ -17,16 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
+from components.data.atomic import atomic_write_text
 from components.data.dataset import InteractionData, leave_last_out
+from components.data.snapshots import open_snapshot
 from components.embed import embed_items, embed_shard, plan_shards
 from components.engine import write_bundle
+from components.errors import ChampionUnreadable, LmRecsysError
 from components.evaluation.metrics import evaluate_scores
 from components.evaluation.report import fit_tags, git_commit, package_versions, report_markdown, run_summary
 from components.ingest import ingest
-from components.errors import ChampionUnreadable, LmRecsysError
 from components.settings import Settings
-from components.data.snapshots import open_snapshot
-from components.data.atomic import atomic_write_text
 from components.training import (  # noqa: F401 - the train stages are part of the pipeline's API
     aligned_vectors,
     candidate_fits,
@@ -88,12 +88,20 @@ def stage_evaluate(settings: Settings, run_dir: str, handles: list[dict] | None 
         for side, (histories, targets) in sides.items():
             started = time.perf_counter()
             scores = scorer(side, histories)
-            result = evaluate_scores(scores, histories, targets, train_counts=counts[side], bootstrap_samples=samples, seed=seed)
+            result = evaluate_scores(
+                scores, histories, targets, train_counts=counts[side], bootstrap_samples=samples, seed=seed
+            )
             out[side] = {**result.flat(), "inference_seconds": round(time.perf_counter() - started, 3)}
             out[side + "_curve"] = result.hr_curve
         return out
 
-    report = {"snapshot_id": meta["snapshot_id"], "users": int(len(split.eval_users)), "items": data.n_items, "candidates": {}, "dropped": {}}
+    report = {
+        "snapshot_id": meta["snapshot_id"],
+        "users": int(len(split.eval_users)),
+        "items": data.n_items,
+        "candidates": {},
+        "dropped": {},
+    }
     fits = candidate_fits(run, meta["candidates"])
     for name, fit in fits.items():
         if fit["status"] != "ok":
@@ -101,7 +109,7 @@ def stage_evaluate(settings: Settings, run_dir: str, handles: list[dict] | None 
             continue
         models = {side: candidate_model(run, fit, side) for side in ("val", "test")}
         report["candidates"][name] = {
-            **score_all(lambda side, h: models[side].score(h)),
+            **score_all(lambda side, h, models=models: models[side].score(h)),
             "train_seconds": fit["seconds"],
             "fit": {key: fit[key] for key in ("sides", "fit", "warm_start") if key in fit},
         }
@@ -113,7 +121,11 @@ def stage_evaluate(settings: Settings, run_dir: str, handles: list[dict] | None 
         engine, report["champion_unreadable"] = None, {"version": exc.version, "reason": str(exc)}
         log.warning("the champion, version %s, could not be read: %s", exc.version, exc)
     if engine is not None:
-        report["champion"] = {"version": version, "model": engine.model.name, **score_all(lambda side, h: champion_scores(engine, data.catalogue.item_ids, h))}
+        report["champion"] = {
+            "version": version,
+            "model": engine.model.name,
+            **score_all(lambda side, h: champion_scores(engine, data.catalogue.item_ids, h)),
+        }
     metric = settings.registry.gate_metric.replace("@", "_at_")
     report["gate_metric"] = metric
     ranked = list(report["candidates"])

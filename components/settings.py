@@ -83,17 +83,18 @@ class EmbedSettings(BaseModel):
     """Longer texts are truncated to this many tokens."""
     backend: Literal["torch", "onnx"] = "torch"
     """``torch``: transformers, the reference path (fp16 on CUDA). ``onnx``: an ONNX Runtime export of
-    the same weights, fused, CPU only (vectors agree to cosine 0.9999+; faster on CPU, see
+    the same weights, fused, CPU only (vectors agree with the torch path; speed and agreement in
     docs/benchmarks/embeddings.md). Exported once into ``<data_root>/embeddings/onnx``."""
     quantize: Literal["ffn-int8"] | None = None
-    """``ffn-int8`` (onnx only): int8 feed-forward weights; faster, but top-10 neighbour overlap with
-    fp32 is 83%, below the 90% the project accepts by default."""
+    """``ffn-int8`` (onnx only): int8 feed-forward weights; faster, but its top-10 neighbour overlap
+    with fp32 falls below what the project accepts by default (docs/benchmarks/embeddings.md)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Numeric precision of the torch backend. ``auto``: bfloat16 autocast on a CPU with AMX
-    (``amx_bf16``), where it is 2.2x fp32; otherwise what the device did before (fp32 on CPU, fp16 on
-    CUDA; the onnx backend is always fp32). ``fp32`` and ``bf16`` force one; ``bf16`` on a CPU
-    without those flags works but is slow, and ``bf16`` with ``backend: onnx`` is an error. bf16
-    vectors have their own encoder id (suffix ``-bf16``), so they never share a cache with fp32 ones."""
+    (``amx_bf16``), where its matrix units make it much faster than fp32; otherwise what the device
+    did before (fp32 on CPU, fp16 on CUDA; the onnx backend is always fp32). ``fp32`` and ``bf16``
+    force one; ``bf16`` on a CPU without those flags works but is slow, and ``bf16`` with
+    ``backend: onnx`` is an error. bf16 vectors have their own encoder id (suffix ``-bf16``), so
+    they never share a cache with fp32 ones."""
     top_tags: int = 5
     """How many of an item's most frequent tags go into its text."""
 
@@ -110,7 +111,9 @@ class EmbedSettings(BaseModel):
 class TrainSettings(BaseModel):
     """Which candidates train and how they are compared."""
 
-    candidates: list[str] = Field(default_factory=lambda: ["popularity", "lm_content", "ease", "lm_sasrec"], min_length=1)
+    candidates: list[str] = Field(
+        default_factory=lambda: ["popularity", "lm_content", "ease", "lm_sasrec"], min_length=1
+    )
     """Recommenders to train, one mapped Airflow task each; the best on the validation item
     becomes the challenger. ``sasrec`` (ID only) is available too (docs/models.md)."""
     warm_start: bool = True

@@ -41,7 +41,9 @@ def _settings():
     # run_immediately=0 s: the first scheduled run waits for the next cron time. The default
     # (False) still starts a run at once when the DAG appears within 10% of the cron period after
     # a cron time (2.4 h after midnight for @daily).
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(SCHEDULE, timezone="UTC", run_immediately=timedelta(0)), assets=FEEDBACK_ASSET),
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(SCHEDULE, timezone="UTC", run_immediately=timedelta(0)), assets=FEEDBACK_ASSET
+    ),
     catchup=False,  # no start_date: no backfill of missed cron times
     max_active_runs=1,
     tags=["lm-recsys", "training"],

@@ -40,7 +40,16 @@ def interactions_suite(cfg: ValidationSettings) -> gx.ExpectationSuite:
         name="interactions",
         expectations=[
             gxe.ExpectTableColumnsToMatchSet(
-                column_set=[EVENT_ID_COL, USER_COL, ITEM_COL, TIMESTAMP_COL, EVENT_COL, VALUE_COL, "source", KNOWN_ITEM_FLAG],
+                column_set=[
+                    EVENT_ID_COL,
+                    USER_COL,
+                    ITEM_COL,
+                    TIMESTAMP_COL,
+                    EVENT_COL,
+                    VALUE_COL,
+                    "source",
+                    KNOWN_ITEM_FLAG,
+                ],
                 exact_match=True,
             ),
             gxe.ExpectColumnValuesToNotBeNull(column=USER_COL),
@@ -78,9 +87,17 @@ def drift_suite(cfg: ValidationSettings) -> gx.ExpectationSuite:
     return gx.ExpectationSuite(
         name="drift",
         expectations=[
-            gxe.ExpectColumnValuesToBeBetween(column="volume_ratio", min_value=cfg.drift_min_volume_ratio, max_value=cfg.drift_max_volume_ratio),
-            gxe.ExpectColumnValuesToBeBetween(column="unknown_item_share", min_value=0.0, max_value=cfg.drift_max_unknown_item_share),
-            gxe.ExpectColumnValuesToBeBetween(column="new_user_ratio", min_value=0.0, max_value=cfg.drift_max_new_user_ratio),
-            gxe.ExpectColumnValuesToBeBetween(column="event_divergence", min_value=0.0, max_value=cfg.drift_max_divergence),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="volume_ratio", min_value=cfg.drift_min_volume_ratio, max_value=cfg.drift_max_volume_ratio
+            ),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="unknown_item_share", min_value=0.0, max_value=cfg.drift_max_unknown_item_share
+            ),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="new_user_ratio", min_value=0.0, max_value=cfg.drift_max_new_user_ratio
+            ),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="event_divergence", min_value=0.0, max_value=cfg.drift_max_divergence
+            ),
         ],
     )

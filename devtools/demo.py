@@ -13,11 +13,19 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import requests
 import typer
 
-from devtools.stack import TELEMETRY_OFF, AirflowStack, BentoServer, ManagedProcess, VENV_BIN, free_port, http_ok, wait_for
 from components.settings import PROJECT_ROOT, load_settings
+from devtools.stack import (
+    TELEMETRY_OFF,
+    VENV_BIN,
+    AirflowStack,
+    BentoServer,
+    ManagedProcess,
+    free_port,
+    http_ok,
+    wait_for,
+)
 
 QUERY = "a funny space adventure for kids"
 
@@ -99,7 +107,9 @@ def run_demo(
     stack = AirflowStack(data_root / "airflow", PROJECT_ROOT / "dags", env)
     stack.port = _port(airflow_port)
     stack.base = f"http://127.0.0.1:{stack.port}"
-    stack.env.update({"AIRFLOW__API__PORT": str(stack.port), "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{stack.base}/execution/"})
+    stack.env.update(
+        {"AIRFLOW__API__PORT": str(stack.port), "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{stack.base}/execution/"}
+    )
     try:
         _say(f"data root: {data_root}; source: {settings.resolved_source()}")
         _say("starting Airflow (api-server, scheduler, dag-processor) on SQLite with LocalExecutor …")
@@ -109,7 +119,18 @@ def run_demo(
         mlflow_port = _port(mlflow_port)
         mlflow_ui = ManagedProcess(
             "mlflow-ui",
-            [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", settings.tracking_uri, "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
+            [
+                str(VENV_BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                settings.tracking_uri,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+            ],
             {**os.environ, **TELEMETRY_OFF, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             data_root / "logs",
         )
@@ -122,19 +143,30 @@ def run_demo(
             raise RuntimeError(f"the first pipeline run failed; see the Airflow UI at {stack.base}")
         decision = stack.xcom("lm_recsys_pipeline", first, "promote")
         _say(f"version {decision['version']} ({decision['model_kind']}): {decision['decision']} — {decision['reason']}")
-        shown.update(first_run_id=first, first_version=decision["version"], first_decision=decision["decision"], first_snapshot_id=decision["snapshot_id"])
+        shown.update(
+            first_run_id=first,
+            first_version=decision["version"],
+            first_decision=decision["decision"],
+            first_snapshot_id=decision["snapshot_id"],
+        )
 
         _say("starting the BentoML service …")
         server = BentoServer(env, data_root / "logs", PROJECT_ROOT, port=_port(bento_port))
         processes.append(server)
         server.wait_ready(timeout=300)
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{mlflow_port}/health"), 120, what="the MLflow UI", procs=[mlflow_ui])
+        wait_for(
+            lambda: http_ok(f"http://127.0.0.1:{mlflow_port}/health"), 120, what="the MLflow UI", procs=[mlflow_ui]
+        )
         _say(f"MLflow UI: http://127.0.0.1:{mlflow_port}   BentoML: {server.base} (API docs at /docs, web page at /ui)")
 
         snapshot = settings.snapshots_dir / decision["snapshot_id"]
         interactions = pd.read_parquet(snapshot / "interactions.parquet")
         items = pd.read_parquet(snapshot / "items.parquet")
-        user = int(interactions["user_id"].iloc[0]) if pd.api.types.is_integer_dtype(interactions["user_id"]) else str(interactions["user_id"].iloc[0])
+        user = (
+            int(interactions["user_id"].iloc[0])
+            if pd.api.types.is_integer_dtype(interactions["user_id"])
+            else str(interactions["user_id"].iloc[0])
+        )
         body = server.post("/recommend", {"user_id": user, "k": 5}).json()
         _show(f"recommendations for known user {user}", body)
         shown["known_user"] = body
@@ -144,18 +176,35 @@ def run_demo(
         unrated = items[~items["item_id"].isin(interactions["item_id"])]
         new_item = unrated.iloc[-1] if len(unrated) else items.iloc[-1]
         why_new = "which nobody has rated yet" if len(unrated) else "the newest item in the catalogue"
-        body = server.post("/similar_items", {"item_id": new_item["item_id"].item() if hasattr(new_item["item_id"], "item") else new_item["item_id"], "k": 5}).json()
+        body = server.post(
+            "/similar_items",
+            {
+                "item_id": new_item["item_id"].item() if hasattr(new_item["item_id"], "item") else new_item["item_id"],
+                "k": 5,
+            },
+        ).json()
         _show(f"items like {new_item['title']!r}, {why_new} (served from its text)", body)
         shown["new_item"] = body
 
         runs_before = {run["dag_run_id"] for run in stack.runs("lm_recsys_pipeline")}
-        liked = [i["item_id"] for i in server.post("/search", {"query": "animated family adventure", "k": feedback_events * 2}).json()["items"]]
+        liked = [
+            i["item_id"]
+            for i in server.post("/search", {"query": "animated family adventure", "k": feedback_events * 2}).json()[
+                "items"
+            ]
+        ]
         seen = set(interactions.loc[interactions["user_id"] == user, "item_id"])
         liked = [i for i in liked if i not in seen][:feedback_events]
-        payload = [{"user_id": user, "item_id": item, "event": "like", "event_id": f"demo-{user}-{item}-{int(time.time())}"} for item in liked]
+        payload = [
+            {"user_id": user, "item_id": item, "event": "like", "event_id": f"demo-{user}-{item}-{int(time.time())}"}
+            for item in liked
+        ]
         written = server.post("/feedback_batch", {"events": payload}).json()
         shown.update(user=user, feedback_event_ids=[event["event_id"] for event in payload], feedback_written=written)
-        _say(f"posted {written['accepted']} likes from user {user} to /feedback_batch; the watcher checks every 10 s for ≥ {feedback_events} new events …")
+        _say(
+            f"posted {written['accepted']} likes from user {user} to /feedback_batch; "
+            f"the watcher checks every 10 s for ≥ {feedback_events} new events …"
+        )
         body = server.post("/recommend", {"user_id": user, "k": 5}).json()
         _show(f"recommendations for user {user} right away (request-time feedback, no retraining)", body)
         shown["after_feedback"] = body
@@ -171,13 +220,33 @@ def run_demo(
             raise RuntimeError(f"the feedback-triggered run failed; see {stack.base}")
         decision = stack.xcom("lm_recsys_pipeline", second["dag_run_id"], "promote")
         _say(f"version {decision['version']}: {decision['decision']} — {decision['reason']}")
-        shown.update(second_version=decision["version"], second_decision=decision["decision"], second_snapshot_id=decision["snapshot_id"])
+        shown.update(
+            second_version=decision["version"],
+            second_decision=decision["decision"],
+            second_snapshot_id=decision["snapshot_id"],
+        )
         if decision["decision"] == "promoted":
-            wait_for(lambda: server.post("/recommend", {"user_id": user, "k": 5}).json()["model_version"] == str(decision["version"]), 120, what="the service to swap", procs=[server])
+            wait_for(
+                lambda: (
+                    server.post("/recommend", {"user_id": user, "k": 5}).json()["model_version"]
+                    == str(decision["version"])
+                ),
+                120,
+                what="the service to swap",
+                procs=[server],
+            )
         body = server.post("/recommend", {"user_id": user, "k": 5}).json()
         _show(f"recommendations for user {user} from the served model", body)
         shown["final"] = body
-        _say("done. " + (f"Airflow {stack.base} · MLflow http://127.0.0.1:{mlflow_port} · BentoML {server.base}/ui — press Ctrl-C to stop." if keep_running else "stopping."))
+        _say(
+            "done. "
+            + (
+                f"Airflow {stack.base} · MLflow http://127.0.0.1:{mlflow_port} · BentoML {server.base}/ui"
+                " — press Ctrl-C to stop."
+                if keep_running
+                else "stopping."
+            )
+        )
         if keep_running:
             try:
                 while True:

@@ -47,7 +47,13 @@ class ManagedProcess:
         log_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            args, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            args,
+            env=env,
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
     def alive(self) -> bool:
@@ -118,7 +124,9 @@ def _log_line(entry) -> str:
     return line
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition", procs: list[ManagedProcess] = ()):
+def wait_for(
+    predicate, timeout: float, interval: float = 0.5, what: str = "condition", procs: list[ManagedProcess] = ()
+):
     deadline = time.monotonic() + timeout
     last_error = None
     while time.monotonic() < deadline:
@@ -157,7 +165,15 @@ TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 class AirflowStack:
     """api-server, scheduler and dag-processor (plus optional Celery workers) in a temporary AIRFLOW_HOME."""
 
-    def __init__(self, home: Path, dags_folder: Path, extra_env: dict | None = None, *, executor: str = "LocalExecutor", db_url: str | None = None):
+    def __init__(
+        self,
+        home: Path,
+        dags_folder: Path,
+        extra_env: dict | None = None,
+        *,
+        executor: str = "LocalExecutor",
+        db_url: str | None = None,
+    ):
         self.home = home
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -176,7 +192,9 @@ class AirflowStack:
             **({} if db_url else {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "devtools.stack.SQLITE_CONNECT_ARGS"}),
             "AIRFLOW__CORE__EXECUTOR": executor,
             "AIRFLOW__CORE__PARALLELISM": "2",
-            "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",  # user:role
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "AIRFLOW__API__PORT": str(self.port),
@@ -193,27 +211,55 @@ class AirflowStack:
         self._token: str | None = None
 
     def airflow(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([str(VENV_BIN / "airflow"), *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=self.home)
+        return subprocess.run(
+            [str(VENV_BIN / "airflow"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.home,
+        )
 
-    def start(self, *, workers: list[str] = (), timeout: float = 120) -> "AirflowStack":
+    def start(self, *, workers: list[str] = (), timeout: float = 120) -> AirflowStack:
         migrated = self.airflow("db", "migrate")
         if migrated.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed:\n{migrated.stdout[-3000:]}\n{migrated.stderr[-3000:]}")
         logs = self.home / "proc-logs"
         airflow = str(VENV_BIN / "airflow")
-        self.procs.append(ManagedProcess("api-server", [airflow, "api-server", "-p", str(self.port), "-w", "1"], self.env, logs, self.home))
-        self.procs.append(ManagedProcess("scheduler", [airflow, "scheduler", "--skip-serve-logs"], self.env, logs, self.home))
+        self.procs.append(
+            ManagedProcess(
+                "api-server", [airflow, "api-server", "-p", str(self.port), "-w", "1"], self.env, logs, self.home
+            )
+        )
+        self.procs.append(
+            ManagedProcess("scheduler", [airflow, "scheduler", "--skip-serve-logs"], self.env, logs, self.home)
+        )
         self.procs.append(ManagedProcess("dag-processor", [airflow, "dag-processor"], self.env, logs, self.home))
         for name in workers:
             self.start_worker(name)
-        wait_for(lambda: http_ok(f"{self.base}/api/v2/monitor/health"), timeout, what="the Airflow api-server", procs=self.procs)
+        wait_for(
+            lambda: http_ok(f"{self.base}/api/v2/monitor/health"),
+            timeout,
+            what="the Airflow api-server",
+            procs=self.procs,
+        )
         return self
 
     def start_worker(self, name: str) -> ManagedProcess:
         """A Celery worker (concurrency 1) whose task instances report ``<name>@<machine>`` as host."""
         airflow = str(VENV_BIN / "airflow")
-        env = {**self.env, "LMRECSYS_WORKER_NAME": name, "AIRFLOW__CORE__HOSTNAME_CALLABLE": "devtools.stack.worker_hostname"}
-        proc = ManagedProcess(f"worker-{name}", [airflow, "celery", "worker", "--celery-hostname", f"{name}@%h", "--concurrency", "1", "--skip-serve-logs"], env, self.home / "proc-logs", self.home)
+        env = {
+            **self.env,
+            "LMRECSYS_WORKER_NAME": name,
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "devtools.stack.worker_hostname",
+        }
+        proc = ManagedProcess(
+            f"worker-{name}",
+            [airflow, "celery", "worker", "--celery-hostname", f"{name}@%h", "--concurrency", "1", "--skip-serve-logs"],
+            env,
+            self.home / "proc-logs",
+            self.home,
+        )
         self.procs.append(proc)
         return proc
 
@@ -225,7 +271,9 @@ class AirflowStack:
         old.stop()
         self.procs.remove(old)
         args = {"scheduler": ["scheduler", "--skip-serve-logs"], "dag-processor": ["dag-processor"]}[name]
-        self.procs.append(ManagedProcess(name, [str(VENV_BIN / "airflow"), *args], self.env, self.home / "proc-logs", self.home))
+        self.procs.append(
+            ManagedProcess(name, [str(VENV_BIN / "airflow"), *args], self.env, self.home / "proc-logs", self.home)
+        )
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -257,14 +305,20 @@ class AirflowStack:
         url = f"{self.base}/api/v2{path}"
         response = retrying(lambda: requests.request(method, url, headers=self.headers, timeout=timeout, **kwargs))
         if not response.ok:
-            raise requests.HTTPError(f"{method} {path}: {response.status_code} {response.text[:2000]}", response=response)
+            raise requests.HTTPError(
+                f"{method} {path}: {response.status_code} {response.text[:2000]}", response=response
+            )
         return response.json()
 
     def wait_dag(self, dag_id: str, timeout: float = 120) -> None:
-        wait_for(lambda: self.api("GET", f"/dags/{dag_id}"), timeout, what=f"DAG {dag_id} to be parsed", procs=self.procs)
+        wait_for(
+            lambda: self.api("GET", f"/dags/{dag_id}"), timeout, what=f"DAG {dag_id} to be parsed", procs=self.procs
+        )
 
     def trigger(self, dag_id: str, conf: dict | None = None) -> str:
-        return self.api("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})["dag_run_id"]
+        return self.api("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})[
+            "dag_run_id"
+        ]
 
     def runs(self, dag_id: str) -> list[dict]:
         return self.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100, "order_by": "start_date"})["dag_runs"]
@@ -273,11 +327,17 @@ class AirflowStack:
         return self.api("GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")["state"]
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        return self.api("GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances", params={"limit": 100})["task_instances"]
+        return self.api(
+            "GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances", params={"limit": 100}
+        )["task_instances"]
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1):
         quoted = urllib.parse.quote(run_id, safe="")
-        return self.api("GET", f"/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/xcomEntries/return_value", params={"map_index": map_index})["value"]
+        return self.api(
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/xcomEntries/return_value",
+            params={"map_index": map_index},
+        )["value"]
 
     def task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict:
         return self.api("GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}")
@@ -285,7 +345,11 @@ class AirflowStack:
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1) -> str:
         """One try's task log as text, read through the REST API like the UI does."""
         quoted = urllib.parse.quote(run_id, safe="")
-        body = self.api("GET", f"/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/logs/{try_number}", params={"full_content": "true", "map_index": map_index})
+        body = self.api(
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/logs/{try_number}",
+            params={"full_content": "true", "map_index": map_index},
+        )
         content = body.get("content", "")
         if isinstance(content, str):
             return content
@@ -306,9 +370,23 @@ class BentoServer(ManagedProcess):
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, **TELEMETRY_OFF, "BENTOML_HOME": str(log_dir / "bentoml-home"), **env}
-        super().__init__("bentoml", [str(VENV_BIN / "bentoml"), "serve", "serving.service:RecommenderService", "--host", "127.0.0.1", "--port", str(self.port)], env, log_dir, cwd)
+        super().__init__(
+            "bentoml",
+            [
+                str(VENV_BIN / "bentoml"),
+                "serve",
+                "serving.service:RecommenderService",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env,
+            log_dir,
+            cwd,
+        )
 
-    def wait_ready(self, timeout: float = 120) -> "BentoServer":
+    def wait_ready(self, timeout: float = 120) -> BentoServer:
         wait_for(lambda: http_ok(f"{self.base}/readyz"), timeout, what="bentoml serve to be ready", procs=[self])
         return self
 
@@ -325,10 +403,24 @@ class MlflowServer(ManagedProcess):
         env = {**os.environ, **TELEMETRY_OFF, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         super().__init__(
             "mlflow-server",
-            [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            env, log_dir,
+            [
+                str(VENV_BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                backend_uri,
+                "--artifacts-destination",
+                str(artifacts),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            env,
+            log_dir,
         )
 
-    def wait_ready(self, timeout: float = 90) -> "MlflowServer":
+    def wait_ready(self, timeout: float = 90) -> MlflowServer:
         wait_for(lambda: http_ok(f"{self.base}/health"), timeout, what="mlflow server", procs=[self])
         return self

@@ -1,5 +1,7 @@
 """Test-side names for the local server helpers (the implementation lives in devtools.stack)."""
 
+from contextlib import contextmanager  # noqa: E402
+
 from devtools.stack import (  # noqa: F401
     TELEMETRY_OFF,
     VENV_BIN,
@@ -11,9 +13,6 @@ from devtools.stack import (  # noqa: F401
     http_ok,
     wait_for,
 )
-
-
-from contextlib import contextmanager  # noqa: E402
 
 
 @contextmanager

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 from components.data.columns import EVENT_COL, ITEM_COL, TIMESTAMP_COL, TITLE_COL, USER_COL, VALUE_COL
-
 from components.data.events import NEGATIVE_EVENTS
 
 
@@ -38,14 +37,19 @@ class History:
     def __len__(self) -> int:
         return len(self.items)
 
-    def head(self, n: int) -> "History":
+    def head(self, n: int) -> History:
         """The first ``n`` interactions (negative n drops from the end)."""
         return History(self.items[:n], self.events[:n], self.values[:n], self.timestamps[:n])
 
-    def tail(self, n: int) -> "History":
+    def tail(self, n: int) -> History:
         """The newest ``n`` interactions."""
         n = min(n, len(self.items))
-        return History(self.items[-n:] if n else self.items[:0], self.events[-n:] if n else [], self.values[-n:] if n else self.values[:0], self.timestamps[-n:] if n else self.timestamps[:0])
+        return History(
+            self.items[-n:] if n else self.items[:0],
+            self.events[-n:] if n else [],
+            self.values[-n:] if n else self.values[:0],
+            self.timestamps[-n:] if n else self.timestamps[:0],
+        )
 
 
 @dataclass
@@ -68,7 +72,7 @@ class Catalogue:
         return np.array([self.index.get(item_id, -1) for item_id in ids], dtype=np.int64)
 
     @classmethod
-    def from_items(cls, items: pd.DataFrame) -> "Catalogue":
+    def from_items(cls, items: pd.DataFrame) -> Catalogue:
         items = items.sort_values(ITEM_COL, kind="stable")
         return cls(
             items[ITEM_COL].to_numpy(),
@@ -90,7 +94,7 @@ class InteractionData:
         return len(self.catalogue)
 
     @classmethod
-    def from_frames(cls, items: pd.DataFrame, interactions: pd.DataFrame) -> "InteractionData":
+    def from_frames(cls, items: pd.DataFrame, interactions: pd.DataFrame) -> InteractionData:
         catalogue = Catalogue.from_items(items)
         frame = interactions[~interactions[EVENT_COL].isin(NEGATIVE_EVENTS)]
         frame = frame[frame[ITEM_COL].isin(catalogue.index.keys())]
@@ -104,8 +108,14 @@ class InteractionData:
         user_ids, histories = [], []
         for start, stop in zip(boundaries[:-1], boundaries[1:]):
             user_ids.append(users[start])
-            histories.append(History(item_index[start:stop], events[start:stop].tolist(), values[start:stop], stamps[start:stop]))
-        return cls(catalogue, np.array(user_ids, dtype=object if len(user_ids) and isinstance(user_ids[0], str) else None), histories)
+            histories.append(
+                History(item_index[start:stop], events[start:stop].tolist(), values[start:stop], stamps[start:stop])
+            )
+        return cls(
+            catalogue,
+            np.array(user_ids, dtype=object if len(user_ids) and isinstance(user_ids[0], str) else None),
+            histories,
+        )
 
     def item_counts(self) -> np.ndarray:
         counts = np.zeros(self.n_items, dtype=np.int64)

@@ -9,13 +9,10 @@ of its content, so ingesting the same input twice yields the same id. Validation
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +62,7 @@ class Snapshot:
     def interactions(self) -> pd.DataFrame:
         return pd.read_parquet(self.path / "interactions.parquet")
 
-    def require_accepted(self) -> "Snapshot":
+    def require_accepted(self) -> Snapshot:
         """Downstream stages call this: only validated snapshots may be trained on."""
         if not (self.path / "manifest.json").exists():
             raise SnapshotRejected(f"snapshot {self.snapshot_id} does not exist at {self.path}")
@@ -91,7 +88,9 @@ def canonicalise(items: pd.DataFrame, interactions: pd.DataFrame) -> tuple[pd.Da
     return items, interactions.reset_index(drop=True)
 
 
-def content_hash(items: pd.DataFrame, interactions: pd.DataFrame, feedback_watermark: int, source_hashes: list[str] = ()) -> str:
+def content_hash(
+    items: pd.DataFrame, interactions: pd.DataFrame, feedback_watermark: int, source_hashes: list[str] = ()
+) -> str:
     """Hash of the data, the watermark and the source files' hashes: same input, same id."""
     digest = hashlib.sha256()
     for source_digest in sorted(h for h in source_hashes if h):
@@ -115,7 +114,9 @@ def write_snapshot(
 ) -> Snapshot:
     """Write a snapshot atomically and return its handle; an identical snapshot is reused."""
     items, interactions = canonicalise(items, interactions)
-    digest = content_hash(items, interactions, feedback_watermark, [v.get("sha256") for v in sources.values() if isinstance(v, dict)])
+    digest = content_hash(
+        items, interactions, feedback_watermark, [v.get("sha256") for v in sources.values() if isinstance(v, dict)]
+    )
     snapshot_id = f"snap-{digest[:16]}"
     target = snapshots_dir / snapshot_id
     if (target / "manifest.json").exists():
@@ -155,7 +156,11 @@ def list_snapshots(snapshots_dir: Path) -> list[Snapshot]:
     """Every complete snapshot, oldest first (temporary folders are invisible)."""
     if not snapshots_dir.exists():
         return []
-    found = [Snapshot(p) for p in snapshots_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").exists()]
+    found = [
+        Snapshot(p)
+        for p in snapshots_dir.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").exists()
+    ]
     return sorted(found, key=lambda s: (s.manifest["created_at"], s.snapshot_id))
 
 

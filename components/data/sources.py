@@ -108,9 +108,7 @@ def download_file(url: str, expected_sha256: str, cache_dir: Path, timeout_s: fl
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             raise SourceError(f"download of {url} failed: {getattr(exc, 'reason', exc)}") from exc
         if expected_length is not None and received != int(expected_length):
-            raise SourceError(
-                f"download of {url} is truncated: received {received} of {expected_length} bytes"
-            )
+            raise SourceError(f"download of {url} is truncated: received {received} of {expected_length} bytes")
         actual = digest.hexdigest()
         if actual != expected_sha256:
             raise ChecksumError(
@@ -158,7 +156,10 @@ def resolve_movielens_dir(source: str, cache_dir: Path, sha256: str, timeout_s: 
     if path.is_file():
         if path.suffix != ".zip":
             raise SourceError(f"source {path} is a file but not a .zip archive")
-        return extract_movielens_zip(path, cache_dir, sha256), {"archive": path.resolve().as_uri(), "archive_sha256": sha256}
+        return extract_movielens_zip(path, cache_dir, sha256), {
+            "archive": path.resolve().as_uri(),
+            "archive_sha256": sha256,
+        }
     if not any(path.iterdir()):
         raise SourceError(f"source folder {path} is empty; expected {', '.join(MOVIELENS_FILES)}")
     return path, {}
@@ -189,9 +190,7 @@ def read_table(path: Path, required: list[str], *, dtype: dict | None = None) ->
         hint = ""
         if len(frame.columns) == 1 and any(sep in frame.columns[0] for sep in ";\t|"):
             hint = " (the file looks like it uses another delimiter than a comma)"
-        raise SourceError(
-            f"{path} lacks required column(s) {missing}; found {list(frame.columns)}{hint}"
-        )
+        raise SourceError(f"{path} lacks required column(s) {missing}; found {list(frame.columns)}{hint}")
     if frame.empty:
         raise SourceError(f"{path} has a header but no rows")
     return frame
@@ -338,7 +337,16 @@ def read_generic(items_path: Path, interactions_path: Path, *, text_columns: lis
     if EVENT_ID_COL in inter_raw:
         event_ids = inter_raw[EVENT_ID_COL].astype(str)
     else:
-        event_ids = "g-" + users + "-" + item_ids + "-" + timestamps.astype(str) + "-" + pd.Series(events, index=inter_raw.index).astype(str)
+        event_ids = (
+            "g-"
+            + users
+            + "-"
+            + item_ids
+            + "-"
+            + timestamps.astype(str)
+            + "-"
+            + pd.Series(events, index=inter_raw.index).astype(str)
+        )
     interactions = pd.DataFrame(
         {
             EVENT_ID_COL: event_ids,

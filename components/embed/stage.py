@@ -39,7 +39,7 @@ class ItemEmbeddings:
     manifest: dict
 
     @classmethod
-    def load(cls, folder: Path) -> "ItemEmbeddings":
+    def load(cls, folder: Path) -> ItemEmbeddings:
         if not (folder / "manifest.json").exists():
             raise EncoderError(f"no embeddings at {folder}; run the embed stage first")
         ids = pd.read_parquet(folder / "item_ids.parquet")[ITEM_COL].to_numpy()

@@ -44,11 +44,17 @@ def _write_contents(folder: Path, model, data: InteractionData, text_vectors, me
     if validation_model is not None:
         validation_model.save(folder / "model_val")
     catalogue = data.catalogue
-    pd.DataFrame({ITEM_COL: catalogue.item_ids, TITLE_COL: catalogue.titles, CATEGORIES_COL: catalogue.categories}).to_parquet(
-        folder / "catalogue.parquet", index=False
+    pd.DataFrame(
+        {ITEM_COL: catalogue.item_ids, TITLE_COL: catalogue.titles, CATEGORIES_COL: catalogue.categories}
+    ).to_parquet(folder / "catalogue.parquet", index=False)
+    rows = [
+        (user, int(i), e, float(v), int(t))
+        for user, h in zip(data.user_ids, data.histories)
+        for i, e, v, t in zip(h.items, h.events, h.values, h.timestamps)
+    ]
+    pd.DataFrame(rows, columns=["user_id", "item_index", "event", "value", "timestamp"]).to_parquet(
+        folder / "histories.parquet", index=False
     )
-    rows = [(user, int(i), e, float(v), int(t)) for user, h in zip(data.user_ids, data.histories) for i, e, v, t in zip(h.items, h.events, h.values, h.timestamps)]
-    pd.DataFrame(rows, columns=["user_id", "item_index", "event", "value", "timestamp"]).to_parquet(folder / "histories.parquet", index=False)
     np.save(folder / "popularity.npy", data.item_counts().astype(np.float32))
     if text_vectors is not None:
         np.save(folder / "text_vectors.npy", text_vectors.astype(np.float32))
@@ -59,7 +65,9 @@ def read_catalogue(folder: Path) -> Catalogue:
     """The bundle's catalogue: item ids, titles and categories in index order."""
     frame = pd.read_parquet(Path(folder) / "catalogue.parquet")
     return Catalogue(
-        frame[ITEM_COL].to_numpy(), frame[TITLE_COL].to_numpy(dtype=object), frame[CATEGORIES_COL].to_numpy(dtype=object)
+        frame[ITEM_COL].to_numpy(),
+        frame[TITLE_COL].to_numpy(dtype=object),
+        frame[CATEGORIES_COL].to_numpy(dtype=object),
     )
 
 

@@ -17,9 +17,9 @@ import numpy as np
 
 from components.data.dataset import History
 from components.data.events import NEGATIVE_EVENTS, POSITIVE_EVENTS, POSITIVE_RATING
-from components.models import Recommender, load_model
 from components.engine.bundle import read_catalogue, read_histories
 from components.evaluation.metrics import top_k
+from components.models import Recommender, load_model
 from components.settings import ServingSettings
 
 MAX_HISTORY = 500
@@ -135,7 +135,12 @@ class ServingEngine:
             events.append(event)
             values.append(np.nan if value is None else float(value))
             stamps.append(int(ts))
-        history = History(np.array(items, dtype=np.int64), events, np.array(values, dtype=np.float64), np.array(stamps, dtype=np.int64))
+        history = History(
+            np.array(items, dtype=np.int64),
+            events,
+            np.array(values, dtype=np.float64),
+            np.array(stamps, dtype=np.int64),
+        )
         history = history.tail(MAX_HISTORY)
         history.disliked = disliked  # type: ignore[attr-defined]
         return history
@@ -171,7 +176,9 @@ class ServingEngine:
                 self._category_masks[key] = mask
         return mask
 
-    def rank(self, scores: np.ndarray, k: int, *, exclude: np.ndarray | None = None, categories: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def rank(
+        self, scores: np.ndarray, k: int, *, exclude: np.ndarray | None = None, categories: list[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         scores = np.array(scores, dtype=np.float32, copy=True)
         if exclude is not None and len(exclude):
             scores[exclude] = -np.inf
@@ -181,7 +188,9 @@ class ServingEngine:
         keep = np.isfinite(values[0])
         return indexes[0][keep], values[0][keep]
 
-    def recommend_history(self, history: History | None, k: int, *, exclude_seen: bool = True, categories: list[str] | None = None) -> tuple[list[Recommendation], str]:
+    def recommend_history(
+        self, history: History | None, k: int, *, exclude_seen: bool = True, categories: list[str] | None = None
+    ) -> tuple[list[Recommendation], str]:
         """Recommendations for a history; an empty history falls back to popularity."""
         return self.recommend_histories([ScoreRequest(history, k, exclude_seen, categories)])[0]
 
@@ -207,7 +216,11 @@ class ServingEngine:
             for row, position in enumerate(scored):
                 history, k, exclude_seen, categories = requests[position]
                 disliked = list(getattr(history, "disliked", set()))
-                exclude = np.unique(np.r_[history.items, disliked]).astype(np.int64) if exclude_seen else np.array(disliked, dtype=np.int64)
+                exclude = (
+                    np.unique(np.r_[history.items, disliked]).astype(np.int64)
+                    if exclude_seen
+                    else np.array(disliked, dtype=np.int64)
+                )
                 indexes, values = self.rank(matrix[row], k, exclude=exclude, categories=categories)
                 answers[position] = (self._package(indexes, values, history), self.model.name)
         return answers
@@ -245,14 +258,16 @@ class ServingEngine:
         indexes, values = self.rank(scores, k, exclude=np.array([index]))
         return self._package(indexes, values, None)
 
-    def search_vector(self, query_vector: np.ndarray, k: int, categories: list[str] | None = None) -> list[Recommendation]:
+    def search_vector(
+        self, query_vector: np.ndarray, k: int, categories: list[str] | None = None
+    ) -> list[Recommendation]:
         if self.text_vectors is None:
             raise RuntimeError("this model carries no text vectors, so free-text search is unavailable")
         indexes, values = self.rank(self.text_vectors @ query_vector, k, categories=categories)
         return self._package(indexes, values, None)
 
     def explain(self, history: History | None, index: int) -> str | None:
-        """"Because you liked X": the history item whose text is closest to the recommendation."""
+        """ "Because you liked X": the history item whose text is closest to the recommendation."""
         explanations = self._explanations(history, np.array([index]))
         return explanations[0] if explanations else None
 
@@ -274,7 +289,12 @@ class ServingEngine:
         self.recommend_history(self.history_for(user) if user is not None else None, 10)
         self.recommend_history(None, 10)
         if len(self.catalogue) and (self.text_vectors is not None or hasattr(self.model, "item_matrix")):
-            self.similar_items(self.catalogue.item_ids[0].item() if hasattr(self.catalogue.item_ids[0], "item") else self.catalogue.item_ids[0], 10)
+            self.similar_items(
+                self.catalogue.item_ids[0].item()
+                if hasattr(self.catalogue.item_ids[0], "item")
+                else self.catalogue.item_ids[0],
+                10,
+            )
 
     def _package(self, indexes: np.ndarray, scores: np.ndarray, history: History | None) -> list[Recommendation]:
         explanations = self._explanations(history, np.asarray(indexes, dtype=np.int64))

@@ -8,11 +8,11 @@ display is ever needed.
 
 from __future__ import annotations
 
-import os
-from components.data.atomic import atomic_file  # noqa: E402 (after the backend choice)
 from pathlib import Path
 
 import matplotlib
+
+from components.data.atomic import atomic_file  # noqa: E402 (after the backend choice)
 
 matplotlib.use("Agg")  # headless: Airflow workers and CI have no display
 
@@ -95,13 +95,20 @@ def plot_cold_start(report: dict, path: Path) -> Path:
     rows = report_rows(report)
     figure, axes = plt.subplots(figsize=(max(6.0, 1.4 * len(rows)), 4.2))
     positions = np.arange(len(rows))
-    bars = (("hr_at_10", "HR@10 all"), ("cold_hr_at_10", "HR@10 cold"), ("ndcg_at_10", "NDCG@10 all"), ("cold_ndcg_at_10", "NDCG@10 cold"))
+    bars = (
+        ("hr_at_10", "HR@10 all"),
+        ("cold_hr_at_10", "HR@10 cold"),
+        ("ndcg_at_10", "NDCG@10 all"),
+        ("cold_ndcg_at_10", "NDCG@10 cold"),
+    )
     width = 0.8 / len(bars)
     for index, (key, label) in enumerate(bars):
         values = [float(result["test"].get(key, 0.0)) for _, result in rows]
         axes.bar(positions + (index - (len(bars) - 1) / 2) * width, values, width, label=label)
     cold_users = [int(result["test"].get("cold_users", 0)) for _, result in rows]
-    axes.set_xticks(positions, [f"{name}\n({n} cold users)" for (name, _), n in zip(rows, cold_users)], fontsize="small")
+    axes.set_xticks(
+        positions, [f"{name}\n({n} cold users)" for (name, _), n in zip(rows, cold_users)], fontsize="small"
+    )
     axes.set_ylabel("test value")
     axes.set_title("Cold-start slice: test items with at most 5 training interactions")
     axes.legend(fontsize="small")

@@ -14,7 +14,9 @@ def report_markdown(report: dict) -> str:
     lines = [
         f"Snapshot `{report['snapshot_id']}`: {report['users']} users, {report['items']} items, full ranking.",
         "",
-        "| model | HR@10 | NDCG@10 | MRR@10 | Recall@20 | coverage@10 | cold HR@10 | val " + report["gate_metric"] + " |",
+        "| model | HR@10 | NDCG@10 | MRR@10 | Recall@20 | coverage@10 | cold HR@10 | val "
+        + report["gate_metric"]
+        + " |",
         "|---|---|---|---|---|---|---|---|",
     ]
     rows = list(report["candidates"].items())
@@ -22,17 +24,17 @@ def report_markdown(report: dict) -> str:
         rows.append((f"champion v{report['champion']['version']} ({report['champion']['model']})", report["champion"]))
     for name, result in rows:
         test = result["test"]
-
-        def cell(key):
-            return f"{test[key]:.4f} [{test[key + '_low']:.4f}, {test[key + '_high']:.4f}]"
-
-        lines.append(
-            f"| {name} | {cell('hr_at_10')} | {cell('ndcg_at_10')} | {cell('mrr_at_10')} | {cell('recall_at_20')} "
-            f"| {test['coverage_at_10']:.4f} | {test['cold_hr_at_10']:.4f} ({int(test['cold_users'])} users) | {result['val'][report['gate_metric']]:.4f} |"
-        )
+        cells = [_with_interval(test, key) for key in ("hr_at_10", "ndcg_at_10", "mrr_at_10", "recall_at_20")]
+        cold = f"{test['cold_hr_at_10']:.4f} ({int(test['cold_users'])} users)"
+        gate = f"{result['val'][report['gate_metric']]:.4f}"
+        lines.append(f"| {name} | {' | '.join(cells)} | {test['coverage_at_10']:.4f} | {cold} | {gate} |")
     for name, reason in report.get("dropped", {}).items():
         lines.append(f"\nDropped **{name}**: {reason}")
     return "\n".join(lines) + "\n"
+
+
+def _with_interval(metrics: dict, key: str) -> str:
+    return f"{metrics[key]:.4f} [{metrics[key + '_low']:.4f}, {metrics[key + '_high']:.4f}]"
 
 
 def fit_tags(report: dict) -> dict[str, str]:
@@ -50,7 +52,12 @@ def fit_tags(report: dict) -> dict[str, str]:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

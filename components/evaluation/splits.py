@@ -24,7 +24,9 @@ from components.evaluation.metrics import EvaluationResult, evaluate_scores
 
 def _permuted(history: History, order: np.ndarray) -> History:
     # timestamps keep their sorted order: only which item sits at which step changes
-    return History(history.items[order], [history.events[i] for i in order], history.values[order], history.timestamps.copy())
+    return History(
+        history.items[order], [history.events[i] for i in order], history.values[order], history.timestamps.copy()
+    )
 
 
 def shuffle_histories(data: InteractionData, *, keep_last: int = 2, seed: int = 0) -> InteractionData:
@@ -47,7 +49,9 @@ def shuffled_split(data: InteractionData, *, seed: int = 0) -> Split:
     return leave_last_out(shuffle_histories(data, keep_last=2, seed=seed))
 
 
-def _cut(data: InteractionData, cutoff: int, until: int | None) -> tuple[InteractionData, list[History], list[int], list]:
+def _cut(
+    data: InteractionData, cutoff: int, until: int | None
+) -> tuple[InteractionData, list[History], list[int], list]:
     """Histories before ``cutoff``; users scored on their first interaction in [cutoff, until)."""
     before, histories, targets, users = [], [], [], []
     for user, history in zip(data.user_ids, data.histories):
@@ -68,7 +72,9 @@ def time_cutoffs(data: InteractionData, test_quantile: float = 0.9, val_quantile
     stamps = np.concatenate([h.timestamps for h in data.histories]) if data.histories else np.zeros(0, np.int64)
     if len(stamps) == 0:
         raise ValueError("no interactions to split by time")
-    return int(np.quantile(stamps, val_quantile, method="higher")), int(np.quantile(stamps, test_quantile, method="higher"))
+    return int(np.quantile(stamps, val_quantile, method="higher")), int(
+        np.quantile(stamps, test_quantile, method="higher")
+    )
 
 
 def global_time_split(data: InteractionData, *, test_quantile: float = 0.9, val_quantile: float = 0.8) -> Split:
@@ -93,11 +99,15 @@ def global_time_split(data: InteractionData, *, test_quantile: float = 0.9, val_
     )
 
 
-def evaluate_on_split(model, split: Split, side: str = "test", *, bootstrap_samples: int = 1000, seed: int = 0) -> EvaluationResult:
+def evaluate_on_split(
+    model, split: Split, side: str = "test", *, bootstrap_samples: int = 1000, seed: int = 0
+) -> EvaluationResult:
     """Protocol metrics of a model fitted on ``split.<side>_train``, on that side's targets."""
     if side not in ("val", "test"):
         raise ValueError(f"side must be 'val' or 'test', got {side!r}")
     histories, targets = getattr(split, f"{side}_histories"), getattr(split, f"{side}_targets")
     train = getattr(split, f"{side}_train")
     scores = model.score(histories) if histories else np.zeros((0, train.n_items), np.float32)
-    return evaluate_scores(scores, histories, targets, train_counts=train.item_counts(), bootstrap_samples=bootstrap_samples, seed=seed)
+    return evaluate_scores(
+        scores, histories, targets, train_counts=train.item_counts(), bootstrap_samples=bootstrap_samples, seed=seed
+    )

@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
+from components.data.snapshots import newest_accepted
 from components.feedback.store import FeedbackStore
 from components.settings import Settings
-from components.data.snapshots import newest_accepted
 
 
 @dataclass
@@ -58,7 +58,17 @@ def feedback_backlog(settings: Settings, now: float | None = None) -> Backlog:
         due, reason = True, f"{new} feedback events, the oldest {age:.0f}s old (max age {cfg.trigger_max_age_s:.0f}s)"
     else:
         due, reason = False, f"{new} new feedback events, below the threshold of {cfg.trigger_min_events}"
-    return Backlog(snapshot.snapshot_id if snapshot else None, snapshot_watermark, last_trigger, current, new, untrained, age, due, reason)
+    return Backlog(
+        snapshot.snapshot_id if snapshot else None,
+        snapshot_watermark,
+        last_trigger,
+        current,
+        new,
+        untrained,
+        age,
+        due,
+        reason,
+    )
 
 
 def claim_trigger(settings: Settings) -> Backlog:

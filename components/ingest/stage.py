@@ -17,11 +17,11 @@ from components.data.columns import (
     USER_COL,
     VALUE_COL,
 )
+from components.data.snapshots import Snapshot, as_id_type, newest_accepted, write_snapshot
+from components.data.sources import SourceData, read_generic, read_movielens, resolve_movielens_dir
 from components.errors import SourceError
 from components.feedback.store import FeedbackStore
 from components.settings import Settings, redact_url
-from components.data.snapshots import Snapshot, as_id_type, newest_accepted, write_snapshot
-from components.data.sources import SourceData, read_generic, read_movielens, resolve_movielens_dir
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,7 @@ def ingest(settings: Settings, *, parent: Snapshot | None = None, use_parent: bo
         frames_inter.insert(1, parent.interactions())  # after the source: a re-read source row wins over its old copy
     items = pd.concat([f for f in frames_items if len(f)], ignore_index=True)
     interactions = pd.concat([f for f in frames_inter if len(f)], ignore_index=True)
-    sources = {
-        name: {"uri": uri, "sha256": source.source_hashes.get(name)} for name, uri in source.source_uris.items()
-    }
+    sources = {name: {"uri": uri, "sha256": source.source_hashes.get(name)} for name, uri in source.source_uris.items()}
     sources["feedback"] = {"uri": redact_url(settings.feedback_url), "after": parent_watermark, "upto": watermark}
     snapshot = write_snapshot(
         settings.snapshots_dir,

@@ -6,4 +6,14 @@ from components.models.lm_content import LMContent
 from components.models.popularity import Popularity
 from components.models.sasrec import LMSASRec, SASRec
 
-__all__ = ["MODEL_REGISTRY", "Recommender", "build_model", "load_model", "EASE", "LMContent", "LMSASRec", "Popularity", "SASRec"]
+__all__ = [
+    "MODEL_REGISTRY",
+    "Recommender",
+    "build_model",
+    "load_model",
+    "EASE",
+    "LMContent",
+    "LMSASRec",
+    "Popularity",
+    "SASRec",
+]

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from components.data.dataset import History, InteractionData
 from components.evaluation.metrics import top_k  # noqa: F401 (part of the model interface)
 
-MODEL_REGISTRY: dict[str, type["Recommender"]] = {}
+MODEL_REGISTRY: dict[str, type[Recommender]] = {}
 
 
 class Recommender(ABC):
@@ -45,7 +45,7 @@ class Recommender(ABC):
             MODEL_REGISTRY[cls.name] = cls
 
     @abstractmethod
-    def fit(self, data: InteractionData, item_vectors: np.ndarray | None = None) -> "Recommender":
+    def fit(self, data: InteractionData, item_vectors: np.ndarray | None = None) -> Recommender:
         """Learn from histories (and item text vectors, aligned with the catalogue index)."""
 
     @abstractmethod
@@ -60,7 +60,7 @@ class Recommender(ABC):
     def set_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore from :meth:`state`."""
 
-    def warm_start(self, source: "Recommender", item_map: np.ndarray) -> None:
+    def warm_start(self, source: Recommender, item_map: np.ndarray) -> None:
         """Start the next :meth:`fit` from ``source``'s weights; ``item_map[i]`` is item ``i``'s
         index in ``source``'s catalogue, or -1 for an item it did not know.
 
@@ -71,7 +71,7 @@ class Recommender(ABC):
 
         raise WarmStartIncompatible(f"{self.name} does not support warm starts")
 
-    def continue_training(self, data: InteractionData) -> "Recommender":
+    def continue_training(self, data: InteractionData) -> Recommender:
         """A :attr:`fits_once` model's serving fit: more training on ``data`` (every interaction)."""
         raise NotImplementedError(f"{self.name} is refitted, not trained further")
 
@@ -79,7 +79,9 @@ class Recommender(ABC):
         """What the last fit did (epochs, warm start), for the run's records; empty by default."""
         return {}
 
-    def recommend(self, histories: list[History], k: int, *, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def recommend(
+        self, histories: list[History], k: int, *, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k item indexes and scores per history, best first, seen items excluded."""
         scores = self.score(histories).astype(np.float32, copy=True)
         if exclude_seen:
@@ -89,7 +91,9 @@ class Recommender(ABC):
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "model.json").write_text(json.dumps({"name": self.name, "n_items": self.n_items, "config": self.config.model_dump()}))
+        (folder / "model.json").write_text(
+            json.dumps({"name": self.name, "n_items": self.n_items, "config": self.config.model_dump()})
+        )
         np.savez(folder / "state.npz", **self.state())
 
 

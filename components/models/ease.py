@@ -118,7 +118,7 @@ class EASE(Recommender):
     name = "ease"
     Config = EASEConfig
 
-    def fit(self, data: InteractionData, item_vectors: np.ndarray | None = None) -> "EASE":
+    def fit(self, data: InteractionData, item_vectors: np.ndarray | None = None) -> EASE:
         self.n_items = data.n_items
         self.chosen_l2 = float(self.config.l2) if self.config.l2 is not None else self.tune(data)
         self._fit_matrix(interaction_matrix(data.histories, data.n_items), self.chosen_l2)
@@ -150,7 +150,11 @@ class EASE(Recommender):
             else:
                 fit_histories.append(history)
         if not targets:
-            log.warning("EASE: no user has %d interactions to tune on; using λ=%s", self.config.min_history_to_tune, self.config.l2_grid[0])
+            log.warning(
+                "EASE: no user has %d interactions to tune on; using λ=%s",
+                self.config.min_history_to_tune,
+                self.config.l2_grid[0],
+            )
             return float(self.config.l2_grid[0])
         matrix = interaction_matrix(fit_histories, data.n_items)
         probe = interaction_matrix(histories, data.n_items)
@@ -166,7 +170,13 @@ class EASE(Recommender):
             ranks = target_ranks(scores.astype(np.float32), histories, target_array)
             self.tuning[float(l2)] = float(per_user_metrics(ranks)[self.config.tune_metric].mean())
         best = max(self.tuning, key=lambda l2: (self.tuning[l2], -l2))  # ties: the smaller λ
-        log.info("EASE: %s by λ on %d held-out items: %s; picked λ=%s", self.config.tune_metric, len(targets), self.tuning, best)
+        log.info(
+            "EASE: %s by λ on %d held-out items: %s; picked λ=%s",
+            self.config.tune_metric,
+            len(targets),
+            self.tuning,
+            best,
+        )
         return best
 
     def score(self, histories: list[History]) -> np.ndarray:
@@ -178,7 +188,9 @@ class EASE(Recommender):
                 # Serving scores one user at a time: their overlap with each training user is a sum
                 # over the few columns they touched. Both matrices are binary, so the counts are
                 # exact integers and equal the dense product bit for bit, at a fraction of its cost.
-                overlaps = np.stack([self.train_matrix[:, np.unique(h.items)].sum(axis=1, dtype=np.float32) for h in histories])
+                overlaps = np.stack(
+                    [self.train_matrix[:, np.unique(h.items)].sum(axis=1, dtype=np.float32) for h in histories]
+                )
             else:
                 overlaps = users @ self.train_matrix.T
             projected = (users - overlaps @ self.dual_weights) / np.float32(self.chosen_l2)

@@ -29,7 +29,7 @@ class LMContent(Recommender):
     Config = LMContentConfig
     uses_text = True
 
-    def fit(self, data: InteractionData, item_vectors: np.ndarray | None = None) -> "LMContent":
+    def fit(self, data: InteractionData, item_vectors: np.ndarray | None = None) -> LMContent:
         if item_vectors is None or len(item_vectors) != data.n_items:
             raise ValueError("lm_content needs item text vectors aligned with the catalogue")
         self.n_items = data.n_items

@@ -19,7 +19,7 @@ class Popularity(Recommender):
     name = "popularity"
     Config = PopularityConfig
 
-    def fit(self, data: InteractionData, item_vectors: np.ndarray | None = None) -> "Popularity":
+    def fit(self, data: InteractionData, item_vectors: np.ndarray | None = None) -> Popularity:
         self.n_items = data.n_items
         self.counts = data.item_counts().astype(np.float32)
         return self

@@ -54,7 +54,7 @@ class SASRec(Recommender):
     def _text_matrix(self, data: InteractionData, item_vectors: np.ndarray | None) -> np.ndarray | None:
         return None
 
-    def fit(self, data: InteractionData, item_vectors: np.ndarray | None = None) -> "SASRec":
+    def fit(self, data: InteractionData, item_vectors: np.ndarray | None = None) -> SASRec:
         import torch
 
         from components.models.sasrec_network import build_network, deterministic
@@ -118,7 +118,16 @@ class SASRec(Recommender):
 
         if type(source) is not type(self):
             raise WarmStartIncompatible(f"the earlier model is {source.name}, not {self.name}")
-        fields = ("hidden", "blocks", "heads", "max_len", "text_dim", "normalise_text", "use_id_embeddings", "dual_view")
+        fields = (
+            "hidden",
+            "blocks",
+            "heads",
+            "max_len",
+            "text_dim",
+            "normalise_text",
+            "use_id_embeddings",
+            "dual_view",
+        )
         for field in fields:
             mine, theirs = getattr(self.config, field, None), getattr(source.config, field, None)
             if mine != theirs:
@@ -128,7 +137,7 @@ class SASRec(Recommender):
         self.whitening = getattr(source, "whitening", None)
         self._warm = (source, np.asarray(item_map, dtype=np.int64))
 
-    def _load_warm(self, source: "SASRec", item_map: np.ndarray) -> None:
+    def _load_warm(self, source: SASRec, item_map: np.ndarray) -> None:
         import torch
 
         from components.errors import WarmStartIncompatible
@@ -152,9 +161,14 @@ class SASRec(Recommender):
             else:
                 own[key] = value.clone()
         self.network.load_state_dict(own)
-        log.info("%s: warm start, %d of %d items known to the earlier model", self.name, int((item_map >= 0).sum()), len(item_map))
+        log.info(
+            "%s: warm start, %d of %d items known to the earlier model",
+            self.name,
+            int((item_map >= 0).sum()),
+            len(item_map),
+        )
 
-    def continue_training(self, data: InteractionData) -> "SASRec":
+    def continue_training(self, data: InteractionData) -> SASRec:
         """The serving fit: ``serve_epochs`` more epochs on every interaction, no hold-out.
 
         The evaluation fit never trained on each user's two newest interactions; these epochs add
@@ -178,8 +192,14 @@ class SASRec(Recommender):
         with deterministic(self.device.type == "cpu"):
             best_epoch, curve, start = self.best_epoch, list(self.validation_curve), self.warm_start_score
             self._train(
-                sequences, [], np.zeros(0, np.int64), np.random.default_rng(config.seed + 1),
-                total=config.serve_epochs, early_stopping=False, patience=1, score_start=False,
+                sequences,
+                [],
+                np.zeros(0, np.int64),
+                np.random.default_rng(config.seed + 1),
+                total=config.serve_epochs,
+                early_stopping=False,
+                patience=1,
+                score_start=False,
             )
             self.best_epoch, self.validation_curve, self.warm_start_score = best_epoch, curve, start
         self.serve_epochs_done = config.serve_epochs
@@ -273,7 +293,9 @@ class SASRec(Recommender):
         if score_start:
             best_score = self.warm_start_score = self._validation_ndcg(val_histories, val_targets)
             best_state = copy.deepcopy(network.state_dict())
-        bar = tqdm(range(1, total + 1), desc=f"training {self.name}", unit="epoch", disable=not config.progress, leave=False)
+        bar = tqdm(
+            range(1, total + 1), desc=f"training {self.name}", unit="epoch", disable=not config.progress, leave=False
+        )
         started = time.perf_counter()
         for epoch in bar:
             if config.random_windows and epoch > 1:
@@ -298,9 +320,18 @@ class SASRec(Recommender):
         self.epochs_run = epoch
         self.train_seconds_per_epoch = (time.perf_counter() - started) / max(epoch, 1)
         if early_stopping:
-            log.info("%s: best epoch %d of %d (validation NDCG@10 %.4f), %.2fs per epoch", self.name, self.best_epoch, epoch, best_score, self.train_seconds_per_epoch)
+            log.info(
+                "%s: best epoch %d of %d (validation NDCG@10 %.4f), %.2fs per epoch",
+                self.name,
+                self.best_epoch,
+                epoch,
+                best_score,
+                self.train_seconds_per_epoch,
+            )
         else:
-            log.info("%s: %d epochs on every interaction, %.2fs per epoch", self.name, epoch, self.train_seconds_per_epoch)
+            log.info(
+                "%s: %d epochs on every interaction, %.2fs per epoch", self.name, epoch, self.train_seconds_per_epoch
+            )
 
     def _validation_ndcg(self, histories: list[History], targets: np.ndarray) -> float:
         ranks = target_ranks(self.score(histories), histories, targets)
@@ -366,7 +397,9 @@ class SASRec(Recommender):
         text = arrays.get("net.text")
         self.device = torch.device(self.config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.network = build_network(self.n_items, self.config, text, arrays["net.id_mask"]).to(self.device)
-        self.network.load_state_dict({key[4:]: torch.as_tensor(value) for key, value in arrays.items() if key.startswith("net.")})
+        self.network.load_state_dict(
+            {key[4:]: torch.as_tensor(value) for key, value in arrays.items() if key.startswith("net.")}
+        )
 
 
 class LMSASRec(SASRec):

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 @contextlib.contextmanager
 def deterministic(enabled: bool):
     """Deterministic torch kernels while training on CPU; the previous setting is restored."""
-    previous, previous_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    previous, previous_warn = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     if enabled:
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
@@ -58,8 +61,10 @@ class SASRecNetwork(nn.Module):
             self.text_position_embedding = nn.Embedding(config.max_len, hidden)
             self.text_encoder = nn.TransformerEncoder(layer, config.blocks, enable_nested_tensor=False)
             self.text_final_norm = nn.LayerNorm(hidden)
-        self.register_buffer("id_mask", torch.as_tensor(id_mask if id_mask is not None else np.ones(n_items), dtype=torch.float32))
-        for name, parameter in self.named_parameters():
+        self.register_buffer(
+            "id_mask", torch.as_tensor(id_mask if id_mask is not None else np.ones(n_items), dtype=torch.float32)
+        )
+        for parameter in self.parameters():
             if parameter.dim() > 1:
                 nn.init.xavier_normal_(parameter)
         with torch.no_grad():
@@ -105,7 +110,9 @@ class SASRecNetwork(nn.Module):
         return norm(states) * real[..., None]
 
 
-def build_network(n_items: int, config: SASRecConfig, text_matrix: np.ndarray | None, id_mask: np.ndarray | None) -> SASRecNetwork:
+def build_network(
+    n_items: int, config: SASRecConfig, text_matrix: np.ndarray | None, id_mask: np.ndarray | None
+) -> SASRecNetwork:
     """The network for ``n_items`` catalogue items (token 0 is padding)."""
     return SASRecNetwork(n_items, config, text_matrix, id_mask)
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from components.data.atomic import atomic_dir, atomic_write_text
 from components.data.dataset import InteractionData, leave_last_out
+from components.data.snapshots import open_snapshot
 from components.embed import ItemEmbeddings
 from components.errors import ChampionUnreadable, LmRecsysError, TrainingDiverged, WarmStartIncompatible
 from components.models import MODEL_REGISTRY, build_model, load_model
 from components.settings import Settings
-from components.data.snapshots import open_snapshot
-from components.data.atomic import atomic_dir, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ def load_data(settings: Settings, snapshot_id: str) -> InteractionData:
 def aligned_vectors(data: InteractionData, embeddings_dir: str) -> tuple[np.ndarray, dict]:
     embeddings = ItemEmbeddings.load(Path(embeddings_dir))
     if not np.array_equal(embeddings.item_ids, data.catalogue.item_ids):
-        raise ValueError(f"embeddings at {embeddings_dir} do not match the snapshot's catalogue; re-run the embed stage")
+        raise ValueError(
+            f"embeddings at {embeddings_dir} do not match the snapshot's catalogue; re-run the embed stage"
+        )
     return embeddings.vectors, embeddings.manifest
 
 
@@ -79,7 +81,11 @@ def _warm_source(settings: Settings, name: str, data: InteractionData, encoder_i
     try:
         engine, version = load_champion_engine(settings)
     except ChampionUnreadable as exc:
-        return None, {"used": False, "champion_version": exc.version, "reason": f"the champion could not be read ({exc})"}
+        return None, {
+            "used": False,
+            "champion_version": exc.version,
+            "reason": f"the champion could not be read ({exc})",
+        }
     except Exception as exc:  # noqa: BLE001 - whatever stops reading the champion means a cold start
         return None, {"used": False, "reason": f"the champion could not be read ({type(exc).__name__}: {exc})"}
     if engine is None:
@@ -93,10 +99,17 @@ def _warm_source(settings: Settings, name: str, data: InteractionData, encoder_i
         return None, {**info, "reason": "the champion has no evaluation-side fit to start from"}
     source = engine.validation_model()
     item_map = engine.catalogue.positions(data.catalogue.item_ids)
-    return (source, item_map), {**info, "used": True, "known_items": int((item_map >= 0).sum()), "items": int(len(item_map))}
+    return (source, item_map), {
+        **info,
+        "used": True,
+        "known_items": int((item_map >= 0).sum()),
+        "items": int(len(item_map)),
+    }
 
 
-def _fit_candidate(settings: Settings, name: str, data: InteractionData, vectors: np.ndarray, folder: Path, encoder_id: str) -> dict:
+def _fit_candidate(
+    settings: Settings, name: str, data: InteractionData, vectors: np.ndarray, folder: Path, encoder_id: str
+) -> dict:
     """Fit one candidate into ``folder``; returns what the fit did (sides, timings, warm start)."""
     config = settings.train.model_configs.get(name, {})
     split = leave_last_out(data)
@@ -105,7 +118,10 @@ def _fit_candidate(settings: Settings, name: str, data: InteractionData, vectors
     if not model.fits_once:  # closed form or counting: cheap, refitted per side of the split
         for side, fit_data in (("val", split.val_train), ("test", split.test_train), ("full", data)):
             build_model(name, config).fit(fit_data, vectors).save(folder / side)
-        return {"sides": {"val": "val", "test": "test", "serve": "full"}, "seconds": round(time.perf_counter() - started, 3)}
+        return {
+            "sides": {"val": "val", "test": "test", "serve": "full"},
+            "seconds": round(time.perf_counter() - started, 3),
+        }
     warm_info = {"used": False, "reason": "train.warm_start is off"}
     if settings.train.warm_start and model.supports_warm_start:
         warm, warm_info = _warm_source(settings, name, data, encoder_id)
@@ -144,7 +160,10 @@ def stage_train_candidate(settings: Settings, snapshot_id: str, embeddings_dir: 
     record = {"name": name, "run_dir": str(run)}
     with atomic_dir(run / name) as tmp:
         try:
-            record.update(status="ok", **_fit_candidate(settings, name, data, vectors, tmp, embed_manifest["encoder"]["encoder_id"]))
+            record.update(
+                status="ok",
+                **_fit_candidate(settings, name, data, vectors, tmp, embed_manifest["encoder"]["encoder_id"]),
+            )
         except TrainingDiverged as exc:
             for child in tmp.iterdir():
                 shutil.rmtree(child, ignore_errors=True)

@@ -14,14 +14,13 @@ import os
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
+from components.data.atomic import atomic_write_text
 from components.data.columns import EVENT_COL, EVENT_ID_COL, ITEM_COL, USER_COL, VALUE_COL
+from components.data.snapshots import Snapshot, quarantine
 from components.errors import ValidationFailed
 from components.settings import Settings
-from components.data.snapshots import Snapshot, quarantine
-from components.data.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -53,8 +52,10 @@ class CheckOutcome:
 
 def _run_suite(context, name: str, frame: pd.DataFrame, suite) -> tuple[list[CheckOutcome], dict]:
     source = context.data_sources.add_pandas(f"{name}-source")
-    batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all").get_batch(
-        batch_parameters={"dataframe": frame}
+    batch = (
+        source.add_dataframe_asset(name)
+        .add_batch_definition_whole_dataframe("all")
+        .get_batch(batch_parameters={"dataframe": frame})
     )
     result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 10})
     outcomes = []
@@ -105,7 +106,9 @@ def js_divergence(p: pd.Series, q: pd.Series) -> float:
     return float(jensenshannon(p, q, base=2) ** 2)  # scipy returns the distance, the divergence's square root
 
 
-def drift_metrics(snapshot_manifest: dict, items: pd.DataFrame, interactions: pd.DataFrame, reference: Snapshot) -> pd.DataFrame:
+def drift_metrics(
+    snapshot_manifest: dict, items: pd.DataFrame, interactions: pd.DataFrame, reference: Snapshot
+) -> pd.DataFrame:
     """Drift of a snapshot against a reference (accepted) snapshot, as a one-row frame for GX."""
     ref_manifest = reference.manifest
     ref_inter = reference.interactions()
@@ -221,13 +224,7 @@ def _reference(settings: Settings, snapshot: Snapshot) -> Snapshot | None:
 
 def render_report(snapshot_id: str, outcomes: list[CheckOutcome]) -> str:
     """A self-contained HTML summary (inline styles, no CDN), readable offline."""
-    rows = "\n".join(
-        f"<tr class='{'ok' if o.success else 'bad'}'><td>{'pass' if o.success else 'FAIL'}</td>"
-        f"<td>{html.escape(o.batch)}</td><td>{html.escape(o.expectation)}</td><td>{html.escape(str(o.column or ''))}</td>"
-        f"<td>{'' if o.unexpected_count is None else o.unexpected_count}</td>"
-        f"<td>{html.escape(json.dumps(o.sample[:5], default=str)) if o.sample else html.escape(str(o.observed if o.observed is not None else ''))}</td></tr>"
-        for o in outcomes
-    )
+    rows = "\n".join(_report_row(o) for o in outcomes)
     failed = sum(not o.success for o in outcomes)
     verdict = "accepted" if not failed else f"rejected: {failed} failed check(s)"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Validation of {snapshot_id}</title>
@@ -235,5 +232,20 @@ def render_report(snapshot_id: str, outcomes: list[CheckOutcome]) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:14px}}tr.bad{{background:#fde2e2}}
 tr.ok td:first-child{{color:#1a7f37}}tr.bad td:first-child{{color:#b42318;font-weight:bold}}</style></head>
 <body><h1>Snapshot {html.escape(snapshot_id)}</h1><p><b>{html.escape(verdict)}</b></p>
-<table><tr><th>result</th><th>batch</th><th>expectation</th><th>column</th><th>unexpected rows</th><th>sample / observed</th></tr>
+<table><tr><th>result</th><th>batch</th><th>expectation</th><th>column</th><th>unexpected rows</th>
+<th>sample / observed</th></tr>
 {rows}</table></body></html>"""
+
+
+def _report_row(o) -> str:
+    """One expectation's row of the HTML report."""
+    shown = json.dumps(o.sample[:5], default=str) if o.sample else str(o.observed if o.observed is not None else "")
+    cells = [
+        "pass" if o.success else "FAIL",
+        html.escape(o.batch),
+        html.escape(o.expectation),
+        html.escape(str(o.column or "")),
+        "" if o.unexpected_count is None else str(o.unexpected_count),
+        html.escape(shown),
+    ]
+    return f"<tr class='{'ok' if o.success else 'bad'}'>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"

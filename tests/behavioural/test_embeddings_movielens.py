@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from components.data.columns import CATEGORIES_COL, ITEM_COL, TITLE_COL
-from components.embed import TextEncoder, encode_query, item_texts, load_encoder
 from components.data.sources import read_movielens
+from components.embed import TextEncoder, encode_query, item_texts, load_encoder
 
 pytestmark = pytest.mark.behavioural
 pytest.importorskip("onnxruntime")
@@ -93,9 +93,18 @@ def test_embeddings_are_deterministic_across_runs(catalogue, vectors, artifacts)
 
 def test_batches_by_token_count_pad_little_on_the_real_catalogue(catalogue, encoder, monkeypatch):
     texts = item_texts(catalogue)
-    real = sum(len(ids) for ids in encoder.tokenizer(texts, truncation=True, max_length=encoder.max_length)["input_ids"])
+    real = sum(
+        len(ids) for ids in encoder.tokenizer(texts, truncation=True, max_length=encoder.max_length)["input_ids"]
+    )
     slots = []
-    monkeypatch.setattr(encoder, "_run_onnx", lambda batch: slots.append(batch["attention_mask"].size) or np.zeros((len(batch["attention_mask"]), encoder.dim), np.float32))
+    monkeypatch.setattr(
+        encoder,
+        "_run_onnx",
+        lambda batch: (
+            slots.append(batch["attention_mask"].size)
+            or np.zeros((len(batch["attention_mask"]), encoder.dim), np.float32)
+        ),
+    )
     encoder.encode(texts, batch_size=64)
     # Batched by characters (as sentence-transformers does), the same catalogue pads by 31%.
     assert real <= sum(slots) <= 1.03 * real

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from components.data.dataset import InteractionData, leave_last_out
-from components.models import EASE, Popularity
-from components.evaluation.splits import evaluate_on_split, global_time_split, shuffled_split, time_cutoffs
 from components.data.sources import read_movielens
+from components.evaluation.splits import evaluate_on_split, global_time_split, shuffled_split, time_cutoffs
+from components.models import EASE, Popularity
 
 pytestmark = [pytest.mark.behavioural, pytest.mark.slow]
 

@@ -16,14 +16,25 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import DAGS_FOLDER, PIPELINE, WATCH, describe_run, metric_numbers, reduced_env, reduced_settings, seed_embedding_cache
-from harness import AirflowStack
+from tests.harness import AirflowStack
+from tests.integration._helpers import (
+    DAGS_FOLDER,
+    PIPELINE,
+    WATCH,
+    describe_run,
+    metric_numbers,
+    reduced_env,
+    reduced_settings,
+    seed_embedding_cache,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 WORKERS = ["w1", "w2"]
 
 
-def test_celery_workers_share_the_mapped_shards_and_match_the_embedded_result(tmp_path, movielens_dir, reference_run, airflow_postgres_url, celery_broker_url):
+def test_celery_workers_share_the_mapped_shards_and_match_the_embedded_result(
+    tmp_path, movielens_dir, reference_run, airflow_postgres_url, celery_broker_url
+):
     data_root = tmp_path / "data"
     # Most texts come from the reference's cache; two of every ten (alternating shards) do not,
     # so both mapped shards have real encoding work.
@@ -50,7 +61,9 @@ def test_celery_workers_share_the_mapped_shards_and_match_the_embedded_result(tm
 
         tis = stack.task_instances(PIPELINE, run_id)
         # only the Celery workers report "<worker>@<machine>": every task ran on one of them
-        assert {ti["hostname"].split("@")[0] for ti in tis} <= set(WORKERS), {ti["task_id"]: ti["hostname"] for ti in tis}
+        assert {ti["hostname"].split("@")[0] for ti in tis} <= set(WORKERS), {
+            ti["task_id"]: ti["hostname"] for ti in tis
+        }
         shards = sorted((ti for ti in tis if ti["task_id"] == "embed_shard"), key=lambda ti: ti["map_index"])
         assert [ti["map_index"] for ti in shards] == [0, 1]
         hosts = {ti["hostname"] for ti in shards}
@@ -66,7 +79,9 @@ def test_celery_workers_share_the_mapped_shards_and_match_the_embedded_result(tm
         fits = [ti for ti in tis if ti["task_id"] == "train_candidate"]
         assert sorted(ti["map_index"] for ti in fits) == list(range(len(reference_run["report"]["candidates"])))
         queued = [datetime.fromisoformat(ti["queued_when"]).timestamp() for ti in fits]
-        assert max(queued) - min(queued) < 2.0, {ti["map_index"]: ti["queued_when"] for ti in fits}  # one after another would be seconds apart
+        assert max(queued) - min(queued) < 2.0, {
+            ti["map_index"]: ti["queued_when"] for ti in fits
+        }  # one after another would be seconds apart
 
         # the same result as the reduced pipeline run in one process
         snapshot_id = stack.xcom(PIPELINE, run_id, "validate")
@@ -78,7 +93,9 @@ def test_celery_workers_share_the_mapped_shards_and_match_the_embedded_result(tm
         decision = stack.xcom(PIPELINE, run_id, "promote")
         assert decision["decision"] == reference_run["decision"]["decision"] == "promoted"
         settings = reduced_settings(data_root, movielens_dir)
-        champion = MlflowClient(settings.tracking_uri).get_model_version_by_alias(settings.registry.model_name, "champion")
+        champion = MlflowClient(settings.tracking_uri).get_model_version_by_alias(
+            settings.registry.model_name, "champion"
+        )
         assert str(champion.version) == decision["version"] == "1"
         assert champion.tags["snapshot_id"] == snapshot_id
     finally:

@@ -31,8 +31,17 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import DAGS_FOLDER, PIPELINE, WATCH, copy_source, describe_run, reduced_env, reduced_settings, seed_embedding_cache
-from harness import AirflowStack, wait_for
+from tests.harness import AirflowStack, wait_for
+from tests.integration._helpers import (
+    DAGS_FOLDER,
+    PIPELINE,
+    WATCH,
+    copy_source,
+    describe_run,
+    reduced_env,
+    reduced_settings,
+    seed_embedding_cache,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TRIGGER_MIN_EVENTS = 5
@@ -63,14 +72,22 @@ def embedded(tmp_path_factory, movielens_dir, reference_run):
         stack.api("PATCH", f"/dags/{WATCH}", json={"is_paused": True})  # only the burst test needs it
         stack.wait_dag(PIPELINE, timeout=180)
         settings = reduced_settings(data_root, source)
-        yield {"stack": stack, "settings": settings, "source": source, "client": MlflowClient(settings.tracking_uri), "state": {}}
+        yield {
+            "stack": stack,
+            "settings": settings,
+            "source": source,
+            "client": MlflowClient(settings.tracking_uri),
+            "state": {},
+        }
     finally:
         stack.stop()
 
 
 def _leftovers(settings) -> list[Path]:
     patterns = {settings.runs_dir: (".tmp-*", "*/.tmp-*"), settings.snapshots_dir: (".tmp-*",)}
-    return [p for folder, globs in patterns.items() if folder.exists() for pattern in globs for p in folder.glob(pattern)]
+    return [
+        p for folder, globs in patterns.items() if folder.exists() for pattern in globs for p in folder.glob(pattern)
+    ]
 
 
 def _ti(stack: AirflowStack, run_id: str, task_id: str, map_index: int = -1) -> dict:
@@ -104,6 +121,7 @@ def test_killed_train_task_is_retried_and_leaves_no_partial_artifacts(embedded):
     task = psutil.Process(ti["pid"])
     # the pid the API reports is our own scheduler's descendant, not some other process
     assert task.pid in {p.pid for p in stack.process("scheduler").tree()}, (ti, task.cmdline())
+
     # kill it mid-fit: once its temporary run folder exists
     def temporary_folder():
         found = list(settings.runs_dir.glob("*/.tmp-lm_sasrec-*")) if settings.runs_dir.exists() else []
@@ -193,7 +211,13 @@ def test_rejected_challenger_ends_green_and_a_feedback_burst_yields_one_follow_u
     stack.api("PATCH", f"/dags/{WATCH}", json={"is_paused": False})
 
     run_id = stack.trigger(PIPELINE, {"snapshot_id": chosen})
-    wait_for(lambda: _ti(stack, run_id, "ingest")["state"] == "success", RUN_TIMEOUT, interval=1, what="ingest", procs=stack.procs)
+    wait_for(
+        lambda: _ti(stack, run_id, "ingest")["state"] == "success",
+        RUN_TIMEOUT,
+        interval=1,
+        what="ingest",
+        procs=stack.procs,
+    )
 
     from components.feedback.store import FeedbackEvent, FeedbackStore
 
@@ -202,15 +226,26 @@ def test_rejected_challenger_ends_green_and_a_feedback_burst_yields_one_follow_u
     event_ids = []
     try:
         for burst in range(3):
-            batch = [FeedbackEvent(user_id="1", item_id=str(item), event="like", event_id=f"burst-{uuid.uuid4().hex}") for item in catalogue[burst * TRIGGER_MIN_EVENTS:(burst + 1) * TRIGGER_MIN_EVENTS]]
+            batch = [
+                FeedbackEvent(user_id="1", item_id=str(item), event="like", event_id=f"burst-{uuid.uuid4().hex}")
+                for item in catalogue[burst * TRIGGER_MIN_EVENTS : (burst + 1) * TRIGGER_MIN_EVENTS]
+            ]
             store.append(batch)
             event_ids += [event.event_id for event in batch]
             watermark = store.watermark()
             # each burst alone is enough for a trigger: wait until the watch DAG has claimed it
-            wait_for(lambda: store.last_trigger_watermark() >= watermark, 180, interval=1, what=f"the trigger for burst {burst + 1}", procs=stack.procs)
+            wait_for(
+                lambda watermark=watermark: store.last_trigger_watermark() >= watermark,
+                180,
+                interval=1,
+                what=f"the trigger for burst {burst + 1}",
+                procs=stack.procs,
+            )
     finally:
         store.close()
-    assert stack.run_state(PIPELINE, run_id) == "running", "the run ended before the bursts were claimed; the test proves nothing"
+    assert stack.run_state(PIPELINE, run_id) == "running", (
+        "the run ended before the bursts were claimed; the test proves nothing"
+    )
 
     # the rejected challenger: the run is green and the promote log says why
     assert stack.wait_run(PIPELINE, run_id, timeout=RUN_TIMEOUT) == "success", describe_run(stack, run_id)
@@ -222,10 +257,16 @@ def test_rejected_challenger_ends_green_and_a_feedback_burst_yields_one_follow_u
 
     # three claimed triggers during the run -> exactly one follow-up run
     def follow_ups():
-        return [r for r in stack.runs(PIPELINE) if r["run_type"] == "asset_triggered" and r["dag_run_id"] not in asset_runs_before]
+        return [
+            r
+            for r in stack.runs(PIPELINE)
+            if r["run_type"] == "asset_triggered" and r["dag_run_id"] not in asset_runs_before
+        ]
 
     follow_up = wait_for(follow_ups, 240, interval=2, what="the follow-up run", procs=stack.procs)[0]
-    assert stack.wait_run(PIPELINE, follow_up["dag_run_id"], timeout=RUN_TIMEOUT) == "success", describe_run(stack, follow_up["dag_run_id"])
+    assert stack.wait_run(PIPELINE, follow_up["dag_run_id"], timeout=RUN_TIMEOUT) == "success", describe_run(
+        stack, follow_up["dag_run_id"]
+    )
     snapshot = settings.snapshots_dir / stack.xcom(PIPELINE, follow_up["dag_run_id"], "validate")
     assert set(event_ids) <= set(pd.read_parquet(snapshot / "interactions.parquet")["event_id"])
     time.sleep(20)  # several watch intervals: a second follow-up would have been created by now

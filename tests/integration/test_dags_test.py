@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from components.settings import load_settings
-from harness import AirflowStack
+from tests.harness import AirflowStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

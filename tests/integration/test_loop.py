@@ -29,7 +29,16 @@ def test_feedback_closes_the_loop(tmp_path, movielens_dir):
     from devtools.demo import run_demo
 
     data_root = tmp_path / "demo"
-    shown = run_demo(data_root, source=str(movielens_dir), max_users=40, feedback_events=N_EVENTS, keep_running=False, airflow_port=0, mlflow_port=0, bento_port=0)
+    shown = run_demo(
+        data_root,
+        source=str(movielens_dir),
+        max_users=40,
+        feedback_events=N_EVENTS,
+        keep_running=False,
+        airflow_port=0,
+        mlflow_port=0,
+        bento_port=0,
+    )
     settings = load_settings(data_root=data_root)
     client = MlflowClient(settings.tracking_uri)
 

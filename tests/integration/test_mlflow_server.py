@@ -8,14 +8,13 @@ promotion and a rollback are recorded. Everything is checked through the server'
 
 from __future__ import annotations
 
-
 import pytest
 import requests
 
 from components import pipeline
 from components.registry import champion_history, force_promote, rollback
 from components.settings import load_settings
-from harness import MlflowServer, restored_mlflow_state
+from tests.harness import MlflowServer, restored_mlflow_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -64,7 +63,9 @@ def test_register_and_promote_over_http_on_postgres(mlflow_server, movielens_dir
     pipeline.stage_validate(settings, snapshot_id)
     embeddings = pipeline.stage_embed(settings, snapshot_id)
     first_run = pipeline.stage_train(settings, snapshot_id, embeddings, "first")
-    first = pipeline.stage_promote(settings, pipeline.stage_register(settings, pipeline.stage_evaluate(settings, first_run)))
+    first = pipeline.stage_promote(
+        settings, pipeline.stage_register(settings, pipeline.stage_evaluate(settings, first_run))
+    )
     assert first["decision"] == "promoted" and first["reason"] == "first champion", first
 
     # the champion and its decision, as the server reports them
@@ -79,17 +80,35 @@ def test_register_and_promote_over_http_on_postgres(mlflow_server, movielens_dir
     # the run's lineage: tags, settings as params, metrics with intervals, every artifact
     run = rest.get("runs/get", run_id=first["run_id"])["run"]
     run_tags = {tag["key"]: tag["value"] for tag in run["data"]["tags"]}
-    for key in ("snapshot_id", "encoder_id", "git_commit", "version.mlflow", "validation.success", "mlflow.note.content"):
+    for key in (
+        "snapshot_id",
+        "encoder_id",
+        "git_commit",
+        "version.mlflow",
+        "validation.success",
+        "mlflow.note.content",
+    ):
         assert run_tags.get(key), key
     assert run_tags["validation.success"] == "True"
     params = {param["key"]: param["value"] for param in run["data"]["params"]}
-    assert params["settings.ingest.max_users"] == "40" and params["settings.registry.tracking_uri"] == mlflow_server.base
+    assert (
+        params["settings.ingest.max_users"] == "40" and params["settings.registry.tracking_uri"] == mlflow_server.base
+    )
     metrics = {metric["key"] for metric in run["data"]["metrics"]}
     for model in ("popularity", "lm_content"):
-        assert {f"{model}.test.hr_at_10", f"{model}.test.hr_at_10_low", f"{model}.test.hr_at_10_high", f"{model}.test.cold_hr_at_10"} <= metrics
+        assert {
+            f"{model}.test.hr_at_10",
+            f"{model}.test.hr_at_10_low",
+            f"{model}.test.hr_at_10_high",
+            f"{model}.test.cold_hr_at_10",
+        } <= metrics
     curve = rest.get("metrics/get-history", run_id=first["run_id"], metric_key="lm_content.test.hr_curve")["metrics"]
     assert sorted(point["step"] for point in curve) == list(range(1, 51))
-    assert rest.artifacts(first["run_id"], "plots") == {"plots/metric_comparison.png", "plots/hr_at_k.png", "plots/cold_start.png"}
+    assert rest.artifacts(first["run_id"], "plots") == {
+        "plots/metric_comparison.png",
+        "plots/hr_at_k.png",
+        "plots/cold_start.png",
+    }
     assert {"evaluation/report.json", "evaluation/report.md"} <= rest.artifacts(first["run_id"], "evaluation")
     assert rest.artifacts(first["run_id"], "config") == {"config/settings.json"}
     assert rest.artifacts(first["run_id"], "snapshot") == {"snapshot/manifest.json"}
@@ -101,7 +120,10 @@ def test_register_and_promote_over_http_on_postgres(mlflow_server, movielens_dir
     report = pipeline.stage_evaluate(settings, second_run)
     second = pipeline.stage_promote(settings, pipeline.stage_register(settings, report))
     assert second["version"] == "2" and second["champion_version"] == "1"
-    assert tags_of(rest.get("model-versions/get", name="recommender", version="2")["model_version"])["gate.decision"] == second["decision"]
+    assert (
+        tags_of(rest.get("model-versions/get", name="recommender", version="2")["model_version"])["gate.decision"]
+        == second["decision"]
+    )
     assert rest.by_alias("challenger")["version"] == "2"
     assert rest.by_alias("champion")["version"] == ("2" if second["decision"] == "promoted" else "1")
 
@@ -117,4 +139,8 @@ def test_register_and_promote_over_http_on_postgres(mlflow_server, movielens_dir
     assert [(e["version"], e["previous"]) for e in history] == [("1", None), ("2", "1"), ("1", "2")]
     assert history[-1]["action"] == "rollback" and history[-1]["by"] == "human" and history[-1]["current"]
     log_tags = tags_of(rest.get("registered-models/get", name="recommender")["registered_model"])
-    assert sorted(key for key in log_tags if key.startswith("champion_log.")) == ["champion_log.000001", "champion_log.000002", "champion_log.000003"]
+    assert sorted(key for key in log_tags if key.startswith("champion_log.")) == [
+        "champion_log.000001",
+        "champion_log.000002",
+        "champion_log.000003",
+    ]

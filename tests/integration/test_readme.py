@@ -30,8 +30,17 @@ def test_ci_runs_the_readme_test_command():
 @pytest.mark.parametrize(("target", "expected"), [("demo", "-m devtools.demo"), ("test", "-m pytest")])
 def test_make_targets_install_then_run(target, expected):
     # `make -n` prints what would run without running it; `-B` forces the install steps to show.
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # may run under `make test`
-    dry = subprocess.run(["make", "--no-print-directory", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")
+    }  # may run under `make test`
+    dry = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-B", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
     assert any("-m venv" in line for line in lines), "the target must create its virtualenv"

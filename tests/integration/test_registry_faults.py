@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -26,7 +25,7 @@ from components import pipeline
 from components.errors import RegistryError
 from components.registry import CHALLENGER, CHAMPION, champion_history, configure, get_alias_version, list_versions
 from components.settings import Settings, load_settings
-from harness import TELEMETRY_OFF, MlflowServer, restored_mlflow_state
+from tests.harness import TELEMETRY_OFF, MlflowServer, restored_mlflow_state
 
 pytestmark = pytest.mark.integration
 _names = itertools.count(1)
@@ -34,12 +33,13 @@ _names = itertools.count(1)
 # Twelve films in two genres and ten users who each stay mostly within one genre; written by
 # hand (not MovieLens data), in the MovieLens file layout.
 MOVIES = ["movieId,title,genres"] + [
-    f"{i},{'Space' if i <= 6 else 'Love'} Story {i} ({1990 + i}),{'Sci-Fi|Action' if i <= 6 else 'Romance|Drama'}" for i in range(1, 13)
+    f"{i},{'Space' if i <= 6 else 'Love'} Story {i} ({1990 + i}),{'Sci-Fi|Action' if i <= 6 else 'Romance|Drama'}"
+    for i in range(1, 13)
 ]
 RATINGS = ["userId,movieId,rating,timestamp"]
 for _user in range(1, 11):
     _genre = range(1, 7) if _user <= 5 else range(7, 13)
-    for _step, _movie in enumerate(list(_genre)[(_user % 3):] + [13 - _user]):
+    for _step, _movie in enumerate(list(_genre)[(_user % 3) :] + [13 - _user]):
         RATINGS.append(f"{_user},{_movie},{3.5 + (_step % 3) * 0.5},{1_500_000_000 + _user * 10_000 + _step * 100}")
 
 
@@ -130,12 +130,17 @@ def test_tracking_server_down_gives_a_clear_error_and_leaves_the_champion(settin
     server = MlflowServer(f"sqlite:///{store}", tmp_path / "artifacts", tmp_path / "logs")
     try:
         server.wait_ready()
-        remote = settings_for(settings.data_root, Path(settings.ingest.source), settings.registry.model_name, tracking_uri=server.base)
+        remote = settings_for(
+            settings.data_root, Path(settings.ingest.source), settings.registry.model_name, tracking_uri=server.base
+        )
         champion = first_champion(remote, evaluated_run[2])
         pending = as_compared_with(pipeline.stage_register(remote, evaluated_run[2]), champion)
     finally:
         server.stop()
-    for attempt in (lambda: pipeline.stage_promote(remote, pending), lambda: pipeline.stage_register(remote, evaluated_run[2])):
+    for attempt in (
+        lambda: pipeline.stage_promote(remote, pending),
+        lambda: pipeline.stage_register(remote, evaluated_run[2]),
+    ):
         started = time.monotonic()
         with pytest.raises(RegistryError, match="cannot use the MLflow tracking store at http://127.0.0.1") as raised:
             attempt()
@@ -143,7 +148,12 @@ def test_tracking_server_down_gives_a_clear_error_and_leaves_the_champion(settin
         assert 1.0 < elapsed < 30, f"gave up after {elapsed:.1f}s"  # it retried, and it was bounded
         assert "retries" in str(raised.value)
     # the store behind the stopped server still names the old champion, and nothing was decided
-    offline = settings_for(settings.data_root, Path(settings.ingest.source), settings.registry.model_name, tracking_uri=f"sqlite:///{store}")
+    offline = settings_for(
+        settings.data_root,
+        Path(settings.ingest.source),
+        settings.registry.model_name,
+        tracking_uri=f"sqlite:///{store}",
+    )
     assert alias(offline) == champion["version"]
     rows = {row["version"]: row for row in list_versions(offline)}
     assert rows[pending["version"]]["decision"] == "undecided"
@@ -166,14 +176,22 @@ def test_two_racing_gates_leave_one_champion_and_a_consistent_history(settings, 
     challengers = [as_compared_with(pipeline.stage_register(settings, evaluated_run[2]), champion) for _ in range(2)]
     start_at = time.time() + 8  # both children are past their imports by then
     children = [
-        subprocess.Popen([sys.executable, "-c", PROMOTE_IN_CHILD, json.dumps(c), str(start_at)], env=child_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", PROMOTE_IN_CHILD, json.dumps(c), str(start_at)],
+            env=child_env(settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for c in challengers
     ]
     decisions = []
     for child in children:
         out, err = child.communicate(timeout=180)
         assert child.returncode == 0, err[-3000:]
-        decisions.append(json.loads(next(line for line in out.splitlines() if line.startswith("DECISION "))[len("DECISION "):]))
+        decisions.append(
+            json.loads(next(line for line in out.splitlines() if line.startswith("DECISION "))[len("DECISION ") :])
+        )
     promoted = [d for d in decisions if d["decision"] == "promoted"]
     rejected = [d for d in decisions if d["decision"] == "rejected"]
     assert len(promoted) == 1 and len(rejected) == 1, decisions
@@ -182,7 +200,10 @@ def test_two_racing_gates_leave_one_champion_and_a_consistent_history(settings, 
     assert alias(settings) == winner["version"]
     assert alias(settings, CHALLENGER) == max((c["version"] for c in challengers), key=int)
     history = champion_history(settings)
-    assert [(e["version"], e["previous"]) for e in history] == [(champion["version"], None), (winner["version"], champion["version"])]
+    assert [(e["version"], e["previous"]) for e in history] == [
+        (champion["version"], None),
+        (winner["version"], champion["version"]),
+    ]
 
 
 REGISTER_THEN_DIE = """
@@ -201,7 +222,13 @@ stage_register(load_settings(), sys.argv[1])
 
 
 def test_a_run_killed_between_registration_and_promotion_reruns_cleanly(settings, evaluated_run):
-    child = subprocess.run([sys.executable, "-c", REGISTER_THEN_DIE, evaluated_run[2]], env=child_env(settings), capture_output=True, text=True, timeout=180)
+    child = subprocess.run(
+        [sys.executable, "-c", REGISTER_THEN_DIE, evaluated_run[2]],
+        env=child_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
     orphan = next(line.split()[1] for line in child.stdout.splitlines() if line.startswith("REGISTERED"))
     assert alias(settings) is None and alias(settings, CHALLENGER) is None

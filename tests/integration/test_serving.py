@@ -10,21 +10,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
-
-from harness import BentoServer, wait_for  # noqa: E402
-from test_service_inprocess import build_champion  # noqa: E402
+from tests.harness import BentoServer, wait_for  # noqa: E402
+from tests.unit.test_service_inprocess import build_champion  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ADMIN_TOKEN = "integration-token-51c2"
@@ -64,7 +59,9 @@ def champion_version(data_root: Path) -> str:
     from components.settings import load_settings
 
     settings = load_settings(data_root=data_root)
-    return str(MlflowClient(settings.tracking_uri).get_model_version_by_alias(settings.registry.model_name, "champion").version)
+    return str(
+        MlflowClient(settings.tracking_uri).get_model_version_by_alias(settings.registry.model_name, "champion").version
+    )
 
 
 def register_copy(data_root: Path, workdir: Path, *, corrupt: bool = False) -> str:
@@ -76,7 +73,9 @@ def register_copy(data_root: Path, workdir: Path, *, corrupt: bool = False) -> s
 
     settings = load_settings(data_root=data_root)
     client = configure(settings)
-    source = mlflow.pyfunc.load_model(f"models:/{settings.registry.model_name}@champion").unwrap_python_model().engine.folder
+    source = (
+        mlflow.pyfunc.load_model(f"models:/{settings.registry.model_name}@champion").unwrap_python_model().engine.folder
+    )
     bundle = workdir / "bundle"
     shutil.copytree(source, bundle)
     if corrupt:
@@ -97,7 +96,9 @@ def move_champion(data_root: Path, version: str) -> None:
 
 
 def reload(server: BentoServer) -> dict:
-    response = requests.post(f"{server.base}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60)
+    response = requests.post(
+        f"{server.base}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -121,7 +122,9 @@ def test_schemathesis_finds_no_server_errors(server):
             response = case.call(base_url=server.base, timeout=30)
             checked += 1
             if response.status_code >= 500:
-                failures.append(f"{case.method} {case.path} {case.body!r} -> {response.status_code} {response.text[:300]}")
+                failures.append(
+                    f"{case.method} {case.path} {case.body!r} -> {response.status_code} {response.text[:300]}"
+                )
 
         fuzz()
     assert checked >= 100, checked  # about 30 cases for each of the 7 operations
@@ -131,7 +134,10 @@ def test_schemathesis_finds_no_server_errors(server):
 
 def test_swap_under_load_loses_no_request(server, champion_root, tmp_path):
     old = champion_version(champion_root)
-    assert requests.post(f"{server.base}/recommend", json={"user_id": 1, "k": 5}, timeout=10).json()["model_version"] == old
+    assert (
+        requests.post(f"{server.base}/recommend", json={"user_id": 1, "k": 5}, timeout=10).json()["model_version"]
+        == old
+    )
     new = register_copy(champion_root, tmp_path)
     stop = threading.Event()
     results: list[tuple[int, str | None]] = []
@@ -143,13 +149,18 @@ def test_swap_under_load_loses_no_request(server, champion_root, tmp_path):
             for user_id in user_ids:
                 try:
                     response = session.post(f"{server.base}/recommend", json={"user_id": user_id, "k": 10}, timeout=30)
-                    outcome = (response.status_code, response.json().get("model_version") if response.ok else response.text)
+                    outcome = (
+                        response.status_code,
+                        response.json().get("model_version") if response.ok else response.text,
+                    )
                 except requests.RequestException as exc:
                     outcome = (0, str(exc))
                 with lock:
                     results.append(outcome)
 
-    threads = [threading.Thread(target=hammer, args=([1, 2, 3, 999_999][i:] + [1, 2, 3, 999_999][:i],)) for i in range(4)]
+    threads = [
+        threading.Thread(target=hammer, args=([1, 2, 3, 999_999][i:] + [1, 2, 3, 999_999][:i],)) for i in range(4)
+    ]
     for thread in threads:
         thread.start()
     time.sleep(2)
@@ -179,7 +190,14 @@ def test_failed_load_keeps_serving_the_old_model(server, champion_root, tmp_path
         response = requests.post(f"{server.base}/recommend", json={"user_id": 1, "k": 5}, timeout=10)
         assert response.status_code == 200 and response.json()["model_version"] == serving
         assert requests.get(f"{server.base}/readyz", timeout=10).status_code == 200
-        wait_for(lambda: f"loading recommender version {broken} failed; still serving {serving}" in server.log_path.read_text(errors="replace"), 10, what="the failed load in the log")
+        wait_for(
+            lambda: (
+                f"loading recommender version {broken} failed; still serving {serving}"
+                in server.log_path.read_text(errors="replace")
+            ),
+            10,
+            what="the failed load in the log",
+        )
         metrics = requests.get(f"{server.base}/metrics", timeout=10).text
         assert 'lmrecsys_model_reloads_total{outcome="failed"}' in metrics
     finally:
@@ -199,7 +217,11 @@ def test_acknowledged_feedback_survives_kill_9(champion_root, tmp_path):
         for n in range(100_000):
             event_id = f"kill9-{worker}-{n}"
             try:
-                response = session.post(f"{server.base}/feedback", json={"user_id": 1 + n % 50, "item_id": 1, "event": "view", "event_id": event_id}, timeout=30)
+                response = session.post(
+                    f"{server.base}/feedback",
+                    json={"user_id": 1 + n % 50, "item_id": 1, "event": "view", "event_id": event_id},
+                    timeout=30,
+                )
             except requests.RequestException:
                 return  # the server is gone
             if response.status_code == 200:

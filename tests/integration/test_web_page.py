@@ -22,7 +22,7 @@ import pytest
 from components.feedback.store import FeedbackStore
 from components.pipeline import run_pipeline
 from components.settings import load_settings
-from harness import BentoServer
+from tests.harness import BentoServer
 
 CHROMIUM = Path(os.environ.get("LMRECSYS_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -41,9 +41,13 @@ TIMEOUT_MS = 60_000  # the first search loads the text encoder; the test machine
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"headless-browser test needs Chromium at {CHROMIUM} (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason=f"headless-browser test needs Chromium at {CHROMIUM} (apt-get install chromium)"
+    ),
 ]
-playwright_api = pytest.importorskip("playwright.sync_api", reason="headless-browser test needs the playwright Python package")
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="headless-browser test needs the playwright Python package"
+)
 expect = playwright_api.expect
 
 
@@ -59,7 +63,11 @@ def served(tmp_path_factory, movielens_dir):
         "LMRECSYS_INGEST__MAX_USERS": "60",
         "LMRECSYS_TRAIN__BOOTSTRAP_SAMPLES": "100",
     }
-    settings = load_settings(data_root=root / "data", ingest={"source": str(movielens_dir), "max_users": 60}, train={"bootstrap_samples": 100})
+    settings = load_settings(
+        data_root=root / "data",
+        ingest={"source": str(movielens_dir), "max_users": 60},
+        train={"bootstrap_samples": 100},
+    )
     decision = run_pipeline(settings)
     assert decision["decision"] == "promoted", decision
     server = BentoServer(env, root / "bento", PROJECT_ROOT)
@@ -76,7 +84,11 @@ def browser_context(tmp_path_factory):
     profile = tmp_path_factory.mktemp("chromium-profile")
     with playwright_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900}
+            str(profile),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
         )
         context.set_default_timeout(TIMEOUT_MS)
         try:
@@ -106,7 +118,12 @@ def show_user(page, user_id: int) -> None:
 
 
 def shown_item_ids(page, list_id: str) -> list[int]:
-    return [int(value) for value in page.locator(f"#{list_id} > li[data-item-id]").evaluate_all("rows => rows.map(r => r.dataset.itemId)")]
+    return [
+        int(value)
+        for value in page.locator(f"#{list_id} > li[data-item-id]").evaluate_all(
+            "rows => rows.map(r => r.dataset.itemId)"
+        )
+    ]
 
 
 def shown_titles(page, list_id: str) -> list[str]:
@@ -145,7 +162,9 @@ def test_pick_a_user_search_and_feedback_change_the_recommendations(page, served
     expect(page.locator("#recs > li[data-item-id]")).to_have_count(10)
     after_dislike = shown_item_ids(page, "recs")
     assert after_dislike[: len(before) - 1] == before[1:], "the rest of the list moves up by one"
-    assert disliked not in [item["item_id"] for item in server.post("/recommend", {"user_id": user_id, "k": 50}).json()["items"]]
+    assert disliked not in [
+        item["item_id"] for item in server.post("/recommend", {"user_id": user_id, "k": 50}).json()["items"]
+    ]
 
     # like another one: it becomes history, so it leaves the list and the list is re-ranked
     liked = after_dislike[3]
@@ -155,7 +174,10 @@ def test_pick_a_user_search_and_feedback_change_the_recommendations(page, served
     assert shown_item_ids(page, "recs") != after_dislike
     expect(page.locator("#source")).to_contain_text("using 2 recent events")
 
-    stored = {(str(item), event) for item, event, _, _ in FeedbackStore(settings.feedback_url).user_events_since(str(user_id), 0)}
+    stored = {
+        (str(item), event)
+        for item, event, _, _ in FeedbackStore(settings.feedback_url).user_events_since(str(user_id), 0)
+    }
     assert {(str(disliked), "dislike"), (str(liked), "like")} <= stored
 
     screenshot = tmp_path / "ui.png"
@@ -195,12 +217,18 @@ def test_history_section_shows_the_users_newest_interactions(page, served):
     expect(page.locator("#history > li[data-item-id]")).to_have_count(len(probe.json()["items"]))
     assert shown_titles(page, "history") == [entry["title"] for entry in probe.json()["items"]]
     first = probe.json()["items"][0]
-    assert page.locator("#history > li .when").first.inner_text().startswith("rated" if first["event"] == "rating" else first["event"])
+    assert (
+        page.locator("#history > li .when")
+        .first.inner_text()
+        .startswith("rated" if first["event"] == "rating" else first["event"])
+    )
 
     # a like shows up at the top of the history
     liked = shown_item_ids(page, "recs")[0]
     page.locator(f'#recs > li[data-item-id="{liked}"] button[data-action="like"]').click()
     expect(page.locator("#notice")).to_contain_text("you liked", timeout=TIMEOUT_MS)
-    expect(page.locator("#history > li[data-item-id]").first).to_have_attribute("data-item-id", str(liked), timeout=TIMEOUT_MS)
+    expect(page.locator("#history > li[data-item-id]").first).to_have_attribute(
+        "data-item-id", str(liked), timeout=TIMEOUT_MS
+    )
     expect(page.locator("#history > li .when").first).to_contain_text("like")
     assert page.script_errors == []

@@ -64,7 +64,9 @@ def items_frame(item_ids=ITEM_IDS, titles=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def interactions_frame(histories: dict = HISTORIES, item_ids=ITEM_IDS, event: str = "rating", value: float = 4.0) -> pd.DataFrame:
+def interactions_frame(
+    histories: dict = HISTORIES, item_ids=ITEM_IDS, event: str = "rating", value: float = 4.0
+) -> pd.DataFrame:
     """A snapshot-shaped interactions frame: each user's items one minute apart, in the given order."""
     rows = []
     for user, indexes in histories.items():

@@ -4,6 +4,7 @@ components never import Airflow, and production files and functions stay small."
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,9 @@ def _imports(tree: ast.AST) -> list[tuple[str, int]]:
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append((node.module, node.lineno))
-            found += [(f"{node.module}.{alias.name}", node.lineno) for alias in node.names if node.module == "components"]
+            found += [
+                (f"{node.module}.{alias.name}", node.lineno) for alias in node.names if node.module == "components"
+            ]
     return found
 
 
@@ -136,7 +139,6 @@ def test_production_files_and_functions_are_small(folder):
 
 
 def test_readme_and_architecture_map_match_the_tree():
-    import re
 
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("## What is where") :].split("\n## ", 1)[0]
@@ -150,3 +152,18 @@ def test_readme_and_architecture_map_match_the_tree():
     for package in sorted(p.name for p in (ROOT / "components").iterdir() if (p / "__init__.py").exists()):
         assert f"`{package}/`" in components_row, f"README's components row misses {package}/"
         assert f"`components/{package}/`" in architecture, f"docs/architecture.md's map misses components/{package}/"
+
+
+def test_tests_and_benchmarks_need_no_path_tricks():
+    """The project is importable as installed: no sys.path edits; benchmarks run as modules."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in _python_files("tests", "benchmarks", "components", "serving", "devtools", "dags")
+        if path != Path(__file__).resolve() and re.search(r"sys\.path\.(insert|append)", path.read_text())
+    ]
+    assert not offenders, offenders
+    for path in _python_files("benchmarks"):
+        if path.name in ("__init__.py", "common.py"):
+            continue
+        tree = ast.parse(path.read_text())
+        assert any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body), f"{path.name} has no main()"

@@ -10,10 +10,11 @@ import pytest
 
 from components.pipeline import run_pipeline
 from components.settings import load_settings
+from tests.unit._data_fixtures import write_movielens
 
-from conftest import write_movielens
-
-MOVIES = "movieId,title,genres\n" + "".join(f"{i},Film {i} (2001),{['Comedy', 'Drama', 'Action'][i % 3]}\n" for i in range(1, 31))
+MOVIES = "movieId,title,genres\n" + "".join(
+    f"{i},Film {i} (2001),{['Comedy', 'Drama', 'Action'][i % 3]}\n" for i in range(1, 31)
+)
 RATINGS = "userId,movieId,rating,timestamp\n" + "".join(
     f"{u},{(u * 7 + k * 3) % 30 + 1},4.0,{1_000_000_000 + u * 100 + k}\n" for u in range(1, 21) for k in range(8)
 )
@@ -22,7 +23,11 @@ RATINGS = "userId,movieId,rating,timestamp\n" + "".join(
 @pytest.mark.parametrize("candidate", ["ease", "lm_content"])
 def test_same_data_same_recipe_scores_the_same(tmp_path, candidate):
     source = write_movielens(tmp_path / "ml", movies=MOVIES, ratings=RATINGS, tags=None)
-    settings = load_settings(data_root=tmp_path / "root", ingest={"source": str(source)}, train={"candidates": [candidate], "bootstrap_samples": 20})
+    settings = load_settings(
+        data_root=tmp_path / "root",
+        ingest={"source": str(source)},
+        train={"candidates": [candidate], "bootstrap_samples": 20},
+    )
     first = run_pipeline(settings)
     second = run_pipeline(settings)
     assert (first["decision"], second["decision"]) == ("promoted", "promoted"), second["reason"]

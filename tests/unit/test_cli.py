@@ -9,8 +9,7 @@ from typer.testing import CliRunner
 
 from components.cli import app
 from components.feedback.store import FeedbackStore
-
-from conftest import TINY_RATINGS_CSV, write_movielens
+from tests.unit._data_fixtures import TINY_RATINGS_CSV, write_movielens
 
 runner = CliRunner()
 
@@ -107,7 +106,9 @@ def test_models_history_rollback_and_forced_promotion(cli_env):
     assert status["champion"]["version"] == "1"
     assert runner.invoke(app, ["models", "rollback", "--reason", "again"]).exit_code == 1  # nothing before version 1
 
-    forced = runner.invoke(app, ["models", "promote", "--version", "2", "--force", "--reason", "hotfix verified", "--json"])
+    forced = runner.invoke(
+        app, ["models", "promote", "--version", "2", "--force", "--reason", "hotfix verified", "--json"]
+    )
     assert forced.exit_code == 0, forced.output
     history = json.loads(runner.invoke(app, ["models", "history", "--json"]).stdout)
     assert [(str(e["version"]), e["by"]) for e in history][-2:] == [("1", "human"), ("2", "human")]

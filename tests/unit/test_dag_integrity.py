@@ -58,7 +58,9 @@ def test_dag_file_imports_fast_without_heavy_modules(dag_file):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    took, heavy = done.stdout.strip().splitlines()[-2:] if done.stdout.strip().count("\n") else (done.stdout.strip(), "")
+    took, heavy = (
+        done.stdout.strip().splitlines()[-2:] if done.stdout.strip().count("\n") else (done.stdout.strip(), "")
+    )
     assert float(took) < 2.0, f"{dag_file} took {took}s to import"
     assert heavy == "", f"{dag_file} imports heavy modules at module level: {heavy}"
 
@@ -84,7 +86,9 @@ def test_long_pipeline_tasks_have_timeouts(dag_bag):
     assert dag.get_task("ingest").retry_exponential_backoff
 
 
-@pytest.mark.parametrize(("dag_id", "expected"), [("lm_recsys_pipeline", EXPECTED_PIPELINE), ("lm_recsys_feedback_watch", EXPECTED_WATCH)])
+@pytest.mark.parametrize(
+    ("dag_id", "expected"), [("lm_recsys_pipeline", EXPECTED_PIPELINE), ("lm_recsys_feedback_watch", EXPECTED_WATCH)]
+)
 def test_task_graph(dag_bag, dag_id, expected):
     dag = dag_bag.dags[dag_id]
     assert {task.task_id: set(task.upstream_task_ids) for task in dag.tasks} == expected
@@ -122,7 +126,9 @@ def test_first_scheduled_run_waits_for_the_next_cron_time(dag_bag, monkeypatch, 
 
     # What the scheduler uses: the DAG's timetable after serialisation.
     timetable = decode_timetable(encode_timetable(dag_bag.dags["lm_recsys_pipeline"].timetable))
-    first = timetable.next_dagrun_info(last_automated_data_interval=None, restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
+    first = timetable.next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(earliest=None, latest=None, catchup=False)
+    )
     assert first is not None and first.run_after > moment, f"a run would start at once: {first}"
 
 

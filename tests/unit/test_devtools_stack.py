@@ -7,8 +7,8 @@ import json
 import subprocess
 import threading
 import time
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import requests
@@ -79,7 +79,9 @@ def test_an_idempotent_call_is_retried_through_a_transient_server_error(tmp_path
 def test_an_idempotent_call_is_retried_after_a_timeout(tmp_path):
     script = {("PATCH", "/api/v2/dags/d"): [("slow", {}), (200, {"is_paused": False})]}
     with ScriptedServer(script) as server:
-        assert _stack(tmp_path, server).api("PATCH", "/dags/d", json={"is_paused": False}, timeout=0.3) == {"is_paused": False}
+        assert _stack(tmp_path, server).api("PATCH", "/dags/d", json={"is_paused": False}, timeout=0.3) == {
+            "is_paused": False
+        }
     assert server.calls.count(("PATCH", "/api/v2/dags/d")) == 2
 
 
@@ -103,7 +105,9 @@ def test_a_lasting_error_is_raised_with_the_servers_explanation(tmp_path):
 def test_airflow_reads_the_sqlite_busy_timeout_from_the_stack_environment(tmp_path):
     stack = AirflowStack(tmp_path / "airflow", tmp_path / "dags")
     code = "from airflow.configuration import conf; print(conf.getimport('database', 'sql_alchemy_connect_args'))"
-    out = subprocess.run([str(VENV_BIN / "python"), "-c", code], env=stack.env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", code], env=stack.env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     # Airflow adds check_same_thread=False to the same dict when it sets up its engine
     assert ast.literal_eval(out.stdout.strip().splitlines()[-1])["timeout"] == SQLITE_CONNECT_ARGS["timeout"] >= 30
@@ -121,7 +125,9 @@ def test_demo_command_line(monkeypatch):
     import devtools.demo as demo
 
     calls = []
-    monkeypatch.setattr(demo, "run_demo", lambda root, **kwargs: calls.append((root, kwargs)) or {"champion_version": 1})
+    monkeypatch.setattr(
+        demo, "run_demo", lambda root, **kwargs: calls.append((root, kwargs)) or {"champion_version": 1}
+    )
     app = typer.Typer()
     app.command()(demo.demo)
     runner = CliRunner()

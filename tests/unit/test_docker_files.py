@@ -168,7 +168,9 @@ def test_compose_has_every_component(services):
     assert roles == AIRFLOW_ROLES
     workers = [n for n, s in services.items() if command_args(s)[:3] == ["airflow", "celery", "worker"]]
     assert len(workers) >= 2, f"expected at least two Celery workers, found {workers}"
-    assert any(command_args(s)[:3] == ["airflow", "db", "migrate"] for s in services.values()), "no service migrates Airflow's database"
+    assert any(command_args(s)[:3] == ["airflow", "db", "migrate"] for s in services.values()), (
+        "no service migrates Airflow's database"
+    )
     assert {"postgres", "redis", "mlflow", "serving"} <= set(services)
     assert command_args(services["mlflow"])[:2] == ["mlflow", "server"]
     assert SERVICE_IMPORT in command_args(services["serving"])
@@ -187,7 +189,10 @@ def test_every_service_has_an_image_and_its_build_files_exist(services):
                 continue
             sources = [part for part in shlex.split(args) if not part.startswith("--")][:-1]
             for source in sources:
-                assert list(context.glob(source)), f"{dockerfile.relative_to(PROJECT_ROOT)} copies {source}, which is not in the build context {context}"
+                assert list(context.glob(source)), (
+                    f"{dockerfile.relative_to(PROJECT_ROOT)} copies {source}, "
+                    f"which is not in the build context {context}"
+                )
 
 
 def test_all_airflow_components_share_one_image(services):
@@ -221,7 +226,9 @@ def test_env_example_and_compose_variables_agree(example_env):
 
 def test_env_example_holds_no_real_secret(example_env):
     secrets = {key: value for key, value in example_env.items() if SECRET_NAME.search(key)}
-    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "AIRFLOW_JWT_SECRET", "LMRECSYS_SERVING__ADMIN_TOKEN"} <= set(secrets)
+    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "AIRFLOW_JWT_SECRET", "LMRECSYS_SERVING__ADMIN_TOKEN"} <= set(
+        secrets
+    )
     real = {key: value for key, value in secrets.items() if value != PLACEHOLDER}
     assert not real, f"docker/.env.example must hold only the {PLACEHOLDER!r} placeholder for secrets: {sorted(real)}"
 
@@ -243,8 +250,12 @@ def test_compose_never_hardcodes_a_credential(compose):
 def test_lmrecsys_variables_are_real_settings(services, example_env):
     known_dag_names = dag_env_names()
     names = set(example_env) | {key for s in services.values() for key in (s.get("environment") or {})}
-    for name in sorted(n for n in names if n.startswith("LMRECSYS_") and n not in ("LMRECSYS_IMAGE_PREFIX", "LMRECSYS_IMAGE_TAG")):
-        assert settings_field_exists(name) or name in known_dag_names, f"{name} is neither a Settings field nor read by a DAG file"
+    for name in sorted(
+        n for n in names if n.startswith("LMRECSYS_") and n not in ("LMRECSYS_IMAGE_PREFIX", "LMRECSYS_IMAGE_TAG")
+    ):
+        assert settings_field_exists(name) or name in known_dag_names, (
+            f"{name} is neither a Settings field nor read by a DAG file"
+        )
 
 
 def test_service_environments_parse_as_settings(services, example_env, monkeypatch):
@@ -308,7 +319,9 @@ def test_published_ports_match_what_the_services_listen_on(services, example_env
     for name, service in services.items():
         for mapping in service.get("ports", []):
             container_port = interpolate(str(mapping), example_env).rsplit(":", 1)[1]
-            assert flag_value(command_args(service), "--port") == container_port, f"{name} publishes {container_port} but listens elsewhere"
+            assert flag_value(command_args(service), "--port") == container_port, (
+                f"{name} publishes {container_port} but listens elsewhere"
+            )
             probe = " ".join(walk_strings(service.get("healthcheck", {})))
             assert f"localhost:{container_port}" in probe, f"{name}'s health check does not probe port {container_port}"
 
@@ -320,7 +333,9 @@ def test_python_images_pin_torch_cpu_and_use_the_constraints():
         text = dockerfile.read_text()
         assert "download.pytorch.org/whl/cpu" in text, f"{dockerfile} must install torch from the CPU index"
         version = re.search(r"ARG TORCH_VERSION=(\S+)", text)[1]
-        assert pins["torch"].split("+")[0] == version, f"{dockerfile} pins torch {version}, constraints.txt {pins['torch']}"
+        assert pins["torch"].split("+")[0] == version, (
+            f"{dockerfile} pins torch {version}, constraints.txt {pins['torch']}"
+        )
         assert "pip install -c constraints.txt" in text
     assert "-c /opt/mlflow-constraints.txt mlflow" in (DOCKER / "mlflow" / "Dockerfile").read_text()
 
@@ -336,7 +351,9 @@ def test_bentofile_builds_the_service_with_the_tested_pins():
         name, sep, version = requirement.partition("==")
         if sep:
             key = re.sub(r"[-_.]+", "-", name).lower()
-            assert pins[key].split("+")[0] == version, f"bentofile pins {requirement}, constraints.txt {key}=={pins[key]}"
+            assert pins[key].split("+")[0] == version, (
+                f"bentofile pins {requirement}, constraints.txt {key}=={pins[key]}"
+            )
     for package in ("components", "serving"):
         assert any(pattern.startswith(f"{package}/") for pattern in config["include"])
 
@@ -361,11 +378,19 @@ def test_the_web_page_is_packaged_with_the_service():
 
 # ---------------------------------------------------------------------------- scripts, run for real
 def run_entrypoint(env: dict[str, str], *command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["sh", str(DOCKER / "entrypoint.sh"), *command], env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        ["sh", str(DOCKER / "entrypoint.sh"), *command],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_entrypoint_refuses_placeholder_secrets(example_env):
-    refused = run_entrypoint({"POSTGRES_PASSWORD": example_env["POSTGRES_PASSWORD"], "OTHER": "fine"}, "echo", "started")
+    refused = run_entrypoint(
+        {"POSTGRES_PASSWORD": example_env["POSTGRES_PASSWORD"], "OTHER": "fine"}, "echo", "started"
+    )
     assert refused.returncode == 64
     assert "POSTGRES_PASSWORD" in refused.stderr and "OTHER" not in refused.stderr
     assert "started" not in refused.stdout
@@ -376,7 +401,10 @@ def test_entrypoint_writes_the_airflow_password_file_and_runs_the_command(tmp_pa
     env = {"AIRFLOW_ADMIN_PASSWORD": 'pa"ss', "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords)}
     result = subprocess.run(
         ["sh", str(DOCKER / "entrypoint.sh"), "echo", "started"],
-        env={"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}, capture_output=True, text=True, timeout=30,
+        env={"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "started"
@@ -389,12 +417,21 @@ def test_bentoml_build_packages_the_service(tmp_path):
     """``bentoml build`` works offline (no package locking) and packs the service's code."""
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
     bentoml = Path(sys.executable).parent / "bentoml"
-    result = subprocess.run([str(bentoml), "build", "-f", str(BENTOFILE), str(PROJECT_ROOT)], env=env, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
+    result = subprocess.run(
+        [str(bentoml), "build", "-f", str(BENTOFILE), str(PROJECT_ROOT)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=PROJECT_ROOT,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     (bento_dir,) = [p for p in (tmp_path / "bentoml" / "bentos" / "lm-recsys-serving").iterdir() if p.is_dir()]
     manifest = yaml.safe_load((bento_dir / "bento.yaml").read_text())
     assert manifest["service"] == SERVICE_IMPORT
-    assert (bento_dir / "src" / "serving" / "service.py").is_file() and (bento_dir / "src" / "components" / "engine" / "engine.py").is_file()
+    assert (bento_dir / "src" / "serving" / "service.py").is_file() and (
+        bento_dir / "src" / "components" / "engine" / "engine.py"
+    ).is_file()
     for module in ("schemas", "middleware", "champion", "feedback_writer", "batching", "bentoml_patch"):
         assert (bento_dir / "src" / "serving" / f"{module}.py").is_file(), module
     assert "<h1>lm-recsys</h1>" in (bento_dir / "src" / "serving" / "static" / "index.html").read_text()
@@ -409,12 +446,22 @@ def test_init_databases_script_creates_the_extra_databases():
     if shutil.which("psql") is None:
         pytest.skip("psql (Debian package postgresql-client) is not installed")
     names = [f"lmrecsys_init_probe_{os.getpid()}_{i}" for i in range(2)]
-    env = {**os.environ, "POSTGRES_USER": "postgres", "POSTGRES_DB": "postgres", "POSTGRES_EXTRA_DATABASES": " ".join(names), "PGHOST": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "POSTGRES_USER": "postgres",
+        "POSTGRES_DB": "postgres",
+        "POSTGRES_EXTRA_DATABASES": " ".join(names),
+        "PGHOST": "127.0.0.1",
+    }
     psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc"]
     try:
-        result = subprocess.run(["sh", str(DOCKER / "postgres" / "init-databases.sh")], env=env, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["sh", str(DOCKER / "postgres" / "init-databases.sh")], env=env, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, result.stderr
-        listed = subprocess.run([*psql, "SELECT datname FROM pg_database"], capture_output=True, text=True, timeout=30).stdout.split()
+        listed = subprocess.run(
+            [*psql, "SELECT datname FROM pg_database"], capture_output=True, text=True, timeout=30
+        ).stdout.split()
         assert set(names) <= set(listed)
     finally:
         for name in names:

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from components.data.sources import download_file, read_movielens, resolve_movielens_dir
 from components.errors import ChecksumError, SourceError
 from components.ingest import ingest
-from components.data.sources import download_file, read_movielens, resolve_movielens_dir
 
 ZIP_PATH = "/ml-latest-small.zip"
 

@@ -4,19 +4,15 @@
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _model_fixtures import interactions_frame, items_frame  # noqa: E402
-
+from components.data.atomic import atomic_write_text
 from components.data.columns import CATEGORIES_COL, DESCRIPTION_COL, ITEM_COL, TAGS_COL, TITLE_COL  # noqa: E402
 from components.data.events import EVENT_WEIGHTS  # noqa: E402
+from components.data.snapshots import Snapshot, write_snapshot
 from components.embed import (  # noqa: E402
     EmbeddingCache,
     ItemEmbeddings,
@@ -34,9 +30,7 @@ from components.embed import (  # noqa: E402
 )
 from components.errors import EncoderError, SnapshotRejected  # noqa: E402
 from components.settings import load_settings  # noqa: E402
-from components.data.snapshots import Snapshot, write_snapshot
-from components.data.atomic import atomic_write_text
-
+from tests.unit._model_fixtures import interactions_frame, items_frame  # noqa: E402
 
 # fp32 throughout: these tests compare exact fp32 numbers, and on a CPU with bf16 instructions the
 # default (embed.precision "auto") is bf16 (tests/unit/test_embed_precision.py covers that path).
@@ -93,13 +87,22 @@ def test_batching_and_order_do_not_change_vectors(encoder):
 
 def test_batches_group_texts_by_token_count(encoder, monkeypatch):
     # Character length and token count disagree: long words split into many word pieces.
-    texts = ["pneumonoultramicroscopicsilicovolcanoconiosis antidisestablishmentarianism", "a b c d e f g h i j k l m n o p", "hi", "a b c d e f g h i j k l m n o p q r s t", "floccinaucinihilipilification", "ok go"] * 3
+    texts = [
+        "pneumonoultramicroscopicsilicovolcanoconiosis antidisestablishmentarianism",
+        "a b c d e f g h i j k l m n o p",
+        "hi",
+        "a b c d e f g h i j k l m n o p q r s t",
+        "floccinaucinihilipilification",
+        "ok go",
+    ] * 3
     seen = []
     run = encoder._run_torch
     monkeypatch.setattr(encoder, "_run_torch", lambda batch: seen.append(batch["attention_mask"]) or run(batch))
     vectors = encoder.encode(texts, batch_size=3)
     lengths = [len(ids) for ids in encoder.tokenizer(texts)["input_ids"]]
-    assert sum(mask.size for mask in seen) == sum(sorted(lengths, reverse=True)[i] * min(3, len(texts) - i) for i in range(0, len(texts), 3))
+    assert sum(mask.size for mask in seen) == sum(
+        sorted(lengths, reverse=True)[i] * min(3, len(texts) - i) for i in range(0, len(texts), 3)
+    )
     widths = [mask.shape[1] for mask in seen]
     assert widths == sorted(widths, reverse=True)  # longest first
     np.testing.assert_allclose(vectors, np.stack([encoder.encode([t])[0] for t in texts]), atol=1e-5)
@@ -137,14 +140,20 @@ def test_non_latin_scripts_encode_to_finite_vectors(encoder):
 
 def test_similar_texts_are_closer_than_unrelated_ones(encoder):
     space, scifi, cake = encoder.encode(
-        ["A space opera about astronauts on a starship", "Science fiction film set in outer space", "A recipe for chocolate cake"]
+        [
+            "A space opera about astronauts on a starship",
+            "Science fiction film set in outer space",
+            "A recipe for chocolate cake",
+        ]
     )
     assert space @ scifi > space @ cake + 0.2
     assert space @ scifi > scifi @ cake + 0.2
 
 
 def test_encode_query_matches_encode(encoder):
-    np.testing.assert_allclose(encode_query(encoder, "space adventure"), encoder.encode(["space adventure"])[0], atol=1e-6)
+    np.testing.assert_allclose(
+        encode_query(encoder, "space adventure"), encoder.encode(["space adventure"])[0], atol=1e-6
+    )
 
 
 # --------------------------------------------------------------------------- loading errors
@@ -191,13 +200,21 @@ def test_unreadable_config_is_an_encoder_error(tmp_path):
 
 
 def test_compose_item_text_full_row():
-    row = {TITLE_COL: " Heat (1995) ", CATEGORIES_COL: "Action|Crime", TAGS_COL: "heist|pacino", DESCRIPTION_COL: "Cops and robbers."}
+    row = {
+        TITLE_COL: " Heat (1995) ",
+        CATEGORIES_COL: "Action|Crime",
+        TAGS_COL: "heist|pacino",
+        DESCRIPTION_COL: "Cops and robbers.",
+    }
     assert compose_item_text(row) == "Heat (1995). Genres: Action, Crime. Tags: heist, pacino. Cops and robbers."
 
 
 def test_compose_item_text_drops_empty_segments():
     assert compose_item_text({TITLE_COL: "Heat", CATEGORIES_COL: "", TAGS_COL: "", DESCRIPTION_COL: ""}) == "Heat"
-    assert compose_item_text({TITLE_COL: "Heat", CATEGORIES_COL: None, TAGS_COL: "a|", DESCRIPTION_COL: "  "}) == "Heat. Tags: a"
+    assert (
+        compose_item_text({TITLE_COL: "Heat", CATEGORIES_COL: None, TAGS_COL: "a|", DESCRIPTION_COL: "  "})
+        == "Heat. Tags: a"
+    )
     assert compose_item_text({TITLE_COL: "", CATEGORIES_COL: "Drama", TAGS_COL: "||"}) == "Genres: Drama"
     assert compose_item_text({}) == ""
 
@@ -215,7 +232,13 @@ def test_item_texts_and_hashes():
 
 def accepted_snapshot(settings, items: pd.DataFrame) -> Snapshot:
     snapshot = write_snapshot(
-        settings.snapshots_dir, items, interactions_frame(), id_type="int", feedback_watermark=0, parent=None, sources={}
+        settings.snapshots_dir,
+        items,
+        interactions_frame(),
+        id_type="int",
+        feedback_watermark=0,
+        parent=None,
+        sources={},
     )
     atomic_write_text(snapshot.path / "validation.json", json.dumps({"success": True}))
     return snapshot
@@ -296,7 +319,13 @@ def test_cache_segments_merge(tmp_path):
 def test_embed_refuses_unvalidated_snapshots(tmp_path):
     settings = load_settings(data_root=tmp_path)
     snapshot = write_snapshot(
-        settings.snapshots_dir, items_frame(), interactions_frame(), id_type="int", feedback_watermark=0, parent=None, sources={}
+        settings.snapshots_dir,
+        items_frame(),
+        interactions_frame(),
+        id_type="int",
+        feedback_watermark=0,
+        parent=None,
+        sources={},
     )
     with pytest.raises(SnapshotRejected, match="has not been validated"):
         embed_items(settings, snapshot)
@@ -324,7 +353,9 @@ def test_interest_weights_by_event_and_rating():
     events = ["rating", "rating", "rating", "click", "view", "purchase", "something-else", "dislike"]
     values = [5.0, 2.5, float("nan"), None, None, None, None, None]
     weights = interest_weights(events, values, half_life=1e9)  # recency ~1 for all
-    np.testing.assert_allclose(weights, [1.0, 0.5, 0.6, EVENT_WEIGHTS["click"], EVENT_WEIGHTS["view"], 1.0, 0.5, -1.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        weights, [1.0, 0.5, 0.6, EVENT_WEIGHTS["click"], EVENT_WEIGHTS["view"], 1.0, 0.5, -1.0], rtol=1e-6
+    )
     assert interest_weights(["dislike"], [None], half_life=5.0)[0] < 0
     assert interest_weights([], [], half_life=5.0).shape == (0,)
 
@@ -337,7 +368,9 @@ def test_user_interest_vector():
     assert np.linalg.norm(vector) == pytest.approx(1.0)
     assert vector[1] > vector[0] > 0
     # a dislike pushes away from the disliked item
-    vector = user_interest_vector(np.stack([e0, e1]), interest_weights(["like", "dislike"], [None, None], half_life=1e9))
+    vector = user_interest_vector(
+        np.stack([e0, e1]), interest_weights(["like", "dislike"], [None, None], half_life=1e9)
+    )
     assert vector[0] > 0 > vector[1]
     # weights that cancel out leave no interest at all
     assert user_interest_vector(np.stack([e0, e0]), np.array([1.0, -1.0])) is None

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from components.data.atomic import atomic_write_text
+from components.data.snapshots import write_snapshot
 from components.embed import (
     EmbeddingCache,
     ItemEmbeddings,
@@ -30,12 +32,7 @@ from components.embed import (
 )
 from components.errors import EncoderError
 from components.settings import EmbedSettings, load_settings
-from components.data.snapshots import write_snapshot
-from components.data.atomic import atomic_write_text
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _model_fixtures import interactions_frame, items_frame  # noqa: E402
+from tests.unit._model_fixtures import interactions_frame, items_frame  # noqa: E402
 
 # Six pairs of related texts (written for this test), of different token counts, plus edge cases.
 TEXTS = [
@@ -238,7 +235,12 @@ def test_bf16_batches_never_pad(bf16_encoder, bf16_vectors, monkeypatch):
 
 def test_bf16_vector_does_not_depend_on_its_batch(bf16_encoder, bf16_vectors):
     """Each text alone, among TEXTS, and in a mixed batch where it shares its token count with others."""
-    fillers = ["A space opera about pirates on a starship", "Heat", "Toy Story (1995)", "Cooking, food and romance in a French cafe"]
+    fillers = [
+        "A space opera about pirates on a starship",
+        "Heat",
+        "Toy Story (1995)",
+        "Cooking, food and romance in a French cafe",
+    ]
     for position in (0, 3, 4, 7, 12, 13):  # several token counts, "x" and the empty text
         text = TEXTS[position]
         alone = bf16_encoder.encode([text])[0]
@@ -253,7 +255,15 @@ def test_bf16_vector_is_bit_identical_in_any_batch_with_avx512_bf16_kernels():
     """On an AMX CPU: the check above, bit for bit, with oneDNN held to the kernels of CPUs without AMX."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::test_bf16_vector_does_not_depend_on_its_batch"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_bf16_vector_does_not_depend_on_its_batch",
+        ],
         env=env,
         cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
@@ -268,7 +278,15 @@ def test_bf16_vector_is_bit_identical_in_any_batch_with_avx512_bf16_kernels():
 
 
 def accepted_snapshot(settings, items):
-    snapshot = write_snapshot(settings.snapshots_dir, items, interactions_frame(), id_type="int", feedback_watermark=0, parent=None, sources={})
+    snapshot = write_snapshot(
+        settings.snapshots_dir,
+        items,
+        interactions_frame(),
+        id_type="int",
+        feedback_watermark=0,
+        parent=None,
+        sources={},
+    )
     atomic_write_text(snapshot.path / "validation.json", json.dumps({"success": True}))
     return snapshot
 
@@ -286,7 +304,11 @@ def test_caches_of_the_two_precisions_never_mix(tmp_path, fp32_encoder, bf16_enc
     assert fp32_manifest["encoded_now"] == 8
     assert bf16_manifest["encoded_now"] == 8 and bf16_manifest["from_cache"] == 0  # nothing read from the fp32 cache
     assert bf16_manifest["encoder"]["precision"] == "bf16" and "precision" not in fp32_manifest["encoder"]
-    assert fp32_folder != bf16_folder and fp32_folder.name == fp32_encoder.encoder_id and bf16_folder.name == bf16_encoder.encoder_id
+    assert (
+        fp32_folder != bf16_folder
+        and fp32_folder.name == fp32_encoder.encoder_id
+        and bf16_folder.name == bf16_encoder.encoder_id
+    )
 
     fp32 = ItemEmbeddings.load(fp32_folder).vectors
     bf16 = ItemEmbeddings.load(bf16_folder).vectors

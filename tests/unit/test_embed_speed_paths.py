@@ -1,6 +1,5 @@
 """The fast encoder paths (ONNX Runtime, ONNX with int8 feed-forward) agree with the fp32 torch path."""
 
-
 import json
 from pathlib import Path
 

@@ -3,19 +3,25 @@
 # Telemetry and network switches are set once for every test in tests/conftest.py.
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _model_fixtures import ACTION, DRAMA, HISTORIES, ITEM_IDS, T0, cluster_vectors, interactions_frame, items_frame, tiny_data  # noqa: E402
-
 from components.data.dataset import InteractionData  # noqa: E402
 from components.engine import MAX_HISTORY, ServingEngine, write_bundle  # noqa: E402
 from components.models import LMContent, Popularity  # noqa: E402
+from tests.unit._model_fixtures import (  # noqa: E402
+    ACTION,
+    DRAMA,
+    HISTORIES,
+    ITEM_IDS,
+    T0,
+    cluster_vectors,
+    interactions_frame,
+    items_frame,
+    tiny_data,
+)
 
 ACTION_IDS = {ITEM_IDS[i] for i in ACTION}
 DRAMA_IDS = {ITEM_IDS[i] for i in DRAMA}
@@ -34,7 +40,13 @@ def data() -> InteractionData:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, data) -> Path:
     model = LMContent({"whiten_dim": None}).fit(data, cluster_vectors())
-    meta = {"model_name": "lm_content", "snapshot_id": "snap-test", "feedback_watermark": 7, "id_type": "int", "encoder_id": "enc-test"}
+    meta = {
+        "model_name": "lm_content",
+        "snapshot_id": "snap-test",
+        "feedback_watermark": 7,
+        "id_type": "int",
+        "encoder_id": "enc-test",
+    }
     return write_bundle(tmp_path_factory.mktemp("bundle") / "bundle", model, data, cluster_vectors(), meta)
 
 
@@ -44,9 +56,22 @@ def engine(bundle) -> ServingEngine:
 
 
 def test_bundle_layout_and_metadata(bundle, engine, data):
-    for name in ("bundle.json", "catalogue.parquet", "histories.parquet", "popularity.npy", "text_vectors.npy", "model/model.json", "model/state.npz"):
+    for name in (
+        "bundle.json",
+        "catalogue.parquet",
+        "histories.parquet",
+        "popularity.npy",
+        "text_vectors.npy",
+        "model/model.json",
+        "model/state.npz",
+    ):
         assert (bundle / name).exists(), name
-    assert engine.version_info == {"model_name": "lm_content", "snapshot_id": "snap-test", "feedback_watermark": 7, "encoder_id": "enc-test"}
+    assert engine.version_info == {
+        "model_name": "lm_content",
+        "snapshot_id": "snap-test",
+        "feedback_watermark": 7,
+        "encoder_id": "enc-test",
+    }
     assert engine.model.name == "lm_content"
     assert engine.catalogue.item_ids.tolist() == ITEM_IDS
     assert sorted(engine.histories) == sorted(HISTORIES)
@@ -208,7 +233,9 @@ def test_string_ids(tmp_path):
     interactions = interactions_frame(item_ids=item_ids)
     interactions["user_id"] = "u" + interactions["user_id"].astype(str)
     data = InteractionData.from_frames(items_frame(item_ids=item_ids), interactions)
-    folder = write_bundle(tmp_path / "b", Popularity().fit(data), data, cluster_vectors(), {"model_name": "popularity", "id_type": "str"})
+    folder = write_bundle(
+        tmp_path / "b", Popularity().fit(data), data, cluster_vectors(), {"model_name": "popularity", "id_type": "str"}
+    )
     engine = ServingEngine(folder)
     assert engine.normalise_id(1) == "1"
     assert sorted(engine.histories) == [f"u{u}" for u in sorted(HISTORIES)]
@@ -245,7 +272,10 @@ def test_ranking_cache_is_bounded_and_can_be_turned_off(bundle):
     assert not any(gc.is_tracked(item) for ranking in engine._ranked.values() for item in ranking)
     off = ServingEngine(bundle)
     off.cache_users = 0
-    assert off.recommend_user(users[0], off.history_for(users[0]), 5) == off.recommend_history(off.history_for(users[0]), 5)[0]
+    assert (
+        off.recommend_user(users[0], off.history_for(users[0]), 5)
+        == off.recommend_history(off.history_for(users[0]), 5)[0]
+    )
     assert off._ranked == {}
 
 

@@ -28,8 +28,9 @@ def store(store_url):
         store.close()
 
 
-def ev(event_id: str, user: str = "u1", item: str = "i1", event: str = "click", value=None,
-       ts: float = 1_700_000_000.0):
+def ev(
+    event_id: str, user: str = "u1", item: str = "i1", event: str = "click", value=None, ts: float = 1_700_000_000.0
+):
     return FeedbackEvent(user_id=user, item_id=item, event=event, value=value, event_ts=ts, event_id=event_id)
 
 
@@ -95,7 +96,7 @@ def test_watermark_is_monotonic_and_counts_follow_it(store):
 
 
 def test_generated_event_id_and_timestamp(store):
-    (event_id, fresh), = store.append([FeedbackEvent(user_id="u9", item_id="i9", event="view")])
+    ((event_id, fresh),) = store.append([FeedbackEvent(user_id="u9", item_id="i9", event="view")])
     assert fresh and event_id.startswith("fb-")
     row = store.events_between(0, store.watermark()).iloc[0]
     assert row["event_ts"] > 1_700_000_000

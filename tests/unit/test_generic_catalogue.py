@@ -35,7 +35,12 @@ def test_book_catalogue_trains_registers_and_answers(tmp_path):
     events.write_text(EVENTS)
     settings = load_settings(
         data_root=tmp_path / "root",
-        ingest={"source_format": "generic", "items_path": str(items), "interactions_path": str(events), "text_columns": ["author"]},
+        ingest={
+            "source_format": "generic",
+            "items_path": str(items),
+            "interactions_path": str(events),
+            "text_columns": ["author"],
+        },
         train={"bootstrap_samples": 50},
     )
     decision = run_pipeline(settings)

@@ -14,15 +14,11 @@ import numpy as np
 import pydantic
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _model_fixtures import ACTION, DRAMA, HISTORIES, cluster_vectors, tiny_data  # noqa: E402
-
 from components.data.dataset import History, InteractionData  # noqa: E402
 from components.models import MODEL_REGISTRY, LMContent, Popularity, build_model, load_model  # noqa: E402
 from components.models.base import Recommender, top_k  # noqa: E402
 from components.models.lm_content import fit_whitening  # noqa: E402
-
+from tests.unit._model_fixtures import ACTION, DRAMA, HISTORIES, cluster_vectors, tiny_data  # noqa: E402
 
 # --------------------------------------------------------------------------- the shared contract
 
@@ -144,7 +140,6 @@ def test_every_registered_model_has_a_contract_test():
     # Contract subclasses for other models live in sibling test modules: import them all first,
     # so this guard gives the same answer whether this file runs alone or with the rest.
     import importlib.util
-    from pathlib import Path
 
     for path in sorted(Path(__file__).parent.glob("test_models_*.py")):
         if path.stem not in sys.modules and path.resolve() != Path(__file__).resolve():
@@ -219,7 +214,12 @@ def test_lm_content_recommends_the_same_cluster(whiten_dim):
     # blow the within-cluster noise up to the cluster signal's variance)
     data = tiny_data()
     model = LMContent({"whiten_dim": whiten_dim}).fit(data, cluster_vectors())
-    histories = [History(np.array(HISTORIES[1])), History(np.array(HISTORIES[4])), History(np.array([3])), History(np.array([7]))]
+    histories = [
+        History(np.array(HISTORIES[1])),
+        History(np.array(HISTORIES[4])),
+        History(np.array([3])),
+        History(np.array([7])),
+    ]
     indexes, _ = model.recommend(histories, 3)
     assert indexes[0, 0] == 3  # the only unseen Action item
     assert indexes[1, 0] == 7  # the only unseen Drama item

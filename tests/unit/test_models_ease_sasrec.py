@@ -4,22 +4,22 @@ The contract classes subclass :class:`RecommenderContract`, so the guard in
 test_models_contract.py sees every model registered here.
 """
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pydantic
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _model_fixtures import cluster_vectors, interactions_frame, items_frame, tiny_data  # noqa: E402
-from test_models_contract import RecommenderContract  # noqa: E402
-
 from components.data.dataset import History, InteractionData, leave_last_out  # noqa: E402
+from components.evaluation.splits import (  # noqa: E402
+    evaluate_on_split,
+    global_time_split,
+    shuffle_histories,
+    shuffled_split,
+    time_cutoffs,
+)
 from components.models import EASE, LMSASRec, SASRec, build_model, load_model  # noqa: E402
 from components.models.ease import _primal_item_weights, interaction_matrix  # noqa: E402
-from components.evaluation.splits import evaluate_on_split, global_time_split, shuffle_histories, shuffled_split, time_cutoffs  # noqa: E402
+from tests.unit._model_fixtures import cluster_vectors, interactions_frame, items_frame, tiny_data  # noqa: E402
+from tests.unit.test_models_contract import RecommenderContract  # noqa: E402
 
 FAST = {"hidden": 8, "max_len": 6, "batch_size": 8, "max_epochs": 2, "patience": 1, "progress": False, "device": "cpu"}
 
@@ -100,7 +100,9 @@ def test_ease_tunes_l2_on_the_last_item_and_never_sees_it_for_scoring():
     assert model.chosen_l2 in model.tuning
     assert model.tuning[model.chosen_l2] == max(model.tuning.values())
     # the saved model remembers the chosen λ
-    assert EASE({"l2": model.chosen_l2}).fit(data).score(data.histories).tolist() == model.score(data.histories).tolist()
+    assert (
+        EASE({"l2": model.chosen_l2}).fit(data).score(data.histories).tolist() == model.score(data.histories).tolist()
+    )
 
 
 def test_ease_config_rejects_bad_weights():
@@ -131,7 +133,6 @@ def test_sasrec_learns_the_next_item_of_a_cycle():
         assert model.recommend([history], 1)[0][0, 0] == (start + 3) % data.n_items
     assert model.best_epoch >= 1
     assert len(model.validation_curve) >= model.best_epoch
-
 
     # order matters: the same items read backwards point elsewhere
     assert model.recommend([History(np.array([2, 1, 0]))], 1)[0][0, 0] != 3
@@ -167,7 +168,9 @@ def test_lm_sasrec_recommends_items_never_seen_in_training():
     """Item 3 (Action) has no training interactions: text alone places it with the Action items."""
     data = tiny_data()
     assert data.item_counts()[3] == 0
-    model = LMSASRec({**FAST, "text_dim": None, "max_epochs": 30, "patience": 30, "lr": 1e-2}).fit(data, cluster_vectors())
+    model = LMSASRec({**FAST, "text_dim": None, "max_epochs": 30, "patience": 30, "lr": 1e-2}).fit(
+        data, cluster_vectors()
+    )
     assert model.network.id_mask[3] == 0 and model.network.id_mask[0] == 1
     action_history = History(np.array([0, 1, 2]))
     indexes, _ = model.recommend([action_history], 1)
@@ -238,7 +241,7 @@ def test_global_time_split_cuts_everyone_at_one_time():
     # every training history ends before the test cut-off
     for history in split.test_train.histories:
         assert (history.timestamps < test_cut).all()
-    for history, target in zip(split.test_histories, split.test_targets):
+    for history in split.test_histories:
         assert len(history) > 0
     assert test_cut == 11  # 80% quantile of [0,1,2,2,3,10,11,12]
     # user 2 (history before 11, next at 11) and user 3 (history at 2, next at 12) are scored

@@ -12,14 +12,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from components.data.dataset import leave_last_out
+from components.data.snapshots import list_snapshots
 from components.errors import LmRecsysError
 from components.evaluation.metrics import per_user_metrics, target_ranks
 from components.models import load_model
 from components.pipeline import run_pipeline
 from components.settings import load_settings
-from components.data.snapshots import list_snapshots
-
-from conftest import write_movielens
+from tests.unit._data_fixtures import write_movielens
 
 MOVIES = "movieId,title,genres\n" + "".join(
     f"{i},Film {i} (2001),{['Comedy', 'Drama', 'Action'][i % 3]}\n" for i in range(1, 31)
@@ -84,7 +83,9 @@ def test_a_sequential_candidate_is_fitted_once_and_served_from_that_fit(warm_pai
     data = _data(settings)
     split = leave_last_out(data)
     ranks = target_ranks(evaluated.score(split.val_histories), split.val_histories, split.val_targets)
-    assert float(per_user_metrics(ranks)["ndcg@10"].mean()) == pytest.approx(_report(settings, "first")["candidates"]["lm_sasrec"]["val"]["ndcg_at_10"])
+    assert float(per_user_metrics(ranks)["ndcg@10"].mean()) == pytest.approx(
+        _report(settings, "first")["candidates"]["lm_sasrec"]["val"]["ndcg_at_10"]
+    )
 
 
 def test_serve_epochs_zero_serves_the_evaluation_fit(warm_pair):
@@ -92,7 +93,9 @@ def test_serve_epochs_zero_serves_the_evaluation_fit(warm_pair):
 
     settings = warm_pair[0]
     data = _data(settings)
-    model = build_model("lm_sasrec", {**SMALL, "max_epochs": 2, "serve_epochs": 0}).fit(data, _vectors(settings, "first"))
+    model = build_model("lm_sasrec", {**SMALL, "max_epochs": 2, "serve_epochs": 0}).fit(
+        data, _vectors(settings, "first")
+    )
     before = model.state()["net.item_embedding.weight"].copy()
     np.testing.assert_array_equal(model.continue_training(data).state()["net.item_embedding.weight"], before)
 
@@ -143,7 +146,9 @@ def test_warm_start_keeps_known_item_rows_and_starts_new_items_from_text(warm_pa
     known = np.flatnonzero(item_map >= 0) + 1
     np.testing.assert_allclose(rows[known], before[known], atol=1e-6)
     assert np.abs(rows[4]).max() < 1e-6  # item 3 (token 4): text projection alone
-    np.testing.assert_allclose(model.state()["net.text_projection.weight"], source.state()["net.text_projection.weight"], atol=1e-6)
+    np.testing.assert_allclose(
+        model.state()["net.text_projection.weight"], source.state()["net.text_projection.weight"], atol=1e-6
+    )
     np.testing.assert_array_equal(model.whitening[1], source.whitening[1])
 
 
@@ -157,7 +162,12 @@ def test_warm_start_keeps_known_item_rows_and_starts_new_items_from_text(warm_pa
 def test_an_incompatible_champion_means_a_cold_start_with_a_log_line(tmp_path, caplog, champion_configs, words):
     first = _settings(tmp_path, candidates=list(champion_configs), configs=champion_configs)
     assert run_pipeline(first, "first")["decision"] == "promoted"
-    second = load_settings(**{**first.model_dump(), "train": {**first.train.model_dump(), "candidates": ["lm_sasrec"], "model_configs": {"lm_sasrec": SMALL}}})
+    second = load_settings(
+        **{
+            **first.model_dump(),
+            "train": {**first.train.model_dump(), "candidates": ["lm_sasrec"], "model_configs": {"lm_sasrec": SMALL}},
+        }
+    )
     with caplog.at_level(logging.INFO, logger="components"):
         decision = run_pipeline(second, "second")
     assert decision["model_kind"] == "lm_sasrec"
@@ -199,7 +209,16 @@ def test_a_diverging_candidate_is_dropped_and_the_others_go_on(tmp_path):
 def test_when_every_candidate_diverges_the_champion_stays(tmp_path):
     settings = _settings(tmp_path, candidates=["popularity"], configs={})
     champion = run_pipeline(settings, "good")["version"]
-    bad = load_settings(**{**settings.model_dump(), "train": {**settings.train.model_dump(), "candidates": ["lm_sasrec"], "model_configs": {"lm_sasrec": {**SMALL, "lr": 1e30}}}})
+    bad = load_settings(
+        **{
+            **settings.model_dump(),
+            "train": {
+                **settings.train.model_dump(),
+                "candidates": ["lm_sasrec"],
+                "model_configs": {"lm_sasrec": {**SMALL, "lr": 1e30}},
+            },
+        }
+    )
     with pytest.raises(LmRecsysError, match="every candidate was dropped"):
         run_pipeline(bad, "bad")
     client = MlflowClient(settings.tracking_uri)
@@ -209,7 +228,9 @@ def test_when_every_candidate_diverges_the_champion_stays(tmp_path):
 
 def test_an_unknown_candidate_fails_before_anything_is_written(tmp_path):
     settings = _settings(tmp_path, candidates=["popularity", "transformer_xl"], configs={})
-    with pytest.raises(LmRecsysError, match="unknown candidate\\(s\\) 'transformer_xl' in train.candidates; known: .*lm_sasrec"):
+    with pytest.raises(
+        LmRecsysError, match="unknown candidate\\(s\\) 'transformer_xl' in train.candidates; known: .*lm_sasrec"
+    ):
         run_pipeline(settings, "unknown")
     assert not settings.snapshots_dir.exists() and not settings.runs_dir.exists()
 

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from components.data.snapshots import list_snapshots
 from components.errors import ChecksumError, SourceError, ValidationFailed
 from components.pipeline import run_pipeline
 from components.settings import load_settings
-from components.data.snapshots import list_snapshots
-
-from conftest import TINY_RATINGS_CSV, write_movielens
+from tests.unit._data_fixtures import TINY_RATINGS_CSV, write_movielens
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,16 @@ def _bad_source(base: Path, case: str) -> tuple[str, dict]:
         (base / "empty").mkdir(exist_ok=True)
         return str(base / "empty"), {}
     if case == "missing_column":
-        folder = write_movielens(base / "nocol", ratings=TINY_RATINGS_CSV.replace("userId,movieId,rating,timestamp", "userId,movieId,timestamp").replace(",4.0,", ",").replace(",3.5,", ",").replace(",5.0,", ",").replace(",2.5,", ",").replace(",4.5,", ",").replace(",1.0,", ","))
+        folder = write_movielens(
+            base / "nocol",
+            ratings=TINY_RATINGS_CSV.replace("userId,movieId,rating,timestamp", "userId,movieId,timestamp")
+            .replace(",4.0,", ",")
+            .replace(",3.5,", ",")
+            .replace(",5.0,", ",")
+            .replace(",2.5,", ",")
+            .replace(",4.5,", ",")
+            .replace(",1.0,", ","),
+        )
         return str(folder), {}
     if case == "zip_hash_mismatch":
         folder = write_movielens(base / "zipped" / "ml-latest-small")
@@ -76,7 +84,9 @@ def test_bad_source_changes_nothing(registry_with_champion, case, error, words):
 def test_failed_validation_trains_nothing(registry_with_champion):
     base, settings = registry_with_champion
     before = _state(settings)
-    folder = write_movielens(base / "rating7", ratings=TINY_RATINGS_CSV.replace("1,4,5.0,964983100", "1,4,7.0,964983100"))
+    folder = write_movielens(
+        base / "rating7", ratings=TINY_RATINGS_CSV.replace("1,4,5.0,964983100", "1,4,7.0,964983100")
+    )
     bad = load_settings(data_root=settings.data_root, ingest={"source": str(folder)})
     with pytest.raises(ValidationFailed) as info:
         run_pipeline(bad)

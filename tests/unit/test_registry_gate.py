@@ -7,7 +7,6 @@ must reject, so the tests do not depend on their order.
 
 # Telemetry and network switches are set once for every test in tests/conftest.py.
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -16,16 +15,12 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import restored_mlflow_state  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _model_fixtures import cluster_vectors, tiny_data  # noqa: E402
-
 from components.engine import write_bundle  # noqa: E402
 from components.models import LMContent  # noqa: E402
 from components.registry import CHALLENGER, CHAMPION, configure, get_alias_version, log_bundle_model, promote_if_better  # noqa: E402
 from components.settings import Settings, load_settings  # noqa: E402
+from tests.harness import restored_mlflow_state  # noqa: E402
+from tests.unit._model_fixtures import cluster_vectors, tiny_data  # noqa: E402
 
 CHAMPION_METRIC = 0.30
 POPULARITY_METRIC = 0.10
@@ -65,7 +60,9 @@ def registry(tmp_path_factory) -> Registry:
         client = configure(settings)
         data = tiny_data()
         model = LMContent({"whiten_dim": None}).fit(data, cluster_vectors())
-        bundle = write_bundle(root / "bundle", model, data, cluster_vectors(), {"model_name": "lm_content", "id_type": "int"})
+        bundle = write_bundle(
+            root / "bundle", model, data, cluster_vectors(), {"model_name": "lm_content", "id_type": "int"}
+        )
         with mlflow.start_run():
             version, uri = log_bundle_model(bundle, settings.registry.model_name)
         decision = promote_if_better(client, settings, version, CHAMPION_METRIC, None, POPULARITY_METRIC, uri)
@@ -77,7 +74,10 @@ def test_configure_uses_sqlite_under_data_root(registry):
     assert (registry.settings.root / "mlflow.db").exists()
     experiment = registry.client.get_experiment_by_name(registry.settings.registry.experiment_name)
     assert experiment is not None
-    assert configure(registry.settings).get_experiment_by_name(registry.settings.registry.experiment_name).experiment_id == experiment.experiment_id
+    assert (
+        configure(registry.settings).get_experiment_by_name(registry.settings.registry.experiment_name).experiment_id
+        == experiment.experiment_id
+    )
 
 
 def test_first_version_becomes_champion(registry):
@@ -101,8 +101,14 @@ def test_first_version_becomes_champion(registry):
 
 def test_promoting_the_champion_again_is_a_no_op(registry):
     decision = promote_if_better(
-        registry.client, registry.settings, registry.champion_version, 0.0, CHAMPION_METRIC, POPULARITY_METRIC,
-        f"models:/{registry.name}/{registry.champion_version}", expected_champion=registry.champion_version,
+        registry.client,
+        registry.settings,
+        registry.champion_version,
+        0.0,
+        CHAMPION_METRIC,
+        POPULARITY_METRIC,
+        f"models:/{registry.name}/{registry.champion_version}",
+        expected_champion=registry.champion_version,
     )
     assert decision["decision"] == "promoted" and "already the champion" in decision["reason"]
     assert registry.alias(CHAMPION) == registry.champion_version
@@ -124,7 +130,13 @@ def test_worse_challenger_is_rejected(registry):
     version, uri = registry.log()
     assert str(version) != registry.champion_version
     decision = promote_if_better(
-        registry.client, registry.settings, version, CHAMPION_METRIC - 0.05, CHAMPION_METRIC, POPULARITY_METRIC, uri,
+        registry.client,
+        registry.settings,
+        version,
+        CHAMPION_METRIC - 0.05,
+        CHAMPION_METRIC,
+        POPULARITY_METRIC,
+        uri,
         expected_champion=registry.champion_version,
     )
     assert_rejected(registry, version, decision, "below the champion's")
@@ -135,7 +147,13 @@ def test_worse_challenger_is_rejected(registry):
 def test_challenger_that_does_not_beat_popularity_is_rejected(registry):
     version, uri = registry.log()
     decision = promote_if_better(
-        registry.client, registry.settings, version, POPULARITY_METRIC, None, POPULARITY_METRIC, uri,
+        registry.client,
+        registry.settings,
+        version,
+        POPULARITY_METRIC,
+        None,
+        POPULARITY_METRIC,
+        uri,
         expected_champion=registry.champion_version,
     )
     assert_rejected(registry, version, decision, "does not beat popularity")
@@ -144,14 +162,26 @@ def test_challenger_that_does_not_beat_popularity_is_rejected(registry):
 def test_stale_comparison_is_rejected(registry):
     version, uri = registry.log()
     decision = promote_if_better(
-        registry.client, registry.settings, version, CHAMPION_METRIC + 0.2, CHAMPION_METRIC, POPULARITY_METRIC, uri,
+        registry.client,
+        registry.settings,
+        version,
+        CHAMPION_METRIC + 0.2,
+        CHAMPION_METRIC,
+        POPULARITY_METRIC,
+        uri,
         expected_champion="999",
     )
     assert_rejected(registry, version, decision, "the champion moved from version 999")
     # no expected champion while one exists: the challenger was compared with nothing
     version, uri = registry.log()
     decision = promote_if_better(
-        registry.client, registry.settings, version, CHAMPION_METRIC + 0.2, None, POPULARITY_METRIC, uri,
+        registry.client,
+        registry.settings,
+        version,
+        CHAMPION_METRIC + 0.2,
+        None,
+        POPULARITY_METRIC,
+        uri,
     )
     assert_rejected(registry, version, decision, "became champion after evaluation")
 
@@ -168,7 +198,13 @@ def test_challenger_with_a_broken_bundle_fails_the_smoke_test(registry):
     assert (bundle_copy / "model" / "state.npz").exists(), sorted(p.name for p in bundle_copy.parent.iterdir())
     (bundle_copy / "model" / "state.npz").unlink()
     decision = promote_if_better(
-        registry.client, registry.settings, version, CHAMPION_METRIC + 0.1, CHAMPION_METRIC, POPULARITY_METRIC, uri,
+        registry.client,
+        registry.settings,
+        version,
+        CHAMPION_METRIC + 0.1,
+        CHAMPION_METRIC,
+        POPULARITY_METRIC,
+        uri,
         expected_champion=registry.champion_version,
     )
     assert_rejected(registry, version, decision, "smoke test failed")
@@ -199,7 +235,13 @@ def passing_smoke_test(monkeypatch):
 def test_better_challenger_is_promoted(registry, restore_champion, passing_smoke_test):
     version, uri = registry.log()
     decision = promote_if_better(
-        registry.client, registry.settings, version, CHAMPION_METRIC, CHAMPION_METRIC, POPULARITY_METRIC, uri,
+        registry.client,
+        registry.settings,
+        version,
+        CHAMPION_METRIC,
+        CHAMPION_METRIC,
+        POPULARITY_METRIC,
+        uri,
         expected_champion=registry.champion_version,
     )
     assert decision["decision"] == "promoted", decision
@@ -214,7 +256,13 @@ def test_better_challenger_is_promoted(registry, restore_champion, passing_smoke
 def test_challenger_with_a_nan_metric_is_rejected(registry, restore_champion, passing_smoke_test):
     version, uri = registry.log()
     decision = promote_if_better(
-        registry.client, registry.settings, version, float("nan"), CHAMPION_METRIC, POPULARITY_METRIC, uri,
+        registry.client,
+        registry.settings,
+        version,
+        float("nan"),
+        CHAMPION_METRIC,
+        POPULARITY_METRIC,
+        uri,
         expected_champion=registry.champion_version,
     )
     assert decision["decision"] == "rejected"

@@ -9,7 +9,6 @@ force-refusal test here run it for real.
 from __future__ import annotations
 
 import itertools
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +19,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import Field, SecretStr
 
-from harness import restored_mlflow_state  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _model_fixtures import cluster_vectors, tiny_data  # noqa: E402
-
 from components.engine import write_bundle  # noqa: E402
 from components.errors import RegistryError  # noqa: E402
-from components.models import LMContent  # noqa: E402
 from components.evaluation.plots import PLOT_FILES, write_report_plots  # noqa: E402
+from components.models import LMContent  # noqa: E402
 from components.registry import (  # noqa: E402
     CHALLENGER,
     CHAMPION,
@@ -46,6 +39,8 @@ from components.registry import (  # noqa: E402
     settings_for_logging,
 )
 from components.settings import RegistrySettings, Settings, load_settings  # noqa: E402
+from tests.harness import restored_mlflow_state  # noqa: E402
+from tests.unit._model_fixtures import cluster_vectors, tiny_data  # noqa: E402
 
 POPULARITY = 0.10
 _names = itertools.count(1)
@@ -68,9 +63,13 @@ class Model:
             version, uri = log_bundle_model(self.bundle, self.name)
         return str(version), uri
 
-    def gate(self, metric: float, champion_metric: float | None = None, expected: str | None = None) -> tuple[str, dict]:
+    def gate(
+        self, metric: float, champion_metric: float | None = None, expected: str | None = None
+    ) -> tuple[str, dict]:
         version, uri = self.log()
-        return version, promote_if_better(self.client, self.settings, version, metric, champion_metric, POPULARITY, uri, expected_champion=expected)
+        return version, promote_if_better(
+            self.client, self.settings, version, metric, champion_metric, POPULARITY, uri, expected_champion=expected
+        )
 
     def alias(self, alias: str = CHAMPION) -> str | None:
         found = get_alias_version(self.client, self.name, alias)
@@ -87,7 +86,9 @@ def shared_registry(tmp_path_factory):
         configure(load_settings(data_root=root))
         data = tiny_data()
         model = LMContent({"whiten_dim": None}).fit(data, cluster_vectors())
-        bundle = write_bundle(root / "bundle", model, data, cluster_vectors(), {"model_name": "lm_content", "id_type": "int"})
+        bundle = write_bundle(
+            root / "bundle", model, data, cluster_vectors(), {"model_name": "lm_content", "id_type": "int"}
+        )
         yield root, bundle
 
 
@@ -109,7 +110,9 @@ def promote_chain(model: Model, count: int) -> list[str]:
     """Register ``count`` versions that each pass the gate in turn; returns their numbers."""
     versions, champion = [], None
     for step in range(count):
-        version, decision = model.gate(0.30 + 0.01 * step, None if champion is None else 0.30 + 0.01 * (step - 1), champion)
+        version, decision = model.gate(
+            0.30 + 0.01 * step, None if champion is None else 0.30 + 0.01 * (step - 1), champion
+        )
         assert decision["decision"] == "promoted", decision
         versions.append(version)
         champion = version
@@ -165,7 +168,13 @@ def test_rollback_walks_back_along_the_champion_chain(model, passing_smoke_test)
         rollback(model.settings, "one more")
     assert model.alias() == v1
     history = champion_history(model.settings)
-    assert [(e["action"], e["version"]) for e in history] == [("promoted", v1), ("promoted", v2), ("promoted", v3), ("rollback", v2), ("rollback", v1)]
+    assert [(e["action"], e["version"]) for e in history] == [
+        ("promoted", v1),
+        ("promoted", v2),
+        ("promoted", v3),
+        ("rollback", v2),
+        ("rollback", v1),
+    ]
     assert history[-1]["reason"] == "v2 is no better" and history[-1]["current"]
     # a new champion after the rollbacks: rolling back returns to v1, not to the rolled-back ones
     v4, decision = model.gate(0.40, 0.30, v1)
@@ -184,7 +193,12 @@ def test_force_promote_is_recorded_as_a_human_decision(model, passing_smoke_test
     v2, decision = model.gate(0.05, 0.30, v1)
     assert decision["decision"] == "rejected"
     event = force_promote(model.settings, v2, "the offline metric under-rates it; A/B test says otherwise")
-    assert event["changed"] and (event["version"], event["previous"], event["action"], event["by"]) == (v2, v1, "forced", "human")
+    assert event["changed"] and (event["version"], event["previous"], event["action"], event["by"]) == (
+        v2,
+        v1,
+        "forced",
+        "human",
+    )
     assert model.alias() == v2
     tags = model.tags(v2)
     assert tags["gate.decision"] == "rejected"  # the gate's own verdict is kept
@@ -222,7 +236,10 @@ def test_alias_moved_by_hand_is_shown_then_recorded(model, passing_smoke_test):
     assert (event["version"], event["previous"]) == (v2, v1)
     history = champion_history(model.settings)
     assert [(e["action"], e["version"], e["recorded"]) for e in history] == [
-        ("promoted", v1, True), ("promoted", v2, True), ("untracked", v1, True), ("rollback", v2, True),
+        ("promoted", v1, True),
+        ("promoted", v2, True),
+        ("untracked", v1, True),
+        ("rollback", v2, True),
     ]
 
 
@@ -234,7 +251,9 @@ def test_challenger_never_moves_back_and_orphans_are_marked(model, passing_smoke
     assert model.tags(orphan)["gate.decision"] == "abandoned"
     assert model.alias(CHALLENGER) == v3
     # the old run resumes after all: its decision replaces the mark, the challenger stays newest
-    late = promote_if_better(model.client, model.settings, orphan, 0.50, 0.30, POPULARITY, orphan_uri, expected_champion=v1)
+    late = promote_if_better(
+        model.client, model.settings, orphan, 0.50, 0.30, POPULARITY, orphan_uri, expected_champion=v1
+    )
     assert late["decision"] == "rejected" and f"moved from version {v1} to {v3}" in late["reason"]
     assert model.tags(orphan)["gate.decision"] == "rejected"
     assert model.alias(CHALLENGER) == v3 and model.alias() == v3
@@ -321,10 +340,18 @@ def _hand_report() -> dict:
         for index, key in enumerate(("hr_at_10", "ndcg_at_10", "mrr_at_10", "recall_at_20")):
             value = hr / (index + 1)
             test.update({key: value, key + "_low": value * 0.5, key + "_high": value * 1.5, "cold_" + key: value / 2})
-        return {"val": {"ndcg_at_10": hr / 2}, "test": test, "test_curve": [min(1.0, hr * k / 10) for k in range(1, 51)]}
+        return {
+            "val": {"ndcg_at_10": hr / 2},
+            "test": test,
+            "test_curve": [min(1.0, hr * k / 10) for k in range(1, 51)],
+        }
 
     return {
-        "snapshot_id": "snap-hand", "users": 6, "items": 8, "gate_metric": "ndcg_at_10", "best": "lm_content",
+        "snapshot_id": "snap-hand",
+        "users": 6,
+        "items": 8,
+        "gate_metric": "ndcg_at_10",
+        "best": "lm_content",
         "candidates": {"popularity": result(0.1), "lm_content": result(0.3)},
         "champion": {"version": "1", "model": "popularity", **result(0.2)},
     }

@@ -14,7 +14,9 @@ import subprocess
 import sys
 import tempfile
 
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="lmrecsys-prom-"))  # before bentoml imports prometheus_client
+os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="lmrecsys-prom-")
+)  # before bentoml imports prometheus_client
 
 import re
 import uuid
@@ -38,7 +40,9 @@ def build_champion(tmp_path_factory, movielens_dir: Path) -> Path:
         return Path(prebuilt)
     root = tmp_path_factory.getbasetemp() / "serving-champion"
     if not (root / "READY").exists():
-        settings = load_settings(data_root=root, ingest={"source": str(movielens_dir), "max_users": 60}, train={"bootstrap_samples": 100})
+        settings = load_settings(
+            data_root=root, ingest={"source": str(movielens_dir), "max_users": 60}, train={"bootstrap_samples": 100}
+        )
         decision = run_pipeline(settings)
         assert decision.get("promoted") or decision.get("decision") == "promoted", decision
         (root / "READY").write_text("ok")
@@ -98,8 +102,8 @@ def champion_root(tmp_path_factory, movielens_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def catalogue(champion_root) -> pd.DataFrame:
-    from components.settings import load_settings
     from components.data.snapshots import list_snapshots
+    from components.settings import load_settings
 
     snapshot = list_snapshots(load_settings(data_root=champion_root).snapshots_dir)[0]
     return pd.read_parquet(snapshot.path / "items.parquet")
@@ -187,7 +191,11 @@ def test_max_k_setting_is_the_limit_on_k(champion_root, tmp_path):
     (tmp_path / "prometheus").mkdir()
     result = subprocess.run(
         [sys.executable, "-c", MAX_K_PROBE, json.dumps(requests_)],
-        env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert result.returncode == 0, result.stderr[-3000:]
     answers = json.loads(result.stdout.strip().splitlines()[-1])
@@ -217,8 +225,8 @@ def test_health_ready_info_and_ui(client):
 
 
 def test_recommend_known_user_excludes_seen_and_explains(client, champion_root):
-    from components.settings import load_settings
     from components.data.snapshots import list_snapshots
+    from components.settings import load_settings
 
     response = post(client, "/recommend", {"user_id": 1, "k": 7})
     assert response.status_code == 200, response.text
@@ -229,7 +237,9 @@ def test_recommend_known_user_excludes_seen_and_explains(client, champion_root):
     scores = [item["score"] for item in body["items"]]
     assert scores == sorted(scores, reverse=True)
     assert all(item["title"] and item["explanation"].startswith("because you liked ") for item in body["items"])
-    interactions = pd.read_parquet(list_snapshots(load_settings(data_root=champion_root).snapshots_dir)[0].path / "interactions.parquet")
+    interactions = pd.read_parquet(
+        list_snapshots(load_settings(data_root=champion_root).snapshots_dir)[0].path / "interactions.parquet"
+    )
     seen = set(interactions.loc[interactions["user_id"] == 1, "item_id"])
     assert not seen & {item["item_id"] for item in body["items"]}
     with_seen = post(client, "/recommend", {"user_id": 1, "k": 50, "exclude_seen": False}).json()
@@ -298,7 +308,10 @@ def test_feedback_counts_at_once_without_retraining(client):
     assert after["recent_events_used"] == 3 and after["model_version"] == before["model_version"]
     assert not set(top[:3]) & {item["item_id"] for item in after["items"]}
     # the dislike is excluded even when seen items are not
-    kept = {item["item_id"] for item in post(client, "/recommend", {"user_id": user, "k": 100, "exclude_seen": False}).json()["items"]}
+    kept = {
+        item["item_id"]
+        for item in post(client, "/recommend", {"user_id": user, "k": 100, "exclude_seen": False}).json()["items"]
+    }
     assert top[2] not in kept
 
 
@@ -315,7 +328,13 @@ def test_feedback_is_idempotent_by_event_id(client, catalogue):
     from components.feedback.store import FeedbackStore
 
     store = FeedbackStore(f"sqlite:///{client.feedback_db}")
-    event = {"user_id": 5, "item_id": catalogue["item_id"].tolist()[30], "event": "rating", "value": 4.5, "event_id": f"idem-{uuid.uuid4().hex}"}
+    event = {
+        "user_id": 5,
+        "item_id": catalogue["item_id"].tolist()[30],
+        "event": "rating",
+        "value": 4.5,
+        "event_id": f"idem-{uuid.uuid4().hex}",
+    }
     count = store.count()
     first = post(client, "/feedback", event).json()
     second = post(client, "/feedback", event).json()
@@ -334,9 +353,27 @@ def test_feedback_batch_all_or_nothing(client, catalogue):
     body = post(client, "/feedback_batch", {"events": events}).json()
     assert body["accepted"] == 5 and body["new"] == 5 and body["event_ids"] == [e["event_id"] for e in events]
     assert store.count() == count + 5
-    again = post(client, "/feedback_batch", {"events": [*events[:2], {"user_id": 6, "item_id": items[0], "event": "view", "event_id": f"batch-{uuid.uuid4().hex}"}]}).json()
+    again = post(
+        client,
+        "/feedback_batch",
+        {
+            "events": [
+                *events[:2],
+                {"user_id": 6, "item_id": items[0], "event": "view", "event_id": f"batch-{uuid.uuid4().hex}"},
+            ]
+        },
+    ).json()
     assert again["new"] == 1 and again["duplicates"] == 2
-    bad = post(client, "/feedback_batch", {"events": [{"user_id": 6, "item_id": items[0], "event": "view"}, {"user_id": 6, "item_id": 10**9, "event": "view"}]})
+    bad = post(
+        client,
+        "/feedback_batch",
+        {
+            "events": [
+                {"user_id": 6, "item_id": items[0], "event": "view"},
+                {"user_id": 6, "item_id": 10**9, "event": "view"},
+            ]
+        },
+    )
     assert bad.status_code == 404 and str(10**9) in bad.json()["error"]
     assert store.count() == count + 6
 
@@ -538,7 +575,9 @@ def test_fast_lane_answers_exactly_as_bentomls_api_layer(client, catalogue):
 
 
 def test_other_content_types_go_through_bentoml(client):
-    response = client.post("/recommend", content=b"user_id=1", headers={"content-type": "application/x-www-form-urlencoded"})
+    response = client.post(
+        "/recommend", content=b"user_id=1", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert "x-lmrecsys-lane" not in response.headers
     assert response.status_code < 500
     assert post(client, "/ping", {}).headers.get("x-lmrecsys-lane") is None  # not a hot endpoint

@@ -2,20 +2,15 @@
 a failing request fails only itself, and a model swap never mixes models in a batch."""
 
 import asyncio
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _model_fixtures import interactions_frame, items_frame  # noqa: E402
 
 from components.data.dataset import History, InteractionData  # noqa: E402
 from components.engine import ScoreRequest, ServingEngine, write_bundle  # noqa: E402
 from components.models import EASE, LMSASRec  # noqa: E402
 from serving.batching import ScoringBatcher  # noqa: E402
+from tests.unit._model_fixtures import interactions_frame, items_frame  # noqa: E402
 
 N_ITEMS = 40
 FAST = {"hidden": 16, "max_len": 12, "batch_size": 8, "epochs": 2, "progress": False, "device": "cpu", "text_dim": None}
@@ -40,7 +35,9 @@ def engines(tmp_path_factory) -> dict[str, ServingEngine]:
     out = {}
     for name, model in (("lm_sasrec", LMSASRec(FAST).fit(data, text_vectors())), ("ease", EASE().fit(data))):
         meta = {"model_name": name, "snapshot_id": "snap", "id_type": "int"}
-        out[name] = ServingEngine(write_bundle(tmp_path_factory.mktemp(name) / "bundle", model, data, text_vectors(), meta))
+        out[name] = ServingEngine(
+            write_bundle(tmp_path_factory.mktemp(name) / "bundle", model, data, text_vectors(), meta)
+        )
     return out
 
 
@@ -73,7 +70,12 @@ def test_batched_answers_equal_unbatched(engines, name):
     batched = engine.recommend_histories(requests)
     assert len(batched) == len(requests)
     for request, answer in zip(requests, batched):
-        assert_same(answer, engine.recommend_history(request.history, request.k, exclude_seen=request.exclude_seen, categories=request.categories))
+        assert_same(
+            answer,
+            engine.recommend_history(
+                request.history, request.k, exclude_seen=request.exclude_seen, categories=request.categories
+            ),
+        )
     # the options took effect: a filtered answer is all Drama, exclude_seen keeps seen items out
     first = requests[0]
     assert not set(r.item_id for r in batched[0][0]) & {100 + i for i in first.history.items}
@@ -99,7 +101,12 @@ def test_the_batcher_groups_concurrent_requests_up_to_max_batch(engines):
     finally:
         batcher.close()
     for request, answer in zip(requests, answers):
-        assert_same(answer, engine.recommend_history(request.history, request.k, exclude_seen=request.exclude_seen, categories=request.categories))
+        assert_same(
+            answer,
+            engine.recommend_history(
+                request.history, request.k, exclude_seen=request.exclude_seen, categories=request.categories
+            ),
+        )
     assert batcher.largest_batch == 8
     assert batcher.batches == -(-len(requests) // 8)  # every request joined a full batch but the last
 
@@ -124,7 +131,9 @@ def test_a_failing_request_fails_only_itself(engines):
     batcher = ScoringBatcher(max_batch=16)
 
     async def together():
-        return await asyncio.gather(*(batcher.recommend(engine, r) for r in [*good[:2], bad, *good[2:]]), return_exceptions=True)
+        return await asyncio.gather(
+            *(batcher.recommend(engine, r) for r in [*good[:2], bad, *good[2:]]), return_exceptions=True
+        )
 
     try:
         answers = run(together())
@@ -132,7 +141,12 @@ def test_a_failing_request_fails_only_itself(engines):
         batcher.close()
     assert isinstance(answers[2], IndexError)
     for request, answer in zip(good, answers[:2] + answers[3:]):
-        assert_same(answer, engine.recommend_history(request.history, request.k, exclude_seen=request.exclude_seen, categories=request.categories))
+        assert_same(
+            answer,
+            engine.recommend_history(
+                request.history, request.k, exclude_seen=request.exclude_seen, categories=request.categories
+            ),
+        )
 
 
 def test_requests_keep_the_engine_they_started_with(engines):
@@ -140,7 +154,9 @@ def test_requests_keep_the_engine_they_started_with(engines):
     batcher = ScoringBatcher(max_batch=16)
 
     async def both_models():
-        return await asyncio.gather(batcher.recommend(engines["ease"], request), batcher.recommend(engines["lm_sasrec"], request))
+        return await asyncio.gather(
+            batcher.recommend(engines["ease"], request), batcher.recommend(engines["lm_sasrec"], request)
+        )
 
     try:
         from_ease, from_lm = run(both_models())

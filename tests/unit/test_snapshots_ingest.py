@@ -7,11 +7,11 @@ import hashlib
 import pandas as pd
 import pytest
 
+from components.data.snapshots import list_snapshots, newest_accepted, open_snapshot
 from components.errors import LmRecsysError, SnapshotRejected, SourceError
 from components.feedback.store import FeedbackEvent, FeedbackStore
 from components.ingest import ingest, read_source
 from components.settings import redact_url
-from components.data.snapshots import list_snapshots, newest_accepted, open_snapshot
 from components.validation.runner import validate_snapshot
 
 
@@ -65,11 +65,19 @@ def test_incremental_ingest_merges_exactly_the_new_feedback(settings):
     try:
         store.append(
             [
-                FeedbackEvent(user_id="1", item_id="3", event="rating", value=4.0, event_ts=1_300_000_000, event_id="fb-a"),
+                FeedbackEvent(
+                    user_id="1", item_id="3", event="rating", value=4.0, event_ts=1_300_000_000, event_id="fb-a"
+                ),
                 FeedbackEvent(user_id="4", item_id="2", event="click", event_ts=1_300_000_100, event_id="fb-b"),
                 # Re-uses an event id the parent already holds: must not add a row.
-                FeedbackEvent(user_id="1", item_id="1", event="rating", value=1.0, event_ts=1_300_000_200,
-                              event_id="ml-1-1-964982703"),
+                FeedbackEvent(
+                    user_id="1",
+                    item_id="1",
+                    event="rating",
+                    value=1.0,
+                    event_ts=1_300_000_200,
+                    event_id="ml-1-1-964982703",
+                ),
                 # Not an integer user id, so unusable for a MovieLens lineage.
                 FeedbackEvent(user_id="alice", item_id="2", event="like", event_ts=1_300_000_300, event_id="fb-c"),
             ]
@@ -154,8 +162,11 @@ def test_parent_with_other_id_type_is_refused(settings, make_settings, tmp_path)
     (tmp_path / "items.csv").write_text("item_id,title\nb1,Book one\n")
     (tmp_path / "events.csv").write_text("user_id,item_id,timestamp\nu1,b1,1300000000\n")
     generic = make_settings(
-        ingest={"source_format": "generic", "items_path": str(tmp_path / "items.csv"),
-                "interactions_path": str(tmp_path / "events.csv")}
+        ingest={
+            "source_format": "generic",
+            "items_path": str(tmp_path / "items.csv"),
+            "interactions_path": str(tmp_path / "events.csv"),
+        }
     )
     with pytest.raises(SourceError, match="has int ids but the source has str ids"):
         ingest(generic)
@@ -181,5 +192,7 @@ def test_ingest_reads_feedback_from_postgres(make_settings, postgres_url):
         store.close()
     snapshot = ingest(settings)
     assert snapshot.manifest["feedback_watermark"] == watermark
-    assert snapshot.manifest["sources"]["feedback"]["uri"] == "postgresql://postgres:***@" + postgres_url.split("@", 1)[1]
+    assert (
+        snapshot.manifest["sources"]["feedback"]["uri"] == "postgresql://postgres:***@" + postgres_url.split("@", 1)[1]
+    )
     assert "pg-1" in set(snapshot.interactions()["event_id"])

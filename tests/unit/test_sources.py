@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from components.data.columns import INTERACTION_COLUMNS, ITEM_COLUMNS
-from components.errors import ChecksumError, SourceError
 from components.data.sources import (
     parse_timestamps,
     read_generic,
@@ -18,6 +17,7 @@ from components.data.sources import (
     resolve_movielens_dir,
     sha256_file,
 )
+from components.errors import ChecksumError, SourceError
 
 # --------------------------------------------------------------------------- MovieLens, good input
 
@@ -151,9 +151,9 @@ def test_generic_recipes_from_parquet_with_defaults(tmp_path):
     pd.DataFrame(
         {"item_id": ["r1", "r2"], "title": ["Pad thai", "Ratatouille"], "categories": ["thai|noodles", "french|vegan"]}
     ).to_parquet(items_path)
-    pd.DataFrame({"user_id": ["cook1", "cook2"], "item_id": ["r2", "r1"], "timestamp": [1600000000, 1600000500]}).to_parquet(
-        inter_path
-    )
+    pd.DataFrame(
+        {"user_id": ["cook1", "cook2"], "item_id": ["r2", "r1"], "timestamp": [1600000000, 1600000500]}
+    ).to_parquet(inter_path)
     data = read_generic(items_path, inter_path)
     assert data.items.set_index("item_id").loc["r2", "categories"] == "french|vegan"
     assert (data.items["description"] == "").all()
@@ -255,8 +255,12 @@ def test_missing_column(movielens_folder):
 
 
 def test_string_ids_where_ints_expected(movielens_folder):
-    folder = movielens_folder("ml", ratings="userId,movieId,rating,timestamp\nalice,1,4.0,964982703\n2,1,3.0,964982800\n")
-    with pytest.raises(SourceError, match=r"ratings\.csv: column 'userId' must hold integers; 1 row\(s\) do not, e.g. \['alice'\]"):
+    folder = movielens_folder(
+        "ml", ratings="userId,movieId,rating,timestamp\nalice,1,4.0,964982703\n2,1,3.0,964982800\n"
+    )
+    with pytest.raises(
+        SourceError, match=r"ratings\.csv: column 'userId' must hold integers; 1 row\(s\) do not, e.g. \['alice'\]"
+    ):
         read_movielens(folder)
 
 
@@ -267,19 +271,19 @@ def test_fractional_ids_are_rejected(movielens_folder):
 
 
 def test_unparsable_timestamps(movielens_folder):
-    folder = movielens_folder(
-        "ml", ratings="userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,3.0,yesterday\n"
-    )
-    with pytest.raises(SourceError, match=r"ratings\.csv: \d+ timestamp\(s\) are neither epoch seconds nor ISO 8601") as info:
+    folder = movielens_folder("ml", ratings="userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,3.0,yesterday\n")
+    with pytest.raises(
+        SourceError, match=r"ratings\.csv: \d+ timestamp\(s\) are neither epoch seconds nor ISO 8601"
+    ) as info:
         read_movielens(folder)
     assert "'yesterday'" in str(info.value)
 
 
 def test_unparsable_timestamps_message_counts_only_the_bad_values(movielens_folder):
-    folder = movielens_folder(
-        "ml", ratings="userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,3.0,yesterday\n"
-    )
-    with pytest.raises(SourceError, match=r"1 timestamp\(s\) are neither epoch seconds nor ISO 8601, e.g. \['yesterday'\]"):
+    folder = movielens_folder("ml", ratings="userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,3.0,yesterday\n")
+    with pytest.raises(
+        SourceError, match=r"1 timestamp\(s\) are neither epoch seconds nor ISO 8601, e.g. \['yesterday'\]"
+    ):
         read_movielens(folder)
 
 

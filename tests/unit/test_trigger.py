@@ -8,8 +8,8 @@ import time
 import pytest
 
 from components.feedback.store import FeedbackError, FeedbackEvent, FeedbackStore
-from components.ingest import ingest
 from components.feedback.trigger import claim_trigger, feedback_backlog
+from components.ingest import ingest
 from components.validation.runner import validate_snapshot
 
 
@@ -58,7 +58,12 @@ def test_threshold_reached_is_due_and_claim_records_it(trig_settings):
     assert backlog.reason == "5 new feedback events (threshold 5)"
     assert triggers(trig_settings) == [(watermark, backlog.reason)]
     after = feedback_backlog(trig_settings)
-    assert (after.last_trigger_watermark, after.new_events, after.untrained_events, after.due) == (watermark, 0, 5, False)
+    assert (after.last_trigger_watermark, after.new_events, after.untrained_events, after.due) == (
+        watermark,
+        0,
+        5,
+        False,
+    )
 
 
 def test_a_burst_yields_exactly_one_trigger(trig_settings):
@@ -93,7 +98,12 @@ def test_accepted_snapshot_watermark_is_the_base(trig_settings):
     snapshot = validate_snapshot(trig_settings, ingest(trig_settings))
     assert snapshot.manifest["feedback_watermark"] == 3
     backlog = feedback_backlog(trig_settings)
-    assert (backlog.snapshot_id, backlog.snapshot_watermark, backlog.new_events, backlog.due) == (snapshot.snapshot_id, 3, 0, False)
+    assert (backlog.snapshot_id, backlog.snapshot_watermark, backlog.new_events, backlog.due) == (
+        snapshot.snapshot_id,
+        3,
+        0,
+        False,
+    )
     add_events(trig_settings, 5, start=10)
     backlog = feedback_backlog(trig_settings)
     assert (backlog.new_events, backlog.untrained_events, backlog.due) == (5, 5, True)

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.errors import SnapshotRejected, ValidationFailed
 from components.data.snapshots import Snapshot, list_snapshots, write_snapshot
+from components.errors import SnapshotRejected, ValidationFailed
 from components.validation.runner import validate_snapshot
 
 GOOD_ITEMS = pd.DataFrame(
@@ -25,9 +25,16 @@ GOOD_ITEMS = pd.DataFrame(
 )
 # Ten ratings by three users, all on the 0.5-5 scale, all between 2000 and 2008.
 _RATINGS = [
-    (1, 1, 964982703, 4.0), (1, 2, 964982931, 3.5), (1, 4, 964983100, 5.0), (2, 1, 1100000000, 5.0),
-    (2, 3, 1100000500, 2.5), (2, 4, 1100000900, 0.5), (3, 2, 1200000000, 4.5), (3, 4, 1200000100, 1.0),
-    (3, 1, 1200000200, 3.0), (3, 3, 1200000300, 2.0),
+    (1, 1, 964982703, 4.0),
+    (1, 2, 964982931, 3.5),
+    (1, 4, 964983100, 5.0),
+    (2, 1, 1100000000, 5.0),
+    (2, 3, 1100000500, 2.5),
+    (2, 4, 1100000900, 0.5),
+    (3, 2, 1200000000, 4.5),
+    (3, 4, 1200000100, 1.0),
+    (3, 1, 1200000200, 3.0),
+    (3, 3, 1200000300, 2.0),
 ]
 GOOD_INTERACTIONS = pd.DataFrame(
     {
@@ -45,8 +52,13 @@ REMOTE_LINK = re.compile(r"""<(?:link|script)\b[^>]*(?:href|src)\s*=\s*["']?http
 
 def make_snapshot(settings, items=GOOD_ITEMS, interactions=GOOD_INTERACTIONS) -> Snapshot:
     return write_snapshot(
-        settings.snapshots_dir, items.copy(), interactions.copy(), id_type="int", feedback_watermark=0,
-        parent=None, sources={},
+        settings.snapshots_dir,
+        items.copy(),
+        interactions.copy(),
+        id_type="int",
+        feedback_watermark=0,
+        parent=None,
+        sources={},
     )
 
 
@@ -99,7 +111,10 @@ def _empty_title(items, inter):
 
 CORRUPTIONS = {
     "nan_rating": (_nan_rating, "[ratings] expect_column_values_to_not_be_null on column 'value': 1 of 10 rows fail"),
-    "rating_7": (_rating_seven, "[ratings] expect_column_values_to_be_between on column 'value': 1 of 10 rows fail, e.g. [7.0]"),
+    "rating_7": (
+        _rating_seven,
+        "[ratings] expect_column_values_to_be_between on column 'value': 1 of 10 rows fail, e.g. [7.0]",
+    ),
     "timestamp_2090": (
         _timestamp_2090,
         "[interactions] expect_column_values_to_be_between on column 'timestamp': 1 of 10 rows fail, e.g. [3786912000]",
@@ -113,7 +128,10 @@ CORRUPTIONS = {
         "[interactions] expect_column_values_to_be_in_set on column 'item_id (must exist in items)': "
         "1 of 10 rows fail, e.g. [999]",
     ),
-    "empty_title": (_empty_title, "[items] expect_column_value_lengths_to_be_between on column 'title': 1 of 4 rows fail"),
+    "empty_title": (
+        _empty_title,
+        "[items] expect_column_value_lengths_to_be_between on column 'title': 1 of 4 rows fail",
+    ),
 }
 
 
@@ -154,8 +172,10 @@ def test_duplicate_item_ids_are_rejected(settings):
     with pytest.raises(ValidationFailed) as info:
         validate_snapshot(settings, snapshot)
     assert_quarantined(
-        settings, snapshot.snapshot_id,
-        "[items] expect_column_values_to_be_unique on column 'item_id': 2 of 5 rows fail, e.g. [2, 2]", info,
+        settings,
+        snapshot.snapshot_id,
+        "[items] expect_column_values_to_be_unique on column 'item_id': 2 of 5 rows fail, e.g. [2, 2]",
+        info,
     )
 
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from components.data.snapshots import list_snapshots
 from components.errors import ValidationFailed
 from components.ingest import ingest
-from components.data.snapshots import list_snapshots
 from components.validation.runner import js_divergence, validate_snapshot
-
-from conftest import write_movielens
+from tests.unit._data_fixtures import write_movielens
 
 
 def _movies(n_items: int) -> str:
     genres = ["Comedy", "Drama", "Action|Thriller", "Animation|Children"]
-    return "movieId,title,genres\n" + "".join(f"{i},Film number {i} ({1990 + i % 30}),{genres[i % 4]}\n" for i in range(1, n_items + 1))
+    return "movieId,title,genres\n" + "".join(
+        f"{i},Film number {i} ({1990 + i % 30}),{genres[i % 4]}\n" for i in range(1, n_items + 1)
+    )
 
 
 def _ratings(users: range, items: range, value=lambda u, i: 0.5 + ((u * 7 + i * 3) % 10) / 2) -> str:
@@ -26,7 +27,9 @@ def _ratings(users: range, items: range, value=lambda u, i: 0.5 + ((u * 7 + i * 
 @pytest.fixture
 def accepted_reference(tmp_path, make_settings):
     """An accepted snapshot of 40 users × 10 items; returns a factory for the next source."""
-    folder = write_movielens(tmp_path / "v1", movies=_movies(40), ratings=_ratings(range(1, 41), range(1, 11)), tags=None)
+    folder = write_movielens(
+        tmp_path / "v1", movies=_movies(40), ratings=_ratings(range(1, 41), range(1, 11)), tags=None
+    )
     settings = make_settings(ingest={"source": str(folder)})
     validate_snapshot(settings, ingest(settings))
 
@@ -56,12 +59,24 @@ def test_sudden_volume_drop_is_rejected(accepted_reference):
 
 
 def test_interactions_on_unknown_items_are_rejected(accepted_reference):
-    message = _reject(accepted_reference("newitems", _movies(60), _ratings(range(1, 41), range(1, 11)) + _ratings(range(1, 41), range(41, 51)).split("\n", 1)[1]))
+    message = _reject(
+        accepted_reference(
+            "newitems",
+            _movies(60),
+            _ratings(range(1, 41), range(1, 11)) + _ratings(range(1, 41), range(41, 51)).split("\n", 1)[1],
+        )
+    )
     assert "column 'unknown_item_share'" in message
 
 
 def test_many_new_users_are_rejected(accepted_reference):
-    message = _reject(accepted_reference("newusers", _movies(40), _ratings(range(1, 41), range(1, 11)) + _ratings(range(100, 160), range(1, 3)).split("\n", 1)[1]))
+    message = _reject(
+        accepted_reference(
+            "newusers",
+            _movies(40),
+            _ratings(range(1, 41), range(1, 11)) + _ratings(range(100, 160), range(1, 3)).split("\n", 1)[1],
+        )
+    )
     assert "column 'new_user_ratio'" in message
 
 

@@ -1,0 +1,117 @@
+"""Helpers shared by the integration tests: the reduced config, reference-run comparisons, stack diagnostics."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+DAGS_FOLDER = PROJECT_ROOT / "dags"
+
+
+PIPELINE = "lm_recsys_pipeline"
+
+
+WATCH = "lm_recsys_feedback_watch"
+
+
+REDUCED_USERS = 40
+
+
+BOOTSTRAP_SAMPLES = 100
+
+
+REDIS_DB = 5
+"""A Redis database of its own, so flushing it cannot touch another user of the server."""
+
+
+PRECISION = "fp32"
+"""The stacks' results are compared with the in-process reference bit for bit, and some stacks
+encode texts in other batches than the reference (the Celery test leaves texts out of the seeded
+cache, so its shards encode them). On AMX CPUs a bf16 vector moves slightly with its batch
+(docs/embeddings.md, "Precision"), and the models trained on those vectors then differ, so these
+comparisons run at fp32. bf16 itself is covered by tests/unit/test_embed_precision.py."""
+
+
+def reduced_env(data_root: Path, source: Path, **extra: str) -> dict[str, str]:
+    """``LMRECSYS_*`` variables for the reduced pipeline (first 40 users, 100 bootstrap samples)."""
+    return {
+        "LMRECSYS_DATA_ROOT": str(data_root),
+        "LMRECSYS_INGEST__SOURCE": str(source),
+        "LMRECSYS_INGEST__MAX_USERS": str(REDUCED_USERS),
+        "LMRECSYS_TRAIN__BOOTSTRAP_SAMPLES": str(BOOTSTRAP_SAMPLES),
+        "LMRECSYS_AIRFLOW__PIPELINE_CRON": "0 0 1 1 *",  # never due during a test: only our triggers start runs
+        "LMRECSYS_AIRFLOW__EMBED_SHARDS": "2",
+        "LMRECSYS_EMBED__PRECISION": PRECISION,
+        **extra,
+    }
+
+
+def reduced_settings(data_root: Path, source: Path):
+    from components.settings import load_settings
+
+    return load_settings(
+        data_root=data_root,
+        ingest={"source": str(source), "max_users": REDUCED_USERS},
+        train={"bootstrap_samples": BOOTSTRAP_SAMPLES},
+        embed={"precision": PRECISION},
+    )
+
+
+def metric_numbers(report: dict) -> dict:
+    """The evaluation numbers of a report.json, without the timings (which differ run to run)."""
+    out = {}
+    for name, result in report["candidates"].items():
+        for side in ("val", "test"):
+            out.update(
+                {f"{name}.{side}.{key}": value for key, value in result[side].items() if not key.endswith("seconds")}
+            )
+            out[f"{name}.{side}_curve"] = result[side + "_curve"]
+    return out
+
+
+def seed_embedding_cache(reference_cache: Path, data_root: Path, *, leave_out_every: int = 0) -> int:
+    """Copy the reference's embedding cache into a data root; returns how many texts were left out.
+
+    ``leave_out_every=k`` drops two of every k texts in the sorted order the shards use (index
+    ``i % k`` in {0, 1}), so each of two mapped shards has texts of its own to encode.
+    """
+    table: dict[str, np.ndarray] = {}
+    for segment in sorted(reference_cache.glob("segment-*.npz")):
+        with np.load(segment) as data:
+            table.update(zip(data["keys"].tolist(), data["vectors"]))
+    keys = sorted(table)
+    kept = [key for i, key in enumerate(keys) if not leave_out_every or i % leave_out_every not in (0, 1)]
+    target = data_root / "embeddings" / "cache" / reference_cache.name
+    target.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        target / "segment-0-seed.npz",
+        keys=np.array(kept, dtype="U32"),
+        vectors=np.stack([table[k] for k in kept]).astype(np.float32),
+    )
+    return len(keys) - len(kept)
+
+
+def copy_source(movielens_dir: Path, target: Path) -> Path:
+    """A private copy of the MovieLens CSV files, so a test can corrupt and restore them."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in movielens_dir.glob("*.csv"):
+        shutil.copy2(path, target / path.name)
+    return target
+
+
+def describe_run(stack, run_id: str, dag_id: str = PIPELINE) -> str:
+    """Task states and the servers' log tails, for assertion messages."""
+    try:
+        states = {
+            f"{ti['task_id']}[{ti['map_index']}]": (ti["state"], ti["try_number"])
+            for ti in stack.task_instances(dag_id, run_id)
+        }
+    except Exception as exc:  # noqa: BLE001 - diagnostics only
+        states = {"error": str(exc)}
+    logs = "\n".join(f"--- {proc.name}\n{proc.tail(30)}" for proc in stack.procs)
+    return f"task states: {states}\n{logs}"
