@@ -24,6 +24,8 @@ class History:
     events: list[str] = field(default_factory=list)
     values: np.ndarray | None = None
     timestamps: np.ndarray | None = None
+    disliked: set[int] = field(default_factory=set)
+    """Items the user disliked since training: left out of ``items``, never recommended back."""
 
     def __post_init__(self):
         self.items = np.asarray(self.items, dtype=np.int64)

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import re
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -25,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.data.atomic import atomic_dir, atomic_file
 from components.data.columns import (
     CATEGORIES_COL,
     DESCRIPTION_COL,
@@ -91,13 +89,11 @@ def download_file(url: str, expected_sha256: str, cache_dir: Path, timeout_s: fl
         if sha256_file(target) == expected_sha256:
             return target
         target.unlink()  # corrupted cache entry: fetch again
-    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=".part-")
-    tmp = Path(tmp_name)
-    try:
+    with atomic_file(target) as tmp:  # renamed into place only when the block succeeds
         digest = hashlib.sha256()
         received = 0
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as response:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as response:
                 expected_length = response.headers.get("Content-Length")
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
@@ -115,10 +111,7 @@ def download_file(url: str, expected_sha256: str, cache_dir: Path, timeout_s: fl
                 f"download of {url} has SHA-256 {actual}, expected {expected_sha256}; "
                 "the file is corrupted or the configured hash (LMRECSYS_INGEST__DOWNLOAD_SHA256) is wrong"
             )
-        os.replace(tmp, target)
-        return target
-    finally:
-        tmp.unlink(missing_ok=True)
+    return target
 
 
 def extract_movielens_zip(zip_path: Path, cache_dir: Path, expected_sha256: str | None = None) -> Path:
@@ -128,17 +121,12 @@ def extract_movielens_zip(zip_path: Path, cache_dir: Path, expected_sha256: str 
         raise ChecksumError(f"{zip_path} has SHA-256 {digest}, expected {expected_sha256}")
     target = cache_dir / f"extracted-{digest[:16]}"
     if not target.exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".extract-"))
-        try:
+        with atomic_dir(target, replace=False) as tmp:  # a concurrent extraction of the same zip may win
             try:
                 with zipfile.ZipFile(zip_path) as archive:
                     archive.extractall(tmp)
             except zipfile.BadZipFile as exc:
                 raise SourceError(f"{zip_path} is not a valid zip file: {exc}") from exc
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     for candidate in [target, *sorted(p for p in target.iterdir() if p.is_dir())]:
         if (candidate / "ratings.csv").exists():
             return candidate

@@ -111,20 +111,14 @@ class ServingEngine:
         if not recent_events:  # the common case: no copying, just the newest MAX_HISTORY events
             if base is None:
                 return None
-            history = base if len(base) <= MAX_HISTORY else base.tail(MAX_HISTORY)
-            if history is base:
-                history = History(base.items, base.events, base.values, base.timestamps)
-            history.disliked = set()  # type: ignore[attr-defined]
-            return history
+            return base if len(base) <= MAX_HISTORY else base.tail(MAX_HISTORY)
         extra = [(self.item_index(item), event, value, ts) for item, event, value, ts in recent_events]
         extra = [e for e in extra if e[0] is not None]
         disliked = {i for i, event, _, _ in extra if event in NEGATIVE_EVENTS}
         extra = [e for e in extra if e[1] not in NEGATIVE_EVENTS]
         if base is None and not extra:
             if disliked:  # an unknown user who only disliked: popularity, minus what they disliked
-                empty = History(np.zeros(0, dtype=np.int64))
-                empty.disliked = disliked  # type: ignore[attr-defined]
-                return empty
+                return History(np.zeros(0, dtype=np.int64), disliked=disliked)
             return None
         items = list(base.items) if base is not None else []
         events = list(base.events) if base is not None else []
@@ -142,7 +136,7 @@ class ServingEngine:
             np.array(stamps, dtype=np.int64),
         )
         history = history.tail(MAX_HISTORY)
-        history.disliked = disliked  # type: ignore[attr-defined]
+        history.disliked = disliked
         return history
 
     def session_history(self, item_ids: list) -> History:
@@ -206,7 +200,7 @@ class ServingEngine:
         for position, request in enumerate(requests):
             history = request.history
             if history is None or len(history) == 0:
-                disliked = np.array(sorted(getattr(history, "disliked", set())), dtype=np.int64)
+                disliked = np.array(sorted(history.disliked if history is not None else ()), dtype=np.int64)
                 indexes, scores = self.rank(self.popularity, request.k, exclude=disliked, categories=request.categories)
                 answers[position] = (self._package(indexes, scores, None), "popularity")
             else:
@@ -215,7 +209,7 @@ class ServingEngine:
             matrix = self.model.score([requests[position].history for position in scored])
             for row, position in enumerate(scored):
                 history, k, exclude_seen, categories = requests[position]
-                disliked = list(getattr(history, "disliked", set()))
+                disliked = list(history.disliked)
                 exclude = (
                     np.unique(np.r_[history.items, disliked]).astype(np.int64)
                     if exclude_seen
