@@ -134,7 +134,7 @@ def wait_for(
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+        except Exception as exc:
             last_error = exc
         for proc in procs:
             if not proc.alive():

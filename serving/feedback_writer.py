@@ -18,8 +18,8 @@ import uuid
 import bentoml
 from starlette.responses import JSONResponse
 
-from serving.champion import user_or_none
-from serving.schemas import error
+from serving.champion import feedback_watermark, user_or_none
+from serving.schemas import error, invalid_user
 
 log = logging.getLogger("lmrecsys.serving")
 
@@ -170,6 +170,13 @@ class RecentFeedback:
 
     def may_have_events(self, user_id: str, watermark: int) -> bool:
         return self._newest_seq.get(user_id, -1) > watermark
+
+    def for_request(self, loaded, user_id, limit: int):
+        """(loaded model, user id, their events since training), or the 400 for an invalid id."""
+        user = user_or_none(loaded.engine, user_id)
+        if user is None:
+            return invalid_user(loaded.engine, user_id)
+        return loaded, user, self.events_since(str(user), feedback_watermark(loaded.engine), limit)
 
     def events_since(self, user_id: str, watermark: int, limit: int) -> list[tuple]:
         """The user's newest events past ``watermark`` (at most ``limit``); the store is asked only when

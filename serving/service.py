@@ -21,10 +21,10 @@ from components.data.events import EventType
 from components.settings import disable_telemetry, load_settings
 from serving import schemas
 from serving.bentoml_patch import cancel_request_timers
-from serving.champion import Champion, Loaded, every, feedback_watermark, user_or_none
+from serving.champion import Champion, Loaded, every, feedback_watermark
 from serving.feedback_writer import FeedbackWriter, RecentFeedback, record_feedback
 from serving.middleware import FAST_LANE_ENDPOINTS, SERVING, BodyLimitMiddleware, FastLane
-from serving.schemas import MAX_BODY_BYTES, FeedbackIn, error, history_items, invalid_user, recommendations, top_k
+from serving.schemas import MAX_BODY_BYTES, FeedbackIn, error, history_items, recommendations, top_k
 
 disable_telemetry()
 # A process-level default for the thread pools of libraries loaded after this module (numpy's BLAS, torch's
@@ -115,12 +115,11 @@ class RecommenderService:
         return (await score(self.batcher, engine, ScoreRequest(history, k, exclude_seen, categories)))[0]
 
     async def _recommend(self, user_id, k, exclude_seen, categories, session_item_ids) -> dict | StarletteJSON:
-        loaded = self.loaded
+        found = self.recent.for_request(self.loaded, user_id, self.recent_limit)
+        if not isinstance(found, tuple):
+            return found
+        loaded, user, recent = found
         engine = loaded.engine
-        user = user_or_none(engine, user_id)
-        if user is None:
-            return invalid_user(engine, user_id)
-        recent = self.recent.events_since(str(user), feedback_watermark(engine), self.recent_limit)
         history, source = engine.history_for(user, recent), "history"
         if history is None and session_item_ids:
             unknown = [i for i in session_item_ids if engine.item_index(i) is None][:10]
@@ -138,12 +137,11 @@ class RecommenderService:
         return recommendations(loaded, recs, **extra)
 
     def _history(self, user_id, limit: int) -> dict | StarletteJSON:
-        loaded = self.loaded
+        found = self.recent.for_request(self.loaded, user_id, self.recent_limit)
+        if not isinstance(found, tuple):
+            return found
+        loaded, user, recent = found
         engine = loaded.engine
-        user = user_or_none(engine, user_id)
-        if user is None:
-            return invalid_user(engine, user_id)
-        recent = self.recent.events_since(str(user), feedback_watermark(engine), self.recent_limit)
         items = history_items(engine, engine.history_for(user, recent), limit)
         known = user in engine.histories
         return {"user_id": user, "items": items, "known_user": known, "model_version": loaded.version}

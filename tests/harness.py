@@ -1,6 +1,6 @@
 """Test-side names for the local server helpers (the implementation lives in devtools.stack)."""
 
-from contextlib import contextmanager  # noqa: E402
+from contextlib import contextmanager
 
 from devtools.stack import (  # noqa: F401
     TELEMETRY_OFF,

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import matplotlib
 
-from components.data.atomic import atomic_file  # noqa: E402 (after the backend choice)
+from components.data.atomic import atomic_file
 
 matplotlib.use("Agg")  # headless: Airflow workers and CI have no display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 COMPARED_METRICS = ("hr_at_10", "ndcg_at_10", "mrr_at_10", "recall_at_20")
 """Test metrics shown side by side, each with its interval (keys of the report's flat results)."""

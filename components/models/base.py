@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from components.data.dataset import History, InteractionData
-from components.evaluation.metrics import top_k  # noqa: F401 (part of the model interface)
+from components.evaluation.metrics import top_k
 
 MODEL_REGISTRY: dict[str, type[Recommender]] = {}
 

@@ -206,7 +206,7 @@ def _tag_human_action(client: MlflowClient, name: str, version: str, action: str
 def _user() -> str:
     try:
         return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+    except Exception:
         return "unknown"
 
 

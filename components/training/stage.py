@@ -86,7 +86,7 @@ def _warm_source(settings: Settings, name: str, data: InteractionData, encoder_i
             "champion_version": exc.version,
             "reason": f"the champion could not be read ({exc})",
         }
-    except Exception as exc:  # noqa: BLE001 - whatever stops reading the champion means a cold start
+    except Exception as exc:
         return None, {"used": False, "reason": f"the champion could not be read ({type(exc).__name__}: {exc})"}
     if engine is None:
         return None, {"used": False, "reason": "there is no champion"}

@@ -216,7 +216,7 @@ def _reference(settings: Settings, snapshot: Snapshot) -> Snapshot | None:
             candidate = open_snapshot(settings.snapshots_dir, parent)
             if candidate.accepted:
                 return candidate
-        except Exception:  # noqa: BLE001 - a missing parent falls back to the newest accepted
+        except Exception:
             pass
     newest = newest_accepted(settings.snapshots_dir)
     return newest if newest is not None and newest.snapshot_id != snapshot.snapshot_id else None

@@ -111,7 +111,7 @@ def describe_run(stack, run_id: str, dag_id: str = PIPELINE) -> str:
             f"{ti['task_id']}[{ti['map_index']}]": (ti["state"], ti["try_number"])
             for ti in stack.task_instances(dag_id, run_id)
         }
-    except Exception as exc:  # noqa: BLE001 - diagnostics only
+    except Exception as exc:
         states = {"error": str(exc)}
     logs = "\n".join(f"--- {proc.name}\n{proc.tail(30)}" for proc in stack.procs)
     return f"task states: {states}\n{logs}"

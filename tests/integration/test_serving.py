@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import BentoServer, wait_for  # noqa: E402
-from tests.unit.test_service_inprocess import build_champion  # noqa: E402
+from tests.harness import BentoServer, wait_for
+from tests.unit.test_service_inprocess import build_champion
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ADMIN_TOKEN = "integration-token-51c2"

@@ -96,3 +96,23 @@ def cluster_vectors(n_items: int = len(ITEM_IDS), dim: int = 8, seed: int = 0) -
     vectors[: n_items // 2, 0] += 1.0
     vectors[n_items // 2 :, 1] += 1.0
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def accepted_snapshot(settings, items: pd.DataFrame):
+    """A snapshot of ``items`` and the tiny interactions, written and marked accepted."""
+    import json
+
+    from components.data.atomic import atomic_write_text
+    from components.data.snapshots import write_snapshot
+
+    snapshot = write_snapshot(
+        settings.snapshots_dir,
+        items,
+        interactions_frame(),
+        id_type="int",
+        feedback_watermark=0,
+        parent=None,
+        sources={},
+    )
+    atomic_write_text(snapshot.path / "validation.json", json.dumps({"success": True}))
+    return snapshot

@@ -167,3 +167,11 @@ def test_tests_and_benchmarks_need_no_path_tricks():
             continue
         tree = ast.parse(path.read_text())
         assert any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body), f"{path.name} has no main()"
+
+
+def test_the_service_module_is_only_the_class_and_its_endpoints():
+    service = (ROOT / "serving" / "service.py").read_text()
+    assert service.count("\n") <= 300
+    tree = ast.parse(service)
+    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+    assert classes == ["RecommenderService"], classes

@@ -38,7 +38,7 @@ def http_server():
     hits: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server naming)
+        def do_GET(self):
             hits.append(self.path)
             route = routes.get(self.path)
             if route is None:

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from components.data.atomic import atomic_write_text
-from components.data.columns import CATEGORIES_COL, DESCRIPTION_COL, ITEM_COL, TAGS_COL, TITLE_COL  # noqa: E402
-from components.data.events import EVENT_WEIGHTS  # noqa: E402
-from components.data.snapshots import Snapshot, write_snapshot
-from components.embed import (  # noqa: E402
+from components.data.columns import CATEGORIES_COL, DESCRIPTION_COL, ITEM_COL, TAGS_COL, TITLE_COL
+from components.data.events import EVENT_WEIGHTS
+from components.data.snapshots import write_snapshot
+from components.embed import (
     EmbeddingCache,
     ItemEmbeddings,
     TextEncoder,
@@ -28,9 +28,9 @@ from components.embed import (  # noqa: E402
     text_hash,
     user_interest_vector,
 )
-from components.errors import EncoderError, SnapshotRejected  # noqa: E402
-from components.settings import load_settings  # noqa: E402
-from tests.unit._model_fixtures import interactions_frame, items_frame  # noqa: E402
+from components.errors import EncoderError, SnapshotRejected
+from components.settings import load_settings
+from tests.unit._model_fixtures import accepted_snapshot, interactions_frame, items_frame
 
 # fp32 throughout: these tests compare exact fp32 numbers, and on a CPU with bf16 instructions the
 # default (embed.precision "auto") is bf16 (tests/unit/test_embed_precision.py covers that path).
@@ -228,20 +228,6 @@ def test_item_texts_and_hashes():
 
 
 # --------------------------------------------------------------------------- the embedding cache
-
-
-def accepted_snapshot(settings, items: pd.DataFrame) -> Snapshot:
-    snapshot = write_snapshot(
-        settings.snapshots_dir,
-        items,
-        interactions_frame(),
-        id_type="int",
-        feedback_watermark=0,
-        parent=None,
-        sources={},
-    )
-    atomic_write_text(snapshot.path / "validation.json", json.dumps({"success": True}))
-    return snapshot
 
 
 def test_embed_items_encodes_only_new_or_changed_texts(tmp_path, encoder):

@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from components.data.atomic import atomic_write_text
-from components.data.snapshots import write_snapshot
 from components.embed import (
     EmbeddingCache,
     ItemEmbeddings,
@@ -32,7 +30,7 @@ from components.embed import (
 )
 from components.errors import EncoderError
 from components.settings import EmbedSettings, load_settings
-from tests.unit._model_fixtures import interactions_frame, items_frame  # noqa: E402
+from tests.unit._model_fixtures import accepted_snapshot, items_frame
 
 # Six pairs of related texts (written for this test), of different token counts, plus edge cases.
 TEXTS = [
@@ -275,20 +273,6 @@ def test_bf16_vector_is_bit_identical_in_any_batch_with_avx512_bf16_kernels():
 
 
 # --------------------------------------------------------------------------- the cache
-
-
-def accepted_snapshot(settings, items):
-    snapshot = write_snapshot(
-        settings.snapshots_dir,
-        items,
-        interactions_frame(),
-        id_type="int",
-        feedback_watermark=0,
-        parent=None,
-        sources={},
-    )
-    atomic_write_text(snapshot.path / "validation.json", json.dumps({"success": True}))
-    return snapshot
 
 
 def test_caches_of_the_two_precisions_never_mix(tmp_path, fp32_encoder, bf16_encoder):

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from components.embed import TextEncoder, ensure_onnx_export, load_encoder  # noqa: E402
-from components.errors import EncoderError  # noqa: E402
+from components.embed import TextEncoder, ensure_onnx_export, load_encoder
+from components.errors import EncoderError
 
 TEXTS = [
     "Toy Story (1995). Genres: Adventure, Animation, Children, Comedy, Fantasy. Tags: pixar, fun",

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.data.dataset import InteractionData  # noqa: E402
-from components.engine import MAX_HISTORY, ServingEngine, write_bundle  # noqa: E402
-from components.models import LMContent, Popularity  # noqa: E402
-from tests.unit._model_fixtures import (  # noqa: E402
+from components.data.dataset import InteractionData
+from components.engine import MAX_HISTORY, ServingEngine, write_bundle
+from components.models import LMContent, Popularity
+from tests.unit._model_fixtures import (
     ACTION,
     DRAMA,
     HISTORIES,

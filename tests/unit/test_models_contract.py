@@ -14,11 +14,11 @@ import numpy as np
 import pydantic
 import pytest
 
-from components.data.dataset import History, InteractionData  # noqa: E402
-from components.models import MODEL_REGISTRY, LMContent, Popularity, build_model, load_model  # noqa: E402
-from components.models.base import Recommender, top_k  # noqa: E402
-from components.models.lm_content import fit_whitening  # noqa: E402
-from tests.unit._model_fixtures import ACTION, DRAMA, HISTORIES, cluster_vectors, tiny_data  # noqa: E402
+from components.data.dataset import History, InteractionData
+from components.models import MODEL_REGISTRY, LMContent, Popularity, build_model, load_model
+from components.models.base import Recommender, top_k
+from components.models.lm_content import fit_whitening
+from tests.unit._model_fixtures import ACTION, DRAMA, HISTORIES, cluster_vectors, tiny_data
 
 # --------------------------------------------------------------------------- the shared contract
 

@@ -8,18 +8,18 @@ import numpy as np
 import pydantic
 import pytest
 
-from components.data.dataset import History, InteractionData, leave_last_out  # noqa: E402
-from components.evaluation.splits import (  # noqa: E402
+from components.data.dataset import History, InteractionData, leave_last_out
+from components.evaluation.splits import (
     evaluate_on_split,
     global_time_split,
     shuffle_histories,
     shuffled_split,
     time_cutoffs,
 )
-from components.models import EASE, LMSASRec, SASRec, build_model, load_model  # noqa: E402
-from components.models.ease import _primal_item_weights, interaction_matrix  # noqa: E402
-from tests.unit._model_fixtures import cluster_vectors, interactions_frame, items_frame, tiny_data  # noqa: E402
-from tests.unit.test_models_contract import RecommenderContract  # noqa: E402
+from components.models import EASE, LMSASRec, SASRec, build_model, load_model
+from components.models.ease import _primal_item_weights, interaction_matrix
+from tests.unit._model_fixtures import cluster_vectors, interactions_frame, items_frame, tiny_data
+from tests.unit.test_models_contract import RecommenderContract
 
 FAST = {"hidden": 8, "max_len": 6, "batch_size": 8, "max_epochs": 2, "patience": 1, "progress": False, "device": "cpu"}
 

@@ -15,12 +15,12 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from components.engine import write_bundle  # noqa: E402
-from components.models import LMContent  # noqa: E402
-from components.registry import CHALLENGER, CHAMPION, configure, get_alias_version, log_bundle_model, promote_if_better  # noqa: E402
-from components.settings import Settings, load_settings  # noqa: E402
-from tests.harness import restored_mlflow_state  # noqa: E402
-from tests.unit._model_fixtures import cluster_vectors, tiny_data  # noqa: E402
+from components.engine import write_bundle
+from components.models import LMContent
+from components.registry import CHALLENGER, CHAMPION, configure, get_alias_version, log_bundle_model, promote_if_better
+from components.settings import Settings, load_settings
+from tests.harness import restored_mlflow_state
+from tests.unit._model_fixtures import cluster_vectors, tiny_data
 
 CHAMPION_METRIC = 0.30
 POPULARITY_METRIC = 0.10

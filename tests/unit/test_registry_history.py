@@ -19,11 +19,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import Field, SecretStr
 
-from components.engine import write_bundle  # noqa: E402
-from components.errors import RegistryError  # noqa: E402
-from components.evaluation.plots import PLOT_FILES, write_report_plots  # noqa: E402
-from components.models import LMContent  # noqa: E402
-from components.registry import (  # noqa: E402
+from components.engine import write_bundle
+from components.errors import RegistryError
+from components.evaluation.plots import PLOT_FILES, write_report_plots
+from components.models import LMContent
+from components.registry import (
     CHALLENGER,
     CHAMPION,
     champion_history,
@@ -38,9 +38,9 @@ from components.registry import (  # noqa: E402
     rollback,
     settings_for_logging,
 )
-from components.settings import RegistrySettings, Settings, load_settings  # noqa: E402
-from tests.harness import restored_mlflow_state  # noqa: E402
-from tests.unit._model_fixtures import cluster_vectors, tiny_data  # noqa: E402
+from components.settings import RegistrySettings, Settings, load_settings
+from tests.harness import restored_mlflow_state
+from tests.unit._model_fixtures import cluster_vectors, tiny_data
 
 POPULARITY = 0.10
 _names = itertools.count(1)
@@ -269,7 +269,7 @@ def test_racing_forced_promotions_leave_one_champion_and_a_gap_free_log(model, p
         try:
             start.wait()
             force_promote(model.settings, version, f"race {version}")
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=force, args=(v,)) for v in versions]

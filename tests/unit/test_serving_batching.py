@@ -6,11 +6,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from components.data.dataset import History, InteractionData  # noqa: E402
-from components.engine import ScoreRequest, ServingEngine, write_bundle  # noqa: E402
-from components.models import EASE, LMSASRec  # noqa: E402
-from serving.batching import ScoringBatcher  # noqa: E402
-from tests.unit._model_fixtures import interactions_frame, items_frame  # noqa: E402
+from components.data.dataset import History, InteractionData
+from components.engine import ScoreRequest, ServingEngine, write_bundle
+from components.models import EASE, LMSASRec
+from serving.batching import ScoringBatcher
+from tests.unit._model_fixtures import interactions_frame, items_frame
 
 N_ITEMS = 40
 FAST = {"hidden": 16, "max_len": 12, "batch_size": 8, "epochs": 2, "progress": False, "device": "cpu", "text_dim": None}
