@@ -115,3 +115,16 @@ def test_models_history_rollback_and_forced_promotion(cli_env):
     assert "hotfix verified" in history[-1]["reason"]
     text = runner.invoke(app, ["models", "history"])
     assert text.exit_code == 0 and "hotfix verified" in text.output
+
+
+def test_text_tables_keep_every_value_whole():
+    from components.cli import _table
+
+    assert _table([], ["a"]) == "(none)"
+    long = "snap-" + "f" * 200
+    text = _table([{"id": long, "state": "accepted"}, {"id": "x", "state": "[bold]rejected"}], ["id", "state"])
+    header, rule, first, second = text.splitlines()
+    assert header.split() == ["id", "state"] and set(rule.strip()) <= {"─", " "}
+    assert first.split() == [long, "accepted"]
+    assert second.split() == ["x", "[bold]rejected"]  # printed as text, not as rich markup
+    assert first.index("accepted") == second.index("[bold]rejected") == header.index("state")
