@@ -85,6 +85,10 @@ def check_feedback(events: list, engine, checks):
                 "nothing was written"
             )
             return error(400, message, field="timestamp")
+        controlled = [name for name in ("user_id", "item_id", "event_id") if _has_control(getattr(e, name))]
+        if controlled:
+            message = f"{controlled[0]} holds a NUL or control character{where}; nothing was written"
+            return error(400, message, field=controlled[0])
         if isinstance(e.user_id, str) and not e.user_id.strip() or isinstance(e.item_id, str) and not e.item_id.strip():
             field = "user_id" if not str(e.user_id).strip() else "item_id"
             return error(400, f"user_id and item_id must not be blank{where}; nothing was written", field=field)
@@ -97,12 +101,24 @@ def check_feedback(events: list, engine, checks):
     ]
 
 
+def _has_control(value) -> bool:
+    """Whether a client-sent id holds a NUL or another control character (PostgreSQL rejects NUL, and
+    such ids cannot be shown or typed back)."""
+    return isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value)
+
+
 class FeedbackWriter:
     """Writes feedback through one thread, all waiting requests in one transaction (group commit).
 
     Every commit is fsynced, so a commit per request would cap ingestion at the disk's fsync rate;
     grouping concurrent requests still writes each event durably before its 2xx, for one fsync per
     group.
+
+    The thread cannot die of what a request does. A request cancelled before its turn is dropped
+    (nothing written, nothing acknowledged; a retry with the same ``event_id`` is idempotent); one
+    cancelled while its group is being written can no longer be cancelled, so its events are written
+    exactly once. A group whose commit fails is retried request by request, so one bad request
+    (a value the database rejects) fails alone. Any other error is logged and the loop goes on.
     """
 
     def __init__(self, store, max_group_events: int = 5000) -> None:
@@ -112,8 +128,16 @@ class FeedbackWriter:
         self._thread = threading.Thread(target=self._run, name="feedback-writer", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether the writer thread is running (``/readyz`` reports 503 when it is not)."""
+        return self._thread.is_alive()
+
     def submit(self, events: list) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
+        if not self.alive:
+            future.set_exception(RuntimeError("the feedback writer is stopped"))
+            return future
         self._queue.put((events, future))
         return future
 
@@ -123,33 +147,63 @@ class FeedbackWriter:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            group, size, stop = [first], len(first[0]), False
-            while size < self.max_group_events:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                group.append(item)
-                size += len(item[0])
             try:
-                written = self.store.append([event for events, _ in group for event in events])
-            except Exception as exc:  # every waiting request learns the write failed; none gets a 2xx
-                log.exception("writing %d feedback event(s) failed", size)
-                for _, future in group:
-                    future.set_exception(exc)
-            else:
-                start = 0
-                for events, future in group:
-                    future.set_result(written[start : start + len(events)])
-                    start += len(events)
+                group, stop = self._next_group()
+                self._write(group)
+            except Exception:  # never let the writer thread die; the requests of the group were settled
+                log.exception("the feedback writer hit an unexpected error; it carries on")
+                stop = False
             if stop:
                 return
+
+    def _next_group(self) -> tuple[list, bool]:
+        """The waiting requests, up to ``max_group_events`` events, minus those already cancelled."""
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        group, size, stop = [first], len(first[0]), False
+        while size < self.max_group_events:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                stop = True
+                break
+            group.append(item)
+            size += len(item[0])
+        # From here on a request cannot be cancelled: it will be written and told so.
+        return [(events, future) for events, future in group if future.set_running_or_notify_cancel()], stop
+
+    def _write(self, group: list) -> None:
+        if not group:
+            return
+        try:
+            written = self.store.append([event for events, _ in group for event in events])
+        except Exception as exc:
+            if len(group) > 1:  # find the request that broke the commit; the others still go in
+                log.warning("a group commit of %d requests failed (%s); writing them one by one", len(group), exc)
+                for item in group:
+                    self._write([item])
+                return
+            log.exception("writing %d feedback event(s) failed", len(group[0][0]))
+            _settle(group[0][1], exception=exc)  # the request learns the write failed; it gets no 2xx
+            return
+        start = 0
+        for events, future in group:
+            _settle(future, result=written[start : start + len(events)])
+            start += len(events)
+
+
+def _settle(future: concurrent.futures.Future, *, result=None, exception: BaseException | None = None) -> None:
+    """Resolve a request's future; one nobody waits for any more is left alone."""
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        log.warning("a feedback request was resolved twice; ignored")
 
 
 class RecentFeedback:

@@ -91,7 +91,8 @@ class RecommenderService:
         return self.champion.loaded
 
     def __is_ready__(self) -> bool:
-        return self.champion.loaded is not None
+        """Ready when a model is loaded and the feedback writer runs (a stopped writer would hang feedback)."""
+        return self.champion.loaded is not None and self.writer.alive
 
     def _refresh_recent(self) -> None:
         loaded = self.loaded
