@@ -47,3 +47,8 @@ class ChampionUnreadable(LmRecsysError):
     def __init__(self, message: str, version: str):
         super().__init__(message)
         self.version = version
+
+
+class InvalidHandle(LmRecsysError):
+    """An id or path handed between stages (snapshot id, run key, folder) is malformed or points
+    outside the data root."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from components.data.atomic import atomic_write_text
 from components.data.dataset import InteractionData, leave_last_out
+from components.data.handles import inside
 from components.data.snapshots import open_snapshot
 from components.embed import embed_items, embed_shard, plan_shards
 from components.engine import write_bundle
@@ -75,7 +76,7 @@ def stage_evaluate(settings: Settings, run_dir: str, handles: list[dict] | None 
     from components.evaluation.champion import champion_scores
     from components.registry import load_champion_engine
 
-    run = Path(run_dir)
+    run = inside(settings.runs_dir, run_dir)
     meta = json.loads((run / "train.json").read_text())
     data = load_data(settings, meta["snapshot_id"])
     split = leave_last_out(data)
@@ -148,7 +149,7 @@ def stage_register(settings: Settings, report_path: str) -> dict:
 
     from components.registry import configure, log_bundle_model
 
-    report_file = Path(report_path)
+    report_file = inside(settings.runs_dir, report_path)
     run = report_file.parent
     report = json.loads(report_file.read_text())
     meta = json.loads((run / "train.json").read_text())

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.data import handles
 from components.data.atomic import atomic_dir, fsync_file
 from components.data.columns import (
     EVENT_ID_COL,
@@ -170,7 +171,7 @@ def newest_accepted(snapshots_dir: Path) -> Snapshot | None:
 
 
 def open_snapshot(snapshots_dir: Path, snapshot_id: str) -> Snapshot:
-    path = snapshots_dir / snapshot_id
+    path = snapshots_dir / handles.snapshot_id(snapshot_id)
     if not (path / "manifest.json").exists():
         known = ", ".join(s.snapshot_id for s in list_snapshots(snapshots_dir)) or "none"
         raise LmRecsysError(f"no snapshot {snapshot_id!r} in {snapshots_dir} (known: {known})")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.data import handles
 from components.data.atomic import atomic_dir, atomic_write_text
 from components.data.dataset import InteractionData, leave_last_out
 from components.data.snapshots import open_snapshot
@@ -56,8 +57,9 @@ def stage_plan_training(settings: Settings, snapshot_id: str, embeddings_dir: st
     """Start the run folder with ``train.json`` and return the candidates, one training task each."""
     candidates = check_candidates(settings)
     open_snapshot(settings.snapshots_dir, snapshot_id).require_accepted()
+    embeddings_dir = str(handles.inside(settings.embeddings_dir, embeddings_dir))
     embed_manifest = json.loads((Path(embeddings_dir) / "manifest.json").read_text())
-    run = settings.runs_dir / run_key
+    run = settings.runs_dir / handles.run_key(run_key)
     run.mkdir(parents=True, exist_ok=True)
     meta = {
         "snapshot_id": snapshot_id,
@@ -154,7 +156,7 @@ def stage_train_candidate(settings: Settings, snapshot_id: str, embeddings_dir: 
     """
     data = load_data(settings, snapshot_id)
     vectors, embed_manifest = aligned_vectors(data, embeddings_dir)
-    run = settings.runs_dir / run_key
+    run = settings.runs_dir / handles.run_key(run_key)
     if not (run / "train.json").exists():
         stage_plan_training(settings, snapshot_id, embeddings_dir, run_key)
     record = {"name": name, "run_dir": str(run)}
@@ -177,7 +179,7 @@ def stage_train(settings: Settings, snapshot_id: str, embeddings_dir: str, run_k
     """Every candidate in turn, in this process (the DAG maps one task per candidate); returns the run folder."""
     for name in stage_plan_training(settings, snapshot_id, embeddings_dir, run_key):
         stage_train_candidate(settings, snapshot_id, embeddings_dir, run_key, name)
-    return str(settings.runs_dir / run_key)
+    return str(settings.runs_dir / handles.run_key(run_key))
 
 
 def candidate_fits(run: Path, names: list[str]) -> dict[str, dict]:
