@@ -185,6 +185,8 @@ class AirflowStack:
         self.env = {
             **os.environ,
             **TELEMETRY_OFF,
+            # the config hooks below name devtools.stack, which lives in the checkout, not the install
+            "PYTHONPATH": os.pathsep.join(p for p in (str(settings.PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p),
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
