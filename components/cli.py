@@ -20,11 +20,15 @@ app = typer.Typer(
 pipeline_app = typer.Typer(
     help="Run the ingest → validate → embed → train → evaluate → register → promote pipeline.", no_args_is_help=True
 )
-snapshots_app = typer.Typer(help="List and inspect immutable data snapshots.", no_args_is_help=True)
+snapshots_app = typer.Typer(
+    help="List and inspect immutable data snapshots; accept a rejected one.", no_args_is_help=True
+)
 models_app = typer.Typer(
     help="Registered model versions: list, champion history, promote, roll back.", no_args_is_help=True
 )
-feedback_app = typer.Typer(help="Feedback events: replay a file into the store.", no_args_is_help=True)
+feedback_app = typer.Typer(
+    help="Feedback events: replay a file into the store, hold events back, list what is held.", no_args_is_help=True
+)
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(snapshots_app, name="snapshots")
 app.add_typer(models_app, name="models")
@@ -383,6 +387,9 @@ def _describe_champion(champion: dict | None) -> str:
     if champion is None:
         return "none"
     return f"version {champion['version']} ({champion['model_kind']}, snapshot {champion['snapshot_id']})"
+
+
+from components import cli_operator  # noqa: E402, F401  (adds the operator commands to the groups above)
 
 
 def main() -> None:

@@ -65,11 +65,20 @@ class ValidationSettings(BaseModel):
     drift_max_unknown_item_share: float = 0.2
     """Drift: most new interactions may point at items the reference catalogue did not know."""
     drift_max_new_user_ratio: float = 0.5
-    """Drift: largest share of users that the reference snapshot did not have."""
+    """Drift: largest share of the source's users that the reference snapshot did not have (feedback users
+    are not counted: see ``feedback_alert_new_user_share``)."""
     drift_max_divergence: float = 0.1
     """Drift: largest Jensen-Shannon divergence (base 2) between the event/rating distributions."""
     max_duplicate_rate: float = 0.01
     """Largest allowed share of rows repeating (user, item, timestamp, event)."""
+    feedback_max_repeats: int = Field(default=5, ge=1)
+    """Feedback screening at ingest: events of one (user, item, event) past this many in one snapshot are
+    quarantined as ``duplicate`` (exact repeats of (user, item, event, timestamp) always are)."""
+    feedback_alert_new_user_share: float = 0.5
+    """Feedback is never a reason to reject a snapshot; past this share of new users among the feedback's
+    users, validation records an alert (validation.json, the log, MLflow) instead."""
+    feedback_alert_quarantined_share: float = 0.1
+    """Alert when more than this share of a snapshot's new feedback events was quarantined at ingest."""
 
 
 class EmbedSettings(BaseModel):

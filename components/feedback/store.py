@@ -99,7 +99,25 @@ feedback_triggers = sa.Table(
     sqlite_autoincrement=True,
 )
 
+feedback_quarantine = sa.Table(
+    "feedback_quarantine",
+    metadata,
+    sa.Column("event_id", sa.Text(), primary_key=True),
+    sa.Column("user_id", sa.Text(), nullable=False),
+    sa.Column("item_id", sa.Text(), nullable=False),
+    sa.Column("event", sa.Text(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("origin", sa.Text(), nullable=False),  # "ingest" (a screening rule) or "operator"
+    sa.Column("actor", sa.Text(), nullable=False),
+    sa.Column("snapshot_id", sa.Text()),
+    sa.Column("quarantined_at", _REAL, nullable=False),
+)
+"""Events held back from every snapshot, with why, by whom and when. The events stay in ``feedback_events``
+(nothing is deleted); ingest leaves out every event id listed here, from new feedback and from the parent."""
+
 _events = feedback_events.c
+_quarantine = feedback_quarantine.c
+QUARANTINE_FIELDS = ("event_id", "user_id", "item_id", "event", "reason", "origin", "actor", "snapshot_id")
 
 
 # -- engines
@@ -217,6 +235,48 @@ class FeedbackStore:
             written.append((event_id, event_id in fresh))
             fresh.discard(event_id)  # a second copy within the batch is a duplicate of the first
         return written
+
+    def quarantine(self, rows: Iterable[dict]) -> int:
+        """Hold events back from snapshots (``QUARANTINE_FIELDS`` per row); returns how many were newly held.
+
+        Idempotent: an event already held keeps its first reason.
+        """
+        now = time.time()
+        params = [{**{k: row.get(k) for k in QUARANTINE_FIELDS}, "quarantined_at": now} for row in rows]
+        if not params:
+            return 0
+        insert = (postgresql.insert if self.is_postgres else sqlite.insert)(feedback_quarantine)
+        statement = insert.on_conflict_do_nothing(index_elements=[_quarantine.event_id]).returning(_quarantine.event_id)
+        with self._transaction() as conn:
+            return len(conn.execute(statement, params).scalars().all())
+
+    def select_events(
+        self, *, user_id: str | None = None, since: float | None = None, event_id: str | None = None
+    ) -> pd.DataFrame:
+        """Stored events matching every given filter (``since``: received at or after, epoch seconds)."""
+        if user_id is None and since is None and event_id is None:
+            raise FeedbackError("select_events needs at least one of user_id, since, event_id")
+        statement = sa.select(*(_events[name] for name in EVENT_FIELDS), _events.seq).order_by(_events.seq)
+        if user_id is not None:
+            statement = statement.where(_events.user_id == str(user_id))
+        if since is not None:
+            statement = statement.where(_events.received_at >= float(since))
+        if event_id is not None:
+            statement = statement.where(_events.event_id == str(event_id))
+        return pd.DataFrame(self._rows(statement), columns=[*EVENT_FIELDS, "seq"])
+
+    def quarantined(self, limit: int | None = None) -> pd.DataFrame:
+        """Held-back events, newest first, with their reasons."""
+        columns = [*QUARANTINE_FIELDS, "quarantined_at"]
+        statement = sa.select(*(_quarantine[name] for name in columns)).order_by(
+            _quarantine.quarantined_at.desc(), _quarantine.event_id
+        )
+        if limit is not None:
+            statement = statement.limit(int(limit))
+        return pd.DataFrame(self._rows(statement), columns=columns)
+
+    def quarantined_ids(self) -> set[str]:
+        return {row[0] for row in self._rows(sa.select(_quarantine.event_id))}
 
     def record_trigger(self, watermark: int, reason: str) -> None:
         """Remember that a pipeline run was requested covering events up to ``watermark``."""

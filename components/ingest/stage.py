@@ -7,20 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.data.columns import (
-    EVENT_COL,
-    EVENT_ID_COL,
-    INTERACTION_COLUMNS,
-    ITEM_COL,
-    SOURCE_COL,
-    TIMESTAMP_COL,
-    USER_COL,
-    VALUE_COL,
-)
-from components.data.snapshots import Snapshot, as_id_type, newest_accepted, write_snapshot
+from components.data.columns import EVENT_ID_COL, ITEM_COL, SOURCE_COL
+from components.data.snapshots import Snapshot, newest_accepted, write_snapshot
 from components.data.sources import SourceData, read_generic, read_movielens, resolve_movielens_dir
 from components.errors import SourceError
 from components.feedback.store import FeedbackStore
+from components.ingest.screening import describe, screen_feedback
 from components.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -45,64 +37,87 @@ def read_source(settings: Settings) -> SourceData:
     return data
 
 
-def feedback_frame(events: pd.DataFrame, id_type: str) -> tuple[pd.DataFrame, int]:
-    """Feedback store rows → canonical interactions; returns the frame and how many were unusable."""
-    if events.empty:
-        return pd.DataFrame(columns=INTERACTION_COLUMNS), 0
-    users, bad_users = as_id_type(events["user_id"], id_type)
-    items, bad_items = as_id_type(events["item_id"], id_type)
-    frame = pd.DataFrame(
-        {
-            EVENT_ID_COL: events["event_id"].astype(str).values,
-            USER_COL: users.values,
-            ITEM_COL: items.values,
-            TIMESTAMP_COL: events["event_ts"].astype("float64").round().astype("int64").values,
-            EVENT_COL: events["event"].astype(str).values,
-            VALUE_COL: pd.to_numeric(events["value"], errors="coerce").astype("float64").values,
-            SOURCE_COL: "feedback",
-        }
-    )
-    bad = bad_users | bad_items
-    return frame[~bad], int(bad.sum())
-
-
 def ingest(settings: Settings, *, parent: Snapshot | None = None, use_parent: bool = True) -> Snapshot:
     """Build (or reuse) the snapshot for the current source and feedback; returns its handle.
 
     The snapshot is the union of the source's interactions, the parent's, and the feedback
     events past the parent's watermark, deduplicated by event id (the source's version wins, so
-    a corrected or corrupted source row is what validation sees).
+    a corrected or corrupted source row is what validation sees). New feedback is screened row by
+    row first (``components.ingest.screening``): an event that breaks a rule is held in the store's
+    feedback quarantine with its reason and the rest proceed, so no request can sink a snapshot.
+    Events an operator quarantined are left out too, from the parent's rows as well.
     """
     if parent is None and use_parent:
         parent = newest_accepted(settings.snapshots_dir)
     source = read_source(settings)
+    if parent is not None and parent.manifest["id_type"] != source.id_type:
+        raise SourceError(
+            f"parent snapshot {parent.snapshot_id} has {parent.manifest['id_type']} ids but the source has "
+            f"{source.id_type} ids; ingest without a parent (--no-parent) to start a new lineage"
+        )
     store = FeedbackStore(settings.feedback_url)
     try:
         watermark = store.watermark()
         parent_watermark = parent.manifest["feedback_watermark"] if parent else 0
         new_events = store.events_between(parent_watermark, watermark)
+        held = store.quarantined_ids()
+        items, existing, dropped_from_parent = _base_frames(source, parent, held)
+        screened = screen_feedback(
+            new_events[~new_events["event_id"].astype(str).isin(held)],
+            source.id_type,
+            set(items[ITEM_COL].dropna()),
+            existing,
+            settings.validation,
+        )
+        audit = {
+            "rules": screened.counts(),
+            "operator_held": int(new_events["event_id"].astype(str).isin(held).sum()),
+            "dropped_from_parent": dropped_from_parent,
+        }
+        snapshot = _write(settings, source, parent, items, existing, screened, (watermark, parent_watermark), audit)
+        # recorded after the snapshot exists: a failure here leaves a snapshot that a rerun reuses and records
+        store.quarantine(
+            dict(row, origin="ingest", actor="ingest", snapshot_id=snapshot.snapshot_id)
+            for row in screened.rejected.to_dict("records")
+        )
     finally:
         store.close()
-    feedback, unusable = feedback_frame(new_events, source.id_type)
-    if unusable:
-        log.warning("%d feedback event(s) had ids that are not %s ids and were left out", unusable, source.id_type)
+    if len(screened.rejected):
+        log.warning(
+            "snapshot %s: %d feedback event(s) quarantined (%s); see `lmrecsys feedback quarantined`",
+            snapshot.snapshot_id,
+            len(screened.rejected),
+            describe(audit["rules"]),
+        )
+    log.info("snapshot %s: %s", snapshot.snapshot_id, snapshot.manifest["row_counts"])
+    return snapshot
 
-    frames_items = [source.items]
-    frames_inter = [source.interactions, feedback]
+
+def _base_frames(source: SourceData, parent: Snapshot | None, held: set[str]) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The catalogue and the interactions before new feedback: the source's, then the parent's.
+
+    Items the source no longer lists stay known; the source wins on conflicts. Parent rows from
+    feedback that is now quarantined are dropped (their count is returned).
+    """
+    frames_items, frames_inter, dropped = [source.items], [source.interactions], 0
     if parent is not None:
-        if parent.manifest["id_type"] != source.id_type:
-            raise SourceError(
-                f"parent snapshot {parent.snapshot_id} has {parent.manifest['id_type']} ids but the source has "
-                f"{source.id_type} ids; ingest without a parent (--no-parent) to start a new lineage"
-            )
-        parent_items = parent.items()  # items the source no longer lists stay known; the source wins on conflicts
+        parent_items = parent.items()
         frames_items.append(parent_items[~parent_items[ITEM_COL].isin(source.items[ITEM_COL])])
-        frames_inter.insert(1, parent.interactions())  # after the source: a re-read source row wins over its old copy
+        previous = parent.interactions()
+        gone = (previous[SOURCE_COL] == "feedback") & previous[EVENT_ID_COL].astype(str).isin(held)
+        dropped = int(gone.sum())
+        frames_inter.append(previous[~gone])  # after the source: a re-read source row wins over its old copy
     items = pd.concat([f for f in frames_items if len(f)], ignore_index=True)
-    interactions = pd.concat([f for f in frames_inter if len(f)], ignore_index=True)
+    existing = pd.concat([f for f in frames_inter if len(f)], ignore_index=True)
+    return items, existing.drop_duplicates(EVENT_ID_COL, keep="first"), dropped
+
+
+def _write(settings, source, parent, items, existing, screened, watermarks: tuple[int, int], audit: dict) -> Snapshot:
+    watermark, parent_watermark = watermarks
     sources = {name: {"uri": uri, "sha256": source.source_hashes.get(name)} for name, uri in source.source_uris.items()}
     sources["feedback"] = {"uri": redact_url(settings.feedback_url), "after": parent_watermark, "upto": watermark}
-    snapshot = write_snapshot(
+    interactions = pd.concat([f for f in (existing, screened.accepted) if len(f)], ignore_index=True)
+    return write_snapshot(
         settings.snapshots_dir,
         items,
         interactions,
@@ -112,10 +127,8 @@ def ingest(settings: Settings, *, parent: Snapshot | None = None, use_parent: bo
         sources=sources,
         extra={
             "source_rows": int(len(source.interactions)),
-            "feedback_events_merged": int(len(feedback)),
-            "feedback_events_unusable": unusable,
+            "feedback_events_merged": int(len(screened.accepted)),
+            "feedback_quarantine": audit,
             "max_users": settings.ingest.max_users,
         },
     )
-    log.info("snapshot %s: %s", snapshot.snapshot_id, snapshot.manifest["row_counts"])
-    return snapshot

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from components.data.atomic import atomic_write_text
-from components.data.columns import EVENT_COL, EVENT_ID_COL, ITEM_COL, USER_COL, VALUE_COL
+from components.data.columns import EVENT_COL, EVENT_ID_COL, ITEM_COL, SOURCE_COL, USER_COL, VALUE_COL
 from components.data.snapshots import Snapshot, quarantine
 from components.errors import ValidationFailed
 from components.settings import Settings
@@ -106,25 +106,73 @@ def js_divergence(p: pd.Series, q: pd.Series) -> float:
     return float(jensenshannon(p, q, base=2) ** 2)  # scipy returns the distance, the divergence's square root
 
 
+def _source_rows(interactions: pd.DataFrame) -> pd.DataFrame:
+    return interactions[interactions[SOURCE_COL] != "feedback"] if SOURCE_COL in interactions else interactions
+
+
 def drift_metrics(
     snapshot_manifest: dict, items: pd.DataFrame, interactions: pd.DataFrame, reference: Snapshot
 ) -> pd.DataFrame:
-    """Drift of a snapshot against a reference (accepted) snapshot, as a one-row frame for GX."""
+    """Drift of the snapshot's source rows against the reference's, as a one-row frame for GX.
+
+    Only the source is measured: drift checks guard the data the platform is given, and feedback
+    (which anyone who reaches the public endpoints can send) must never block a run by itself. The
+    feedback's own figures are in :func:`feedback_report`.
+    """
     ref_manifest = reference.manifest
-    ref_inter = reference.interactions()
+    ref_inter = _source_rows(reference.interactions())
     ref_items = set(reference.items()[ITEM_COL])
-    new_rows = interactions[~interactions[EVENT_ID_COL].isin(set(ref_inter[EVENT_ID_COL]))]
-    volume_now = snapshot_manifest.get("source_rows", len(interactions))
+    source = _source_rows(interactions)
+    new_rows = source[~source[EVENT_ID_COL].isin(set(ref_inter[EVENT_ID_COL]))]
+    volume_now = snapshot_manifest.get("source_rows", len(source))
     volume_ref = ref_manifest.get("source_rows", ref_manifest["row_counts"]["interactions"]) or 1
-    users = interactions[USER_COL].unique()
+    users = source[USER_COL].unique()
     return pd.DataFrame(
         {
             "volume_ratio": [volume_now / volume_ref],
             "unknown_item_share": [float((~new_rows[ITEM_COL].isin(ref_items)).mean()) if len(new_rows) else 0.0],
             "new_user_ratio": [float((~pd.Series(users).isin(set(ref_inter[USER_COL]))).mean()) if len(users) else 0.0],
-            "event_divergence": [js_divergence(_distribution(interactions), _distribution(ref_inter))],
+            "event_divergence": [js_divergence(_distribution(source), _distribution(ref_inter))],
         }
     )
+
+
+def feedback_report(
+    settings: Settings, manifest: dict, interactions: pd.DataFrame, reference: Snapshot | None
+) -> tuple[dict, list[str]]:
+    """The snapshot's new feedback in figures, and the alerts they raise; never a reason to reject."""
+    cfg = settings.validation
+    merged = int(manifest.get("feedback_events_merged", 0))
+    held = (manifest.get("feedback_quarantine") or {}).get("rules", {})
+    quarantined = int(sum(held.values()))
+    feedback = interactions[interactions[SOURCE_COL] == "feedback"] if SOURCE_COL in interactions else interactions[:0]
+    known: set = set()
+    if reference is not None:
+        previous = reference.interactions()
+        known = set(previous[USER_COL])
+        feedback = feedback[~feedback[EVENT_ID_COL].isin(set(previous[EVENT_ID_COL]))]
+    users = pd.Series(feedback[USER_COL].unique())
+    new_user_share = float((~users.isin(known)).mean()) if len(users) and reference is not None else 0.0
+    figures = {
+        "events_merged": merged,
+        "events_quarantined": quarantined,
+        "quarantined_by_reason": held,
+        "users": int(len(users)),
+        "new_user_share": new_user_share,
+    }
+    alerts = []
+    if new_user_share > cfg.feedback_alert_new_user_share:
+        alerts.append(
+            f"feedback: {new_user_share:.0%} of the {len(users)} users with new feedback are new "
+            f"(alert above {cfg.feedback_alert_new_user_share:.0%})"
+        )
+    seen = merged + quarantined
+    if seen and quarantined / seen > cfg.feedback_alert_quarantined_share:
+        alerts.append(
+            f"feedback: {quarantined} of {seen} new events were quarantined at ingest "
+            f"(alert above {cfg.feedback_alert_quarantined_share:.0%}): {held}"
+        )
+    return figures, alerts
 
 
 def check_frames(
@@ -178,6 +226,9 @@ def validate_snapshot(settings: Settings, snapshot: Snapshot) -> Snapshot:
             log.warning("drift against %s could not be computed: %s", reference.snapshot_id, exc)
     outcomes, raw = check_frames(settings, items, interactions, drift=drift)
     failed = [o for o in outcomes if not o.success]
+    feedback, alerts = feedback_report(settings, snapshot.manifest, interactions, reference)
+    for alert in alerts:
+        log.warning("snapshot %s: %s", snapshot.snapshot_id, alert)
     summary = {
         "snapshot_id": snapshot.snapshot_id,
         "success": not failed,
@@ -187,6 +238,8 @@ def validate_snapshot(settings: Settings, snapshot: Snapshot) -> Snapshot:
         "drift_reference": reference.snapshot_id if reference is not None else None,
         "drift": drift.iloc[0].to_dict() if drift is not None else None,
         "failed": [o.describe() for o in failed],
+        "feedback": feedback,
+        "alerts": alerts,
         "outcomes": [o.__dict__ for o in outcomes],
     }
     atomic_write_text(snapshot.path / "gx_result.json", json.dumps(raw, indent=1, default=str))

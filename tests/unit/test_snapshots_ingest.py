@@ -93,7 +93,15 @@ def test_incremental_ingest_merges_exactly_the_new_feedback(settings):
     assert manifest["parent"] == first.snapshot_id
     assert manifest["feedback_watermark"] == watermark
     assert manifest["sources"]["feedback"]["after"] == 0 and manifest["sources"]["feedback"]["upto"] == watermark
-    assert manifest["feedback_events_unusable"] == 1
+    assert manifest["feedback_quarantine"] == {"rules": {"bad_id": 1}, "operator_held": 0, "dropped_from_parent": 0}
+    store = FeedbackStore(settings.feedback_url)
+    try:
+        held = store.quarantined()
+    finally:
+        store.close()
+    assert held[["event_id", "reason", "origin", "snapshot_id"]].values.tolist() == [
+        ["fb-c", "bad_id", "ingest", second.snapshot_id]
+    ]
     assert manifest["row_counts"] == {"items": 4, "interactions": 9, "users": 4}
 
     inter = second.interactions()
