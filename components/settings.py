@@ -139,8 +139,9 @@ class TrainSettings(BaseModel):
 class RegistrySettings(BaseModel):
     """MLflow tracking and the promotion gate."""
 
-    tracking_uri: str | None = None
-    """Unset: ``sqlite:///<data_root>/mlflow.db``."""
+    tracking_uri: SecretStr | None = None
+    """Unset: ``sqlite:///<data_root>/mlflow.db``. A secret, since a server URL may carry credentials: read it
+    through ``Settings.tracking_uri``; logs and MLflow params show it through :func:`redact_url`."""
     artifact_root: str | None = None
     """Unset: ``<data_root>/mlartifacts``."""
     experiment_name: str = "lm-recsys"
@@ -151,7 +152,7 @@ class RegistrySettings(BaseModel):
     """Validation metric the gate compares."""
     tolerance: float = 0.0
     """A challenger within this much below the champion still counts as at least as good."""
-    lock_url: str | None = None
+    lock_url: SecretStr | None = None
     """A postgresql:// URL for the promotion lock when several hosts promote through one tracking server.
     Unset: the tracking store if it is PostgreSQL, else a file lock."""
 
@@ -159,8 +160,9 @@ class RegistrySettings(BaseModel):
 class FeedbackSettings(BaseModel):
     """The feedback store and the trigger it drives."""
 
-    url: str | None = None
-    """Unset: SQLite at ``<data_root>/feedback.db``. ``postgresql://...`` for PostgreSQL."""
+    url: SecretStr | None = None
+    """Unset: SQLite at ``<data_root>/feedback.db``. ``postgresql://...`` for PostgreSQL. A secret (it may hold a
+    password): read it through ``Settings.feedback_url``."""
     trigger_min_events: int = 100
     """New events past the newest accepted snapshot that start the next run."""
     trigger_max_age_s: float = 86_400.0
@@ -265,7 +267,8 @@ class Settings(BaseSettings):
 
     @property
     def tracking_uri(self) -> str:
-        return self.registry.tracking_uri or f"sqlite:///{self.root / 'mlflow.db'}"
+        configured = self.registry.tracking_uri
+        return configured.get_secret_value() if configured else f"sqlite:///{self.root / 'mlflow.db'}"
 
     @property
     def artifact_root(self) -> str:
@@ -273,7 +276,8 @@ class Settings(BaseSettings):
 
     @property
     def feedback_url(self) -> str:
-        return self.feedback.url or f"sqlite:///{self.root / 'feedback.db'}"
+        configured = self.feedback.url
+        return configured.get_secret_value() if configured else f"sqlite:///{self.root / 'feedback.db'}"
 
     def resolved_source(self) -> str:
         """The source to ingest: the configured one, else the local copy, else the official URL."""

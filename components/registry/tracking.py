@@ -116,6 +116,8 @@ def _masked(value, raw, key: str = ""):
     A :class:`pydantic.SecretStr` (or ``SecretBytes``) is masked by its type, a non-empty string
     under a secret-sounding key by its name, and a URL's password by :func:`redact_url`.
     """
+    if isinstance(raw, SecretStr) and "://" in raw.get_secret_value():
+        return redact_url(raw.get_secret_value())  # a URL: its password is the secret, the rest says where data lives
     if isinstance(raw, (SecretStr, SecretBytes)):
         return SECRET_MASK
     if isinstance(value, dict):

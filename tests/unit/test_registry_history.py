@@ -17,7 +17,6 @@ from urllib.parse import unquote, urlparse
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
-from pydantic import Field, SecretStr
 
 from components.engine import write_bundle
 from components.errors import RegistryError
@@ -38,7 +37,7 @@ from components.registry import (
     rollback,
     settings_for_logging,
 )
-from components.settings import RegistrySettings, Settings, load_settings
+from components.settings import Settings, load_settings
 from tests.harness import restored_mlflow_state
 from tests.unit._model_fixtures import cluster_vectors, tiny_data
 
@@ -305,32 +304,29 @@ def test_settings_are_logged_without_secrets(tmp_path):
     assert all(len(value) <= 500 for value in params.values())
 
 
-class _SecretRegistrySettings(RegistrySettings):
-    """Registry settings with secret fields under names that do not sound secret."""
-
-    tracking_uri: SecretStr | None = None
-    lock_url: SecretStr | None = None
-
-
-class _SecretSettings(Settings):
-    registry: _SecretRegistrySettings = Field(default_factory=_SecretRegistrySettings)
-
-
 def test_secret_settings_are_masked_by_type_and_still_used(tmp_path):
-    settings = _SecretSettings(
+    """URL settings are SecretStr: their passwords never reach a log or MLflow, the rest of the URL does."""
+    settings = Settings(
         data_root=tmp_path,
         registry={
             "tracking_uri": "postgresql://app:hunter2@db.example:5432/mlflow",
-            "lock_url": "postgresql://locker@db.example/locks",
+            "lock_url": "postgresql://locker:s3cret@db.example/locks",
         },
+        feedback={"url": "postgresql://fb:pa55@db.example/feedback"},
+        serving={"admin_token": "a" * 40},
     )
+    assert "hunter2" not in repr(settings) and "pa55" not in repr(settings) and "s3cret" not in repr(settings)
     logged = settings_for_logging(settings)
-    assert "hunter2" not in repr(logged) and "locker" not in repr(logged)
-    assert logged["registry"]["tracking_uri"] == "***" and logged["registry"]["lock_url"] == "***"
-    assert logged["resolved"]["tracking_uri"] == "***"
-    assert logged["registry"]["model_name"] == "recommender"
-    assert promotion_lock_target(settings) == "postgresql://locker@db.example/locks"
-    unset = settings_for_logging(_SecretSettings(data_root=tmp_path))
+    assert not {"hunter2", "s3cret", "pa55", "a" * 40} & set(flatten_params(logged).values())
+    assert "hunter2" not in repr(logged) and "s3cret" not in repr(logged) and "pa55" not in repr(logged)
+    assert logged["registry"]["tracking_uri"] == "postgresql://app:***@db.example:5432/mlflow"
+    assert logged["registry"]["lock_url"] == "postgresql://locker:***@db.example/locks"
+    assert logged["resolved"]["tracking_uri"] == "postgresql://app:***@db.example:5432/mlflow"
+    assert logged["serving"]["admin_token"] == "***" and logged["registry"]["model_name"] == "recommender"
+    assert settings.tracking_uri == "postgresql://app:hunter2@db.example:5432/mlflow"  # still usable
+    assert settings.feedback_url == "postgresql://fb:pa55@db.example/feedback"
+    assert promotion_lock_target(settings) == "postgresql://locker:s3cret@db.example/locks"
+    unset = settings_for_logging(Settings(data_root=tmp_path))
     assert unset["registry"]["lock_url"] is None and unset["resolved"]["tracking_uri"].startswith("sqlite:///")
 
 
