@@ -8,8 +8,13 @@ registered model, from which :func:`champion_history` answers "which version was
 and why". Moves happen under a promotion lock, so racing promotions leave exactly one champion and
 a gap-free log.
 
+Versions are logged as MLflow models from code (``model_code`` is the logged code; nothing is
+pickled) with a signature, and each records its bundle's SHA-256 as the version tag
+``bundle.sha256``; every load through this package checks it first (``integrity``).
+
 Modules: ``tracking`` (configure, aliases, settings as params), ``pyfunc`` (the model class,
-logging and loading it), ``smoke`` (the load-and-predict test in a fresh process), ``locks`` (the
+logging and loading it), ``model_code`` (the file MLflow logs as the model), ``integrity`` (the
+bundle hash and its check), ``smoke`` (the load-and-predict test in a fresh process), ``locks`` (the
 promotion lock), ``gate`` (:func:`promote_if_better`) and ``history`` (the promotion log, rollback,
 forced promotion). Callers import from this package; ``RecommenderPyfunc`` stays importable here
 because models logged before the split pickled it under this name.
@@ -18,7 +23,7 @@ because models logged before the split pickled it under this name.
 from components.registry.gate import promote_if_better
 from components.registry.history import champion_history, force_promote, list_versions, rollback
 from components.registry.locks import promotion_lock, promotion_lock_target
-from components.registry.pyfunc import RecommenderPyfunc, load_champion_engine, log_bundle_model
+from components.registry.pyfunc import RecommenderPyfunc, load_champion_engine, load_version_engine, log_bundle_model
 from components.registry.tracking import (
     CHALLENGER,
     CHAMPION,
@@ -39,6 +44,7 @@ __all__ = [
     "get_alias_version",
     "list_versions",
     "load_champion_engine",
+    "load_version_engine",
     "log_bundle_model",
     "promote_if_better",
     "promotion_lock",

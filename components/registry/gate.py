@@ -13,6 +13,7 @@ import math
 from mlflow.tracking import MlflowClient
 
 from components.registry.history import move_champion, read_events, reconcile
+from components.registry.integrity import version_integrity_problem
 from components.registry.locks import promotion_lock
 
 # Models logged before the split pickled their class as components.registry.gate.RecommenderPyfunc.
@@ -189,6 +190,8 @@ def promote_if_better(
     stale_before = _staleness(current, expected_champion)
     if reasons or stale_before:
         smoke_ok, smoke_msg = False, "skipped"
+    elif problem := version_integrity_problem(client, name, version):  # checked before anything loads it
+        smoke_ok, smoke_msg = False, f"smoke test failed: {problem}"
     else:
         smoke_ok, smoke_msg = smoke.smoke_test(model_uri, plain_text(settings.tracking_uri), smoke_user)
     if not reasons and not stale_before and not smoke_ok:

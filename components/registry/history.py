@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from components.errors import RegistryError
+from components.registry.integrity import version_integrity_problem
 from components.registry.locks import promotion_lock
 from components.registry.tracking import CHAMPION, aliased_version, configure, plain_text, registry_errors, utc_now
 from components.settings import Settings
@@ -251,6 +252,8 @@ def rollback(settings: Settings, reason: str) -> dict:
                 f"{name!r} has no champion, so there is nothing to roll back; use promote --version N --force"
             )
         target = _rollback_target(client, name, events, current)
+        if problem := version_integrity_problem(client, name, target):
+            raise RegistryError(f"refusing to roll back to version {target} of {name!r}: {problem}")
         event = move_champion(
             client,
             name,
@@ -291,7 +294,12 @@ def force_promote(settings: Settings, version: str | int, reason: str) -> dict:
         raise RegistryError(f"{name!r} has no version {version}: {exc.message}") from exc
     if aliased_version(client, name, CHAMPION) == version:
         return {"changed": False, "version": version, "reason": f"version {version} is already the champion"}
-    ok, message = smoke.smoke_test(f"models:/{name}/{version}", plain_text(settings.tracking_uri))
+    problem = version_integrity_problem(client, name, version)
+    ok, message = (
+        (False, problem)
+        if problem
+        else smoke.smoke_test(f"models:/{name}/{version}", plain_text(settings.tracking_uri))
+    )
     if not ok:
         raise RegistryError(f"refusing to force version {version} of {name!r}: {message} (source {target.source})")
     with promotion_lock(settings):

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     model = mlflow.pyfunc.load_model(args.model_uri)
     engine = model.unwrap_python_model().engine
     user = json.loads(args.user_id) if args.user_id != "null" else next(iter(engine.histories), 0)
-    out = model.predict(pd.DataFrame([{"user_id": user, "k": SMOKE_K}]))
+    out = model.predict(pd.DataFrame([{"user_id": str(user), "k": SMOKE_K}]))  # the signature: ids as strings
     if len(out) == 0:
         raise AssertionError("no recommendations")
     print("ok", len(out))
