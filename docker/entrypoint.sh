@@ -1,5 +1,5 @@
 #!/bin/sh
-# Entrypoint of the Airflow and serving images: refuse placeholder secrets, then run the command.
+# Entrypoint of the Airflow, serving and MLflow images: refuse placeholder secrets, then run the command.
 set -eu
 
 # docker/.env.example ships "change-me" for every secret. Starting with one would leave a
@@ -20,6 +20,27 @@ path = pathlib.Path(os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FIL
 path.parent.mkdir(parents=True, exist_ok=True)
 tmp = path.with_suffix(".tmp")
 tmp.write_text(json.dumps({"admin": os.environ["AIRFLOW_ADMIN_PASSWORD"]}))
+tmp.chmod(0o600)
+tmp.replace(path)
+PY
+fi
+
+# MLflow's auth app reads its user store's URL from a config file, which cannot refer to the
+# environment; write a private copy of the image's template with MLFLOW_AUTH_DATABASE_URI in it
+# (the URL holds the database password, so the copy is mode 600 and never part of the image).
+if [ -n "${MLFLOW_AUTH_CONFIG_TEMPLATE:-}" ] && [ -n "${MLFLOW_AUTH_CONFIG_PATH:-}" ]; then
+    python - <<'PY'
+import configparser, os, pathlib
+config = configparser.ConfigParser(interpolation=None)
+config.read(os.environ["MLFLOW_AUTH_CONFIG_TEMPLATE"])
+url = os.environ.get("MLFLOW_AUTH_DATABASE_URI")
+if url:  # else the template's own store (a file in the container: one container only)
+    config["mlflow"]["database_uri"] = url.replace("%", "%%")  # MLflow reads it with %-interpolation
+path = pathlib.Path(os.environ["MLFLOW_AUTH_CONFIG_PATH"])
+path.parent.mkdir(parents=True, exist_ok=True)
+tmp = path.with_suffix(".tmp")
+with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+    config.write(handle)
 tmp.chmod(0o600)
 tmp.replace(path)
 PY

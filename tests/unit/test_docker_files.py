@@ -5,6 +5,8 @@ exist; every variable it reads must be in ``docker/.env.example`` and every vari
 read; the example holds no real secret; the ``LMRECSYS_*`` and ``AIRFLOW__*`` settings must be
 options the code and Airflow actually have, and must parse; and hosts and ports must point at
 services that listen on them. The entrypoint script and ``bentoml build`` run for real.
+Least privilege (MLflow authentication, one MLflow user and one PostgreSQL role per service) is
+checked in ``test_docker_least_privilege.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -158,6 +159,11 @@ def service_env(service: dict, env: dict[str, str]) -> dict[str, str]:
     return {key: interpolate(str(value), env) for key, value in raw.items()}
 
 
+def created_databases(postgres_env: dict[str, str]) -> set[str]:
+    """The databases docker/postgres/roles.sql creates: the postgres service's ``*_DB`` variables."""
+    return {value for key, value in postgres_env.items() if key.endswith("_DB") and key != "POSTGRES_DB"}
+
+
 def airflow_services(services: dict) -> dict[str, dict]:
     return {name: s for name, s in services.items() if command_args(s)[:1] == ["airflow"]}
 
@@ -226,9 +232,20 @@ def test_env_example_and_compose_variables_agree(example_env):
 
 def test_env_example_holds_no_real_secret(example_env):
     secrets = {key: value for key, value in example_env.items() if SECRET_NAME.search(key)}
-    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "AIRFLOW_JWT_SECRET", "LMRECSYS_SERVING__ADMIN_TOKEN"} <= set(
-        secrets
-    )
+    assert {
+        "POSTGRES_PASSWORD",
+        "AIRFLOW_DB_PASSWORD",
+        "MLFLOW_DB_PASSWORD",
+        "PIPELINE_DB_PASSWORD",
+        "SERVING_DB_PASSWORD",
+        "MLFLOW_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+        "MLFLOW_PIPELINE_PASSWORD",
+        "MLFLOW_SERVING_PASSWORD",
+        "REDIS_PASSWORD",
+        "AIRFLOW_JWT_SECRET",
+        "LMRECSYS_SERVING__ADMIN_TOKEN",
+    } <= set(secrets)
     real = {key: value for key, value in secrets.items() if value != PLACEHOLDER}
     assert not real, f"docker/.env.example must hold only the {PLACEHOLDER!r} placeholder for secrets: {sorted(real)}"
 
@@ -259,7 +276,7 @@ def test_lmrecsys_variables_are_real_settings(services, example_env):
 
 
 def test_service_environments_parse_as_settings(services, example_env, monkeypatch):
-    for name in ("airflow-worker-1", "serving"):
+    for name in ("airflow-worker-1", "feedback-init", "serving"):
         env = service_env(services[name], example_env)
         for key in [k for k in os.environ if k.startswith("LMRECSYS_")]:
             monkeypatch.delenv(key)
@@ -273,8 +290,7 @@ def test_service_environments_parse_as_settings(services, example_env, monkeypat
         assert str(tracking.port) == flag_value(mlflow_args, "--port")
         feedback = urlsplit(settings.feedback_url)
         assert feedback.scheme.startswith("postgresql") and feedback.hostname == "postgres"
-        postgres_env = service_env(services["postgres"], example_env)
-        databases = {postgres_env["POSTGRES_DB"], *postgres_env["POSTGRES_EXTRA_DATABASES"].split()}
+        databases = created_databases(service_env(services["postgres"], example_env))
         assert feedback.path.lstrip("/") in databases, f"the feedback database {feedback.path} is never created"
         assert str(settings.root) == "/data"
         if name == "serving":
@@ -286,8 +302,7 @@ def test_airflow_settings_are_real_options_and_agree(services, example_env):
     from airflow.configuration import conf
 
     described = conf.configuration_description
-    postgres_env = service_env(services["postgres"], example_env)
-    databases = {postgres_env["POSTGRES_DB"], *postgres_env["POSTGRES_EXTRA_DATABASES"].split()}
+    databases = created_databases(service_env(services["postgres"], example_env))
     for name, service in airflow_services(services).items():
         env = service_env(service, example_env)
         for key in (k for k in env if k.startswith("AIRFLOW__")):
@@ -337,7 +352,9 @@ def test_python_images_pin_torch_cpu_and_use_the_constraints():
             f"{dockerfile} pins torch {version}, constraints.txt {pins['torch']}"
         )
         assert "pip install -c constraints.txt" in text
-    assert "-c /opt/mlflow-constraints.txt mlflow" in (DOCKER / "mlflow" / "Dockerfile").read_text()
+    assert re.search(
+        r'-c /opt/mlflow-constraints.txt "?mlflow\[auth\]"? ', (DOCKER / "mlflow" / "Dockerfile").read_text()
+    )
 
 
 def test_bentofile_builds_the_service_with_the_tested_pins():
@@ -438,31 +455,3 @@ def test_bentoml_build_packages_the_service(tmp_path):
     assert not (bento_dir / "src" / "tests").exists()
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
     assert "torch==2.13.0" in requirements and "download.pytorch.org/whl/cpu" in requirements
-
-
-@pytest.mark.integration
-def test_init_databases_script_creates_the_extra_databases():
-    """The PostgreSQL init script, run against the real local server."""
-    if shutil.which("psql") is None:
-        pytest.skip("psql (Debian package postgresql-client) is not installed")
-    names = [f"lmrecsys_init_probe_{os.getpid()}_{i}" for i in range(2)]
-    env = {
-        **os.environ,
-        "POSTGRES_USER": "postgres",
-        "POSTGRES_DB": "postgres",
-        "POSTGRES_EXTRA_DATABASES": " ".join(names),
-        "PGHOST": "127.0.0.1",
-    }
-    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc"]
-    try:
-        result = subprocess.run(
-            ["sh", str(DOCKER / "postgres" / "init-databases.sh")], env=env, capture_output=True, text=True, timeout=60
-        )
-        assert result.returncode == 0, result.stderr
-        listed = subprocess.run(
-            [*psql, "SELECT datname FROM pg_database"], capture_output=True, text=True, timeout=30
-        ).stdout.split()
-        assert set(names) <= set(listed)
-    finally:
-        for name in names:
-            subprocess.run([*psql, f'DROP DATABASE IF EXISTS "{name}"'], capture_output=True, timeout=30)
