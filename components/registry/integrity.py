@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +108,19 @@ def check_bundle(folder: Path, expected: str | None, what: str, files: dict[str,
     return actual
 
 
-def fetch_verified_bundle(model_version) -> Path:
+def fetch_verified_bundle(model_version, dst_path: str | None = None) -> Path:
     """Download ``model_version``'s bundle and check it against its ``bundle.sha256`` tag.
 
     ``model_version`` is an MLflow ``ModelVersion`` (it carries the tags). With a local artifact
-    store nothing is copied: the returned folder is the store's own. Raises
+    store nothing is copied: the returned folder is the store's own; else it is downloaded into
+    ``dst_path`` (a new temporary folder when None, kept for the engine to read). Raises
     :class:`BundleMismatch` for a changed bundle, ``OSError`` or an ``MlflowException`` for a
     missing one.
     """
     import mlflow
 
     name, version = model_version.name, str(model_version.version)
-    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}"))
+    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=dst_path))
     bundle = model_dir / "artifacts" / BUNDLE_ARTIFACT
     expected = (model_version.tags or {}).get(BUNDLE_HASH_TAG)
     check_bundle(bundle, expected, f"{name!r} version {version}", _logged_files(model_dir) if expected else None)
@@ -139,10 +142,14 @@ def _logged_files(model_dir: Path) -> dict[str, str] | None:
 def version_integrity_problem(client, name: str, version: str) -> str | None:
     """Why ``version``'s bundle must not be served (changed or unreadable), or None when it may.
 
-    For the gate and the human promotions, which refuse rather than raise.
+    For the gate and the human promotions, which refuse rather than raise. A download from a
+    remote artifact store goes into a temporary folder that is removed afterwards.
     """
+    model_version = client.get_model_version(name, str(version))
+    local = urlsplit(client.get_model_version_download_uri(name, str(version))).scheme in ("", "file")
     try:
-        fetch_verified_bundle(client.get_model_version(name, str(version)))
+        with tempfile.TemporaryDirectory(prefix="lmrecsys-bundle-check-") as scratch:
+            fetch_verified_bundle(model_version, None if local else scratch)
     except BundleMismatch as exc:
         return str(exc)
     except (OSError, ValueError) as exc:
