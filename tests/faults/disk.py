@@ -18,7 +18,22 @@ from pathlib import Path
 import psutil
 
 from components.settings import PROJECT_ROOT
-from tests.harness import TELEMETRY_OFF, VENV_BIN
+from tests.harness import TELEMETRY_OFF, VENV_BIN, restored_mlflow_state
+
+INGEST_LIMIT = 128 * 1024
+"""Room for the store's files and the snapshot's manifest and items, not for its interactions."""
+TRAIN_LIMIT = 256 * 1024
+"""Room for the popularity candidate (bytes), not for the LM content model (about 640 kB)."""
+
+
+def champion_version(settings) -> str:
+    from components.registry import CHAMPION
+    from components.registry.tracking import aliased_version
+
+    with restored_mlflow_state():
+        from mlflow.tracking import MlflowClient
+
+        return aliased_version(MlflowClient(settings.tracking_uri), settings.registry.model_name, CHAMPION)
 
 
 def limited(max_bytes: int):

@@ -16,7 +16,10 @@ from components.feedback.store import FeedbackEvent, FeedbackStore
 from tests.faults.catalogue import small_env, small_settings
 from tests.faults.conftest import serve
 from tests.faults.disk import (
+    INGEST_LIMIT,
+    TRAIN_LIMIT,
     candidate_folders_complete,
+    champion_version,
     cli_pipeline_run,
     hidden_entries,
     says_disk_full,
@@ -28,21 +31,6 @@ from tests.faults.traffic import FeedbackPump, stored_event_ids
 from tests.harness import wait_for
 
 pytestmark = [pytest.mark.integration]
-INGEST_LIMIT = 128 * 1024
-"""Room for the store's files and the snapshot's manifest and items, not for its interactions."""
-TRAIN_LIMIT = 256 * 1024
-"""Room for the popularity candidate (bytes), not for the LM content model (about 640 kB)."""
-
-
-def champion_version(settings) -> str:
-    from components.registry import CHAMPION
-    from components.registry.tracking import aliased_version
-    from tests.harness import restored_mlflow_state
-
-    with restored_mlflow_state():
-        from mlflow.tracking import MlflowClient
-
-        return aliased_version(MlflowClient(settings.tracking_uri), settings.registry.model_name, CHAMPION)
 
 
 def test_disk_full_during_ingest_and_training(own_champion):
