@@ -389,7 +389,7 @@ def _describe_champion(champion: dict | None) -> str:
     return f"version {champion['version']} ({champion['model_kind']}, snapshot {champion['snapshot_id']})"
 
 
-from components import cli_operator  # noqa: E402, F401  (adds the operator commands to the groups above)
+from components import cli_operator, cli_privacy  # noqa: E402, F401  (add the operator and users commands)
 
 
 def main() -> None:

@@ -280,20 +280,35 @@ def _log_run(settings, client, run_id, run, report, meta, snapshot, encoder_id, 
 
 def stage_promote(settings: Settings, registration: dict) -> dict:
     """Run the gate on a registered challenger; ``champion`` moves only if it passes."""
+    from components.privacy.runs import erasure_verdict, mark_serving_clean
     from components.registry import configure, promote_if_better
+    from components.registry.gate import record_decision
+    from components.registry.tracking import utc_now
 
     client = configure(settings)
+    name, version = settings.registry.model_name, registration["version"]
+    warm = client.get_model_version(name, version).tags.get("warm_start.used") == "True"
+    snapshot = open_snapshot(settings.snapshots_dir, registration["snapshot_id"])
+    erasure = erasure_verdict(settings, snapshot, warm)
+    if erasure["block"]:
+        decision = {"decision": "rejected", "reason": f"{erasure['block']}; the next run applies it", "by": "gate"}
+        record_decision(client, name, version, {**decision, "decided_at": utc_now()})
+        return {**registration, **decision}
     decision = promote_if_better(
         client,
         settings,
-        registration["version"],
+        version,
         registration["challenger_metric"],
         registration["champion_metric"],
         registration["popularity_metric"],
         registration["model_uri"],
         expected_champion=registration.get("champion_version"),
         champion_unreadable=registration.get("champion_unreadable"),
+        erasure=erasure["erasure"],
     )
+    if decision["decision"] == "promoted" and erasure["applied"]:
+        mark_serving_clean(settings, erasure["applied"], version)
+        decision["erasures_applied"] = len(erasure["applied"])
     return {**registration, **decision}
 
 

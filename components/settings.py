@@ -225,6 +225,20 @@ class AirflowSettings(BaseModel):
     deployment)."""
 
 
+class PrivacySettings(BaseModel):
+    """Erasure of users (``lmrecsys users forget``) and retention (docs/privacy.md)."""
+
+    erasure_key: SecretStr | None = None
+    """Key of the keyed hash that erasure records hold instead of user ids. Every machine of a deployment
+    must share it. Unset: created once, at random, in ``<data_root>/erasure.key``."""
+    keep_snapshots: int = Field(default=10, ge=1)
+    """Retention: the newest this many accepted snapshots are kept; older ones are deleted by the purge
+    that runs after every promotion (the champion's snapshot is always kept)."""
+    keep_model_versions: int = Field(default=20, ge=1)
+    """Retention: model versions beyond the newest this many are retired (artifacts deleted) by the same
+    purge; the champion and the versions in its history's rollback stack are kept."""
+
+
 class Settings(BaseSettings):
     """Process-wide configuration. Build it with :func:`load_settings` when needed."""
 
@@ -240,6 +254,7 @@ class Settings(BaseSettings):
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
 
     @property
     def root(self) -> Path:

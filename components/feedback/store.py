@@ -115,7 +115,23 @@ feedback_quarantine = sa.Table(
 """Events held back from every snapshot, with why, by whom and when. The events stay in ``feedback_events``
 (nothing is deleted); ingest leaves out every event id listed here, from new feedback and from the parent."""
 
+erasure_requests = sa.Table(
+    "erasure_requests",
+    metadata,
+    sa.Column("user_key", sa.Text(), primary_key=True),  # a keyed hash of the user id, never the id itself
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("requested_at", _REAL, nullable=False),
+    sa.Column("state", sa.Text(), nullable=False),  # pending → serving-clean → done
+    sa.Column("updated_at", _REAL, nullable=False),
+    sa.Column("triggered_at", _REAL),  # when a pipeline run was requested for it
+    sa.Column("events_deleted", sa.BigInteger(), nullable=False),
+    sa.Column("detail", sa.Text(), nullable=False),  # JSON: what each step did or has left
+)
+"""Tombstones of forgotten users (components.privacy): while one stands, no snapshot holds the user's rows."""
+
 _events = feedback_events.c
+_erasures = erasure_requests.c
+ERASURE_STATES = ("pending", "serving-clean", "done")
 _quarantine = feedback_quarantine.c
 QUARANTINE_FIELDS = ("event_id", "user_id", "item_id", "event", "reason", "origin", "actor", "snapshot_id")
 
@@ -277,6 +293,67 @@ class FeedbackStore:
 
     def quarantined_ids(self) -> set[str]:
         return {row[0] for row in self._rows(sa.select(_quarantine.event_id))}
+
+    # -- erasure (components.privacy drives these)
+    def forget(self, user_id: str, user_key: str, reason: str) -> dict:
+        """Delete the user's events (and held-back events) and stand a tombstone, in one transaction.
+
+        Idempotent: forgetting again deletes whatever arrived since and keeps the first tombstone.
+        """
+        now = time.time()
+        insert = (postgresql.insert if self.is_postgres else sqlite.insert)(erasure_requests)
+        statement = insert.on_conflict_do_nothing(index_elements=[_erasures.user_key]).returning(_erasures.user_key)
+        with self._transaction(lock=self.is_postgres) as conn:
+            deleted = conn.execute(feedback_events.delete().where(_events.user_id == str(user_id))).rowcount
+            conn.execute(feedback_quarantine.delete().where(_quarantine.user_id == str(user_id)))
+            row = {"user_key": user_key, "reason": reason, "requested_at": now, "state": "pending"}
+            fresh = (
+                conn.execute(statement, {**row, "updated_at": now, "events_deleted": int(deleted), "detail": "{}"})
+                .scalars()
+                .all()
+            )
+            if not fresh and deleted:
+                conn.execute(
+                    erasure_requests.update()
+                    .where(_erasures.user_key == user_key)
+                    .values(events_deleted=_erasures.events_deleted + int(deleted), updated_at=now)
+                )
+        return {"new_request": bool(fresh), "events_deleted": int(deleted)}
+
+    def erasures(self, state: str | None = None) -> pd.DataFrame:
+        """Erasure requests, oldest first (optionally only those in ``state``)."""
+        columns = [c.name for c in erasure_requests.columns]
+        statement = sa.select(erasure_requests).order_by(_erasures.requested_at, _erasures.user_key)
+        if state is not None:
+            statement = statement.where(_erasures.state == state)
+        return pd.DataFrame(self._rows(statement), columns=columns)
+
+    def tombstoned_keys(self) -> set[str]:
+        return {row[0] for row in self._rows(sa.select(_erasures.user_key))}
+
+    def set_erasure_state(self, user_keys: Iterable[str], state: str, detail: str | None = None) -> int:
+        """Move requests to ``state`` (and record ``detail``, JSON); returns how many moved."""
+        if state not in ERASURE_STATES:
+            raise FeedbackError(f"unknown erasure state {state!r}; use one of {', '.join(ERASURE_STATES)}")
+        keys = list(user_keys)
+        if not keys:
+            return 0
+        values = {"state": state, "updated_at": time.time(), **({"detail": detail} if detail is not None else {})}
+        with self._transaction() as conn:
+            return conn.execute(erasure_requests.update().where(_erasures.user_key.in_(keys)).values(**values)).rowcount
+
+    def claim_erasure_trigger(self) -> int:
+        """Mark pending requests that no run was requested for yet; returns how many there were."""
+        untriggered = sa.and_(_erasures.state == "pending", _erasures.triggered_at.is_(None))
+        with self._transaction() as conn:
+            return conn.execute(erasure_requests.update().where(untriggered).values(triggered_at=time.time())).rowcount
+
+    def untriggered_erasures(self) -> int:
+        where = sa.and_(_erasures.state == "pending", _erasures.triggered_at.is_(None))
+        return int(self._scalar(sa.select(sa.func.count()).select_from(erasure_requests).where(where)))
+
+    def user_event_count(self, user_id: str) -> int:
+        return int(self._scalar(sa.select(sa.func.count()).where(_events.user_id == str(user_id))))
 
     def record_trigger(self, watermark: int, reason: str) -> None:
         """Remember that a pipeline run was requested covering events up to ``watermark``."""

@@ -1,7 +1,8 @@
 """When does new feedback deserve a pipeline run? The rule, kept apart from any scheduler.
 
-A run is due when at least ``trigger_min_events`` events lie past a *base* watermark, or when
-at least one does and the oldest of them is older than ``trigger_max_age_s``. The base is the
+A run is due when an erasure request (``lmrecsys users forget``) waits for its run, when at least
+``trigger_min_events`` events lie past a *base* watermark, or when at least one does and the oldest
+of them is older than ``trigger_max_age_s``. The base is the
 higher of the newest accepted snapshot's watermark and the watermark of the last trigger. The
 second term is what makes a burst of feedback during a run yield exactly one follow-up run: once
 a trigger covers events up to W, only N further events past W can fire another.
@@ -48,11 +49,14 @@ def feedback_backlog(settings: Settings, now: float | None = None) -> Backlog:
         new = store.count_since(base)
         untrained = store.count_since(snapshot_watermark)
         oldest = store.oldest_received_since(base)
+        erasures = store.untriggered_erasures()
     finally:
         store.close()
     age = None if oldest is None else now - oldest
     cfg = settings.feedback
-    if new >= cfg.trigger_min_events:
+    if erasures:
+        due, reason = True, f"{erasures} erasure request(s) waiting for a run (and {new} new feedback events)"
+    elif new >= cfg.trigger_min_events:
         due, reason = True, f"{new} new feedback events (threshold {cfg.trigger_min_events})"
     elif new > 0 and age is not None and age >= cfg.trigger_max_age_s:
         due, reason = True, f"{new} feedback events, the oldest {age:.0f}s old (max age {cfg.trigger_max_age_s:.0f}s)"
@@ -78,6 +82,7 @@ def claim_trigger(settings: Settings) -> Backlog:
         store = FeedbackStore(settings.feedback_url)
         try:
             store.record_trigger(backlog.current_watermark, backlog.reason)
+            store.claim_erasure_trigger()
         finally:
             store.close()
     return backlog

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.data.columns import EVENT_ID_COL, ITEM_COL, SOURCE_COL
+from components.data.columns import EVENT_ID_COL, ITEM_COL, SOURCE_COL, USER_COL
+from components.data.erasure import Forgetter, erasure_key
 from components.data.snapshots import Snapshot, newest_accepted, write_snapshot
 from components.data.sources import SourceData, read_generic, read_movielens, resolve_movielens_dir
 from components.errors import SourceError
@@ -61,7 +62,14 @@ def ingest(settings: Settings, *, parent: Snapshot | None = None, use_parent: bo
         parent_watermark = parent.manifest["feedback_watermark"] if parent else 0
         new_events = store.events_between(parent_watermark, watermark)
         held = store.quarantined_ids()
-        items, existing, dropped_from_parent = _base_frames(source, parent, held)
+        tombstones = store.tombstoned_keys()
+        forgotten = Forgetter(erasure_key(settings) if tombstones else None, tombstones)
+        gone = forgotten.mask(source.interactions[USER_COL])
+        erased = set(source.interactions.loc[gone, EVENT_ID_COL])
+        source.interactions = source.interactions[~gone]
+        new_events = new_events[~forgotten.mask(new_events["user_id"])]
+        items, existing, dropped_from_parent = _base_frames(source, parent, held, forgotten)
+        erased |= dropped_from_parent.pop("erased")
         screened = screen_feedback(
             new_events[~new_events["event_id"].astype(str).isin(held)],
             source.id_type,
@@ -72,9 +80,12 @@ def ingest(settings: Settings, *, parent: Snapshot | None = None, use_parent: bo
         audit = {
             "rules": screened.counts(),
             "operator_held": int(new_events["event_id"].astype(str).isin(held).sum()),
-            "dropped_from_parent": dropped_from_parent,
+            "dropped_from_parent": dropped_from_parent["held"],
         }
-        snapshot = _write(settings, source, parent, items, existing, screened, (watermark, parent_watermark), audit)
+        erasure = {"rows_removed": len(erased), "user_keys": sorted(forgotten.matched)}
+        snapshot = _write(
+            settings, source, parent, items, existing, screened, (watermark, parent_watermark), audit, erasure
+        )
         # recorded after the snapshot exists: a failure here leaves a snapshot that a rerun reuses and records
         store.quarantine(
             dict(row, origin="ingest", actor="ingest", snapshot_id=snapshot.snapshot_id)
@@ -93,26 +104,32 @@ def ingest(settings: Settings, *, parent: Snapshot | None = None, use_parent: bo
     return snapshot
 
 
-def _base_frames(source: SourceData, parent: Snapshot | None, held: set[str]) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def _base_frames(
+    source: SourceData, parent: Snapshot | None, held: set[str], forgotten: Forgetter
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The catalogue and the interactions before new feedback: the source's, then the parent's.
 
     Items the source no longer lists stay known; the source wins on conflicts. Parent rows from
-    feedback that is now quarantined are dropped (their count is returned).
+    feedback that is now quarantined are dropped and counted; rows of forgotten users are dropped and
+    their event ids returned.
     """
-    frames_items, frames_inter, dropped = [source.items], [source.interactions], 0
+    frames_items, frames_inter, dropped = [source.items], [source.interactions], {"held": 0, "erased": set()}
     if parent is not None:
         parent_items = parent.items()
         frames_items.append(parent_items[~parent_items[ITEM_COL].isin(source.items[ITEM_COL])])
         previous = parent.interactions()
         gone = (previous[SOURCE_COL] == "feedback") & previous[EVENT_ID_COL].astype(str).isin(held)
-        dropped = int(gone.sum())
-        frames_inter.append(previous[~gone])  # after the source: a re-read source row wins over its old copy
+        erased = forgotten.mask(previous[USER_COL]) & ~gone.to_numpy()
+        dropped = {"held": int(gone.sum()), "erased": set(previous.loc[erased, EVENT_ID_COL])}
+        frames_inter.append(previous[~(gone.to_numpy() | erased)])  # after the source: a re-read row wins
     items = pd.concat([f for f in frames_items if len(f)], ignore_index=True)
     existing = pd.concat([f for f in frames_inter if len(f)], ignore_index=True)
     return items, existing.drop_duplicates(EVENT_ID_COL, keep="first"), dropped
 
 
-def _write(settings, source, parent, items, existing, screened, watermarks: tuple[int, int], audit: dict) -> Snapshot:
+def _write(
+    settings, source, parent, items, existing, screened, watermarks: tuple[int, int], audit: dict, erasure: dict
+) -> Snapshot:
     watermark, parent_watermark = watermarks
     sources = {name: {"uri": uri, "sha256": source.source_hashes.get(name)} for name, uri in source.source_uris.items()}
     sources["feedback"] = {"uri": redact_url(settings.feedback_url), "after": parent_watermark, "upto": watermark}
@@ -129,6 +146,7 @@ def _write(settings, source, parent, items, existing, screened, watermarks: tupl
             "source_rows": int(len(source.interactions)),
             "feedback_events_merged": int(len(screened.accepted)),
             "feedback_quarantine": audit,
+            "erasure": erasure,
             "max_users": settings.ingest.max_users,
         },
     )

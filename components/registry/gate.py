@@ -122,9 +122,15 @@ def _decide(
     if stale:
         reasons.insert(0, stale)
     promoted = not reasons
+    reason = "; ".join(reasons) if reasons else _promotion_reason(current, champion_unreadable)
+    if promoted and measured.get("erasure"):
+        overridden = measured.get("overridden") or []
+        reason = f"erasure: {measured['erasure']}" + (
+            f" (promoted although {'; '.join(overridden)})" if overridden else ""
+        )
     decision = {
         "decision": "promoted" if promoted else "rejected",
-        "reason": "; ".join(reasons) if reasons else _promotion_reason(current, champion_unreadable),
+        "reason": reason,
         "metric": metric,
         "challenger_metric": f"{measured['challenger_metric']:.6f}",
         "champion_metric": "none" if measured["champion_metric"] is None else f"{measured['champion_metric']:.6f}",
@@ -132,6 +138,7 @@ def _decide(
         "smoke_test": measured["smoke_test"],
         "decided_at": utc_now(),
         "by": "gate",
+        **({"erasure": measured["erasure"]} if measured.get("erasure") else {}),
     }
     record_decision(client, name, version, decision)
     if promoted:
@@ -168,8 +175,13 @@ def promote_if_better(
     expected_champion: str | None = None,
     smoke_user=None,
     champion_unreadable: str | None = None,
+    erasure: str | None = None,
 ) -> dict:
     """The gate: move ``champion`` to ``version`` only if every condition holds; record why.
+
+    ``erasure`` (what the run erased) promotes a challenger that trained without forgotten users even
+    when its metric is worse: the champion trained on them and must stop being served. Its metric must
+    still be finite, the comparison fresh and the smoke test passed; the decision says what it overrode.
 
     ``expected_champion`` is the version the challenger was compared with; if the alias moved
     since, the comparison is stale and the challenger is rejected rather than promoted blindly.
@@ -187,6 +199,9 @@ def promote_if_better(
         metric = settings.registry.gate_metric
         return {"decision": "promoted", "reason": f"version {version} is already the champion", "metric": metric}
     reasons = _metric_reasons(settings, current, challenger_metric, champion_metric, popularity_metric)
+    overridden = []
+    if erasure and reasons and challenger_metric is not None and math.isfinite(challenger_metric):
+        overridden, reasons = reasons, []
     stale_before = _staleness(current, expected_champion)
     if reasons or stale_before:
         smoke_ok, smoke_msg = False, "skipped"
@@ -197,5 +212,6 @@ def promote_if_better(
     if not reasons and not stale_before and not smoke_ok:
         reasons.append(smoke_msg)
     measured = {"challenger_metric": challenger_metric, "champion_metric": champion_metric, "smoke_test": smoke_msg}
+    measured.update(erasure=erasure, overridden=overridden)
     with promotion_lock(settings):
         return _decide(client, settings, version, reasons, measured, expected_champion, champion_unreadable)

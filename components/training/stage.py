@@ -71,6 +71,20 @@ def stage_plan_training(settings: Settings, snapshot_id: str, embeddings_dir: st
     return candidates
 
 
+def _pending_erasures(settings: Settings) -> int | None:
+    """Pending erasure requests (None when the store cannot say): any of them means a cold start."""
+    from components.feedback.store import FeedbackError, FeedbackStore
+
+    try:
+        store = FeedbackStore(settings.feedback_url)
+        try:
+            return len(store.erasures("pending"))
+        finally:
+            store.close()
+    except FeedbackError:
+        return None
+
+
 def _warm_source(settings: Settings, name: str, data: InteractionData, encoder_id: str):
     """The champion's evaluation-side fit as a warm start for ``name``, or None and the reason.
 
@@ -80,6 +94,10 @@ def _warm_source(settings: Settings, name: str, data: InteractionData, encoder_i
     """
     from components.registry import load_champion_engine
 
+    erasures = _pending_erasures(settings)
+    if erasures is None or erasures:
+        why = "could not be checked" if erasures is None else f"{erasures} pending"
+        return None, {"used": False, "reason": f"erasure requests {why}: the champion's weights may have seen them"}
     try:
         engine, version = load_champion_engine(settings)
     except ChampionUnreadable as exc:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from components.data.atomic import atomic_write_text
 from components.data.columns import EVENT_COL, EVENT_ID_COL, ITEM_COL, SOURCE_COL, USER_COL, VALUE_COL
+from components.data.erasure import Forgetter, erasure_key
 from components.data.snapshots import Snapshot, quarantine
 from components.errors import ValidationFailed
 from components.settings import Settings
@@ -111,7 +112,11 @@ def _source_rows(interactions: pd.DataFrame) -> pd.DataFrame:
 
 
 def drift_metrics(
-    snapshot_manifest: dict, items: pd.DataFrame, interactions: pd.DataFrame, reference: Snapshot
+    snapshot_manifest: dict,
+    items: pd.DataFrame,
+    interactions: pd.DataFrame,
+    reference: Snapshot,
+    forgotten: Forgetter | None = None,
 ) -> pd.DataFrame:
     """Drift of the snapshot's source rows against the reference's, as a one-row frame for GX.
 
@@ -121,6 +126,8 @@ def drift_metrics(
     """
     ref_manifest = reference.manifest
     ref_inter = _source_rows(reference.interactions())
+    if forgotten is not None:  # users erased since the reference are not drift: compare without them
+        ref_inter = ref_inter[~forgotten.mask(ref_inter[USER_COL])]
     ref_items = set(reference.items()[ITEM_COL])
     source = _source_rows(interactions)
     new_rows = source[~source[EVENT_ID_COL].isin(set(ref_inter[EVENT_ID_COL]))]
@@ -221,7 +228,9 @@ def validate_snapshot(settings: Settings, snapshot: Snapshot) -> Snapshot:
     drift = None
     if reference is not None:
         try:
-            drift = drift_metrics(snapshot.manifest, items, interactions, reference)
+            erased = set((snapshot.manifest.get("erasure") or {}).get("user_keys", []))
+            forgotten = Forgetter(erasure_key(settings), erased) if erased else None
+            drift = drift_metrics(snapshot.manifest, items, interactions, reference, forgotten)
         except Exception as exc:  # drift is advisory only if it cannot be computed at all
             log.warning("drift against %s could not be computed: %s", reference.snapshot_id, exc)
     outcomes, raw = check_frames(settings, items, interactions, drift=drift)

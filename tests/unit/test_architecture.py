@@ -22,7 +22,14 @@ LAYERS = [
     ("components.engine",),
     ("components.registry",),
     ("components.training",),
-    ("components.pipeline", "components.cli", "components.cli_operator", "components.operations"),
+    ("components.privacy",),
+    (
+        "components.pipeline",
+        "components.cli",
+        "components.cli_operator",
+        "components.cli_privacy",
+        "components.operations",
+    ),
     ("serving",),
 ]
 """Lowest first; a module may import its own package and anything in an earlier layer..."""

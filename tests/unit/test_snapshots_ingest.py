@@ -93,7 +93,12 @@ def test_incremental_ingest_merges_exactly_the_new_feedback(settings):
     assert manifest["parent"] == first.snapshot_id
     assert manifest["feedback_watermark"] == watermark
     assert manifest["sources"]["feedback"]["after"] == 0 and manifest["sources"]["feedback"]["upto"] == watermark
-    assert manifest["feedback_quarantine"] == {"rules": {"bad_id": 1}, "operator_held": 0, "dropped_from_parent": 0}
+    assert manifest["feedback_quarantine"] == {
+        "rules": {"bad_id": 1},
+        "operator_held": 0,
+        "dropped_from_parent": 0,
+    }
+    assert manifest["erasure"] == {"rows_removed": 0, "user_keys": []}
     store = FeedbackStore(settings.feedback_url)
     try:
         held = store.quarantined()

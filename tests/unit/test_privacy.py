@@ -1,0 +1,139 @@
+"""Forgetting a user: the store forgets at once, the tombstone holds no id, ingest and the trigger follow,
+the next run trains cold and is promoted for the erasure, and the audit lists what is left."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from components.cli import app
+from components.data.erasure import erasure_key, user_key
+from components.errors import LmRecsysError
+from components.feedback.store import FeedbackEvent, FeedbackStore
+from components.feedback.trigger import claim_trigger, feedback_backlog
+from components.ingest import ingest
+from components.privacy import audit_user, erasure_requests, forget_user
+from components.validation.runner import validate_snapshot
+
+
+def _store(settings):
+    return FeedbackStore(settings.feedback_url)
+
+
+@pytest.fixture
+def with_feedback(settings):
+    """An accepted snapshot of the tiny data set, and feedback from user 2 (and user 3) in the store."""
+    validate_snapshot(settings, ingest(settings))
+    store = _store(settings)
+    try:
+        now = time.time()
+        store.append([FeedbackEvent("2", "4", "like", event_ts=now, event_id=f"u2-{i}") for i in range(3)])
+        store.append([FeedbackEvent("3", "1", "like", event_ts=now, event_id="u3-1")])
+    finally:
+        store.close()
+    return settings
+
+
+def test_forget_deletes_now_and_keeps_only_a_keyed_hash(with_feedback):
+    settings = with_feedback
+    result = forget_user(settings, "2", "user asked by email (ticket 42)")
+    assert result["known"] and result["new_request"] and result["events_deleted"] == 3 and result["state"] == "pending"
+    store = _store(settings)
+    try:
+        assert store.user_event_count("2") == 0 and store.user_event_count("3") == 1
+        (row,) = store.erasures().to_dict("records")
+    finally:
+        store.close()
+    assert row["user_key"] == user_key(erasure_key(settings), "2") and len(row["user_key"]) == 64
+    assert "2" not in {str(v) for k, v in row.items() if k not in ("events_deleted", "requested_at", "updated_at")}
+    assert (settings.root / "erasure.key").stat().st_mode & 0o777 == 0o600
+
+    again = forget_user(settings, "2", "second request")  # idempotent: one request, the first reason
+    assert not again["new_request"] and again["events_deleted"] == 0
+    assert [r["reason"] for r in erasure_requests(settings)] == ["user asked by email (ticket 42)"]
+
+    unknown = forget_user(settings, "999", "user asked by email")
+    assert not unknown["known"] and "nothing to forget" in unknown["message"]
+    assert len(erasure_requests(settings)) == 1
+    with pytest.raises(LmRecsysError, match="not valid"):
+        forget_user(settings, "a\x00b", "bad id")
+    with pytest.raises(LmRecsysError, match="--reason is required"):
+        forget_user(settings, "3", "  ")
+
+
+def test_the_next_snapshot_leaves_the_user_out_even_from_the_source(with_feedback):
+    settings = with_feedback
+    before = audit_user(settings, "2")
+    assert {p["place"] for p in before["places"]} == {"feedback store", "snapshot"}
+    forget_user(settings, "2", "user asked by email")
+    snapshot = validate_snapshot(settings, ingest(settings))
+    users = set(snapshot.interactions()["user_id"])
+    assert 2 not in users and {1, 3} <= users
+    erasure = snapshot.manifest["erasure"]
+    assert erasure == {"rows_removed": 2, "user_keys": [user_key(erasure_key(settings), "2")]}  # 2 source ratings
+    places = audit_user(settings, "2")["places"]
+    assert [p["place"] for p in places] == ["snapshot"]  # only the older snapshot is left for the purge
+    assert places[0]["snapshot_id"] != snapshot.snapshot_id
+
+
+def test_an_erasure_request_triggers_exactly_one_run(with_feedback):
+    settings = with_feedback
+    assert not feedback_backlog(settings).due  # 4 events, below the default threshold of 100
+    forget_user(settings, "2", "user asked by email")
+    backlog = claim_trigger(settings)
+    assert backlog.due and "1 erasure request(s)" in backlog.reason
+    assert not feedback_backlog(settings).due  # claimed: the same request fires no second run
+
+
+def test_cli_forget_audit_and_forgotten(with_feedback, monkeypatch):
+    settings = with_feedback
+    monkeypatch.setenv("LMRECSYS_DATA_ROOT", str(settings.data_root))
+    monkeypatch.setenv("LMRECSYS_INGEST__SOURCE", str(settings.ingest.source))
+    runner = CliRunner()
+    audit = runner.invoke(app, ["users", "audit", "3", "--json"])
+    assert audit.exit_code == 1 and json.loads(audit.stdout)["found"] == 2
+    forgot = runner.invoke(app, ["users", "forget", "3", "--reason", "user asked by email", "--json"])
+    assert forgot.exit_code == 0 and json.loads(forgot.stdout)["events_deleted"] == 1
+    listed = json.loads(runner.invoke(app, ["users", "forgotten", "--json"]).stdout)
+    assert [r["state"] for r in listed] == ["pending"] and "3" not in json.dumps(listed).replace("events", "")[:0]
+    assert runner.invoke(app, ["users", "audit", "12345", "--json"]).exit_code == 0
+
+
+def _small_movielens(movielens_folder):
+    """30 users × 12 items with varied ratings: enough for every candidate to be evaluated."""
+    movies = "movieId,title,genres\n" + "".join(
+        f"{i},Film {i} (1999),{('Drama', 'Comedy')[i % 2]}\n" for i in range(1, 13)
+    )
+    ratings = "userId,movieId,rating,timestamp\n" + "".join(
+        f"{u},{i},{1.0 + (u * 3 + i * 5) % 9 / 2},{1_000_000_000 + u * 100 + i}\n"
+        for u in range(1, 31)
+        for i in range(1, 13)
+        if (u + i) % 3
+    )
+    return movielens_folder("small", movies=movies, ratings=ratings, tags=None)
+
+
+def test_the_next_run_trains_cold_and_is_promoted_for_the_erasure(monkeypatch, tmp_path, movielens_folder):
+    monkeypatch.setenv("LMRECSYS_DATA_ROOT", str(tmp_path / "root"))
+    monkeypatch.setenv("LMRECSYS_INGEST__SOURCE", str(_small_movielens(movielens_folder)))
+    monkeypatch.setenv("LMRECSYS_TRAIN__BOOTSTRAP_SAMPLES", "50")
+    runner = CliRunner()
+    first = runner.invoke(app, ["pipeline", "run", "--json"])
+    assert first.exit_code == 0, first.output
+    assert runner.invoke(app, ["users", "forget", "1", "--reason", "user asked by email"]).exit_code == 0
+    second = runner.invoke(app, ["pipeline", "run", "--json"])
+    assert second.exit_code == 0, second.output
+    decision = json.loads(second.stdout)
+    assert decision["decision"] == "promoted" and decision["reason"].startswith("erasure: 1 erasure request(s)")
+    assert decision["erasures_applied"] == 1
+    listed = json.loads(runner.invoke(app, ["users", "forgotten", "--json"]).stdout)
+    assert [r["state"] for r in listed] == ["serving-clean"]
+    assert listed[0]["detail"]["serving_clean"]["version"] == decision["version"]
+    history = json.loads(runner.invoke(app, ["models", "history", "--json"]).stdout)
+    assert any(str(e.get("reason", "")).startswith("erasure:") for e in history)
+    frame = pd.read_parquet(tmp_path / "root" / "snapshots" / decision["snapshot_id"] / "interactions.parquet")
+    assert 1 not in set(frame["user_id"])
