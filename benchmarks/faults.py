@@ -43,7 +43,7 @@ from tests.faults.disk import (  # noqa: E402
     visible_entries,
 )
 from tests.faults.hostile import KINDS, run_battery, run_schemathesis  # noqa: E402
-from tests.faults.postgres import PrivatePostgres, postgres_bin  # noqa: E402
+from tests.faults.postgres import PrivatePostgres, unavailable  # noqa: E402
 from tests.faults.traffic import FeedbackPump, stored_event_ids  # noqa: E402
 from tests.harness import restored_mlflow_state, wait_for  # noqa: E402
 
@@ -97,8 +97,8 @@ def kill9_rounds(root: Path, work: Path, rounds: int) -> dict:
 
 def postgres_restarts(root: Path, work: Path, restarts: int) -> dict:
     """One service on a private PostgreSQL, restarted ``restarts`` times under load (the last one ``immediate``)."""
-    if postgres_bin() is None:
-        return {"fault": "PostgreSQL restart under load", "notes": "skipped: initdb/pg_ctl not installed"}
+    if reason := unavailable():
+        return {"fault": "PostgreSQL restart under load", "notes": f"skipped: {reason}"}
     pg = PrivatePostgres(work / "pg").start()
     server = serve(root, work / "bento-pg", pg.url)
     pump = FeedbackPump(server.base, "pg", threads=4).start()

@@ -8,7 +8,7 @@ import pytest
 
 from components.settings import PROJECT_ROOT
 from tests.faults.catalogue import build_small_champion
-from tests.faults.postgres import PrivatePostgres, postgres_bin
+from tests.faults.postgres import PrivatePostgres, unavailable
 from tests.harness import BentoServer, restored_mlflow_state
 
 
@@ -31,8 +31,8 @@ def own_champion(tmp_path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def private_postgres(tmp_path):
-    if postgres_bin() is None:
-        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed")
+    if reason := unavailable():
+        pytest.skip(reason)
     server = PrivatePostgres(tmp_path / "pg").start()
     try:
         yield server

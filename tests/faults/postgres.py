@@ -29,6 +29,18 @@ def postgres_bin() -> Path | None:
     return Path(found).parent if found else None
 
 
+def unavailable() -> str | None:
+    """Why no private server can be started here, or None."""
+    if postgres_bin() is None:
+        return "PostgreSQL's initdb/pg_ctl are not installed"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no postgres user to run the server as"
+    return None
+
+
 class PrivatePostgres:
     """``initdb`` + ``pg_ctl`` on a free port; ``url`` is a trust-auth ``postgresql://`` URL."""
 

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from components.settings import PROJECT_ROOT
-from tests.faults.postgres import PrivatePostgres, postgres_bin
+from tests.faults.postgres import PrivatePostgres, unavailable
 from tests.faults.traffic import FeedbackPump, stored_event_ids
 from tests.harness import (
     TELEMETRY_OFF,
@@ -36,6 +36,8 @@ from tests.unit.test_service_inprocess import build_champion
 pytestmark = [pytest.mark.integration]
 RECOVERY_S = 10.0
 NOTICE_S = 20.0
+"""How soon a tracking server that is down must show in the log (the pipeline's bounded retries give up in ~10 s)."""
+PICK_UP_S = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,8 @@ def champion_root(tmp_path_factory, movielens_dir) -> Path:
 
 @pytest.fixture
 def private_postgres(tmp_path):
-    if postgres_bin() is None:
-        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed")
+    if reason := unavailable():
+        pytest.skip(reason)
     server = PrivatePostgres(tmp_path / "pg").start()
     try:
         yield server
@@ -75,8 +77,8 @@ def test_postgres_restart_loses_no_acknowledged_event(champion_root, private_pos
     acknowledged = pump.acknowledged()
     missing = set(acknowledged) - stored_event_ids(private_postgres.url, acknowledged)
     assert not missing, f"{len(missing)} acknowledged events are not in the store: {sorted(missing)[:10]}"
-    recovered = pump.first_ok_after(back) - back
-    assert recovered <= RECOVERY_S, f"first 2xx {recovered:.1f}s after the restart; statuses {pump.statuses()}"
+    recovered = pump.first_ok_after(back) - began  # from the moment the restart began
+    assert recovered <= RECOVERY_S, f"first 2xx {recovered:.1f}s after the restart began; {pump.statuses()}"
     errors = {status for status in pump.statuses() if not 200 <= status < 300}
     assert errors <= {503}, f"failed requests must be 503s (retry with the same event_id): {pump.statuses()}"
     assert len(acknowledged) >= 200 + 1
@@ -127,6 +129,14 @@ def outage_logged(server: BentoServer, timeout: float) -> bool:
     return True
 
 
+def serves(server: BentoServer, version: str, timeout: float) -> bool:
+    try:
+        wait_for(lambda: recommended_version(server.base) == version, timeout, procs=[server])
+    except TimeoutError:
+        return False
+    return True
+
+
 def recommended_version(base: str) -> str:
     response = requests.post(f"{base}/recommend", json={"user_id": 1, "k": 5}, timeout=10)
     assert response.status_code == 200, response.text
@@ -163,12 +173,16 @@ def test_serving_outlives_the_tracking_server(champion_root, tmp_path):
         assert requests.get(f"{server.base}/readyz", timeout=10).status_code == 200
         # the outage is noticed in bounded time: MLflow's own client retries for minutes unless told otherwise
         noticed = outage_logged(server, NOTICE_S)
-        back = time.monotonic()
         tracking = mlflow_server(backend, registry / "mlartifacts", tmp_path / "logs", port)
-        wait_for(lambda: recommended_version(server.base) == new, 30, what=f"version {new} served", procs=[server])
-        print(f"version {new} served {time.monotonic() - back:.1f}s after the tracking server was started again")
+        back = time.monotonic()
+        picked_up = serves(server, new, PICK_UP_S)
+        print(f"version {new} served: {picked_up}, {time.monotonic() - back:.1f}s after the tracking server was back")
+        assert noticed, (
+            f"no 'cannot read the champion alias' in the log {NOTICE_S:.0f}s into the outage: the alias poll is "
+            "still inside MLflow's default HTTP retries (7, back-off factor 2)"
+        )
+        assert picked_up, f"version {new} not served {PICK_UP_S:.0f}s after the tracking server was back"
         assert requests.get(f"{server.base}/info", timeout=10).json()["model_version"] == new
-        assert noticed, f"no 'cannot read the champion alias' in the log {NOTICE_S:.0f}s into the outage"
     finally:
         if server is not None:
             server.stop()
