@@ -131,6 +131,8 @@ def pipeline_run(
         _fail(str(exc), EXIT_VALIDATION)
     except LmRecsysError as exc:
         _fail(str(exc))
+    except OSError as exc:  # a full disk, a read-only data root: every write is atomic, so nothing is half-written
+        _fail(f"{exc}; nothing was half-written and the champion is unchanged: fix the cause and run again")
     _emit(
         decision,
         as_json,

@@ -74,3 +74,16 @@ def users_forgotten(as_json: bool = JsonOption):
         _fail(str(exc), EXIT_ERROR)
     shown = [{**r, "user_key": r["user_key"][:16] + "…"} for r in rows]
     _emit(rows, as_json, _table(shown, ["user_key", "state", "reason", "requested_at", "events_deleted"]))
+
+
+@users_app.command("purge")
+def users_purge(as_json: bool = JsonOption):
+    """Purge older artifacts of every serving-clean erasure (runs by itself after each promotion)."""
+    from components.errors import LmRecsysError
+    from components.privacy.purge import purge
+
+    try:
+        result = purge(_settings())
+    except LmRecsysError as exc:
+        _fail(f"the purge stopped; the requests stay serving-clean: {exc}", EXIT_ERROR)
+    _emit(result, as_json)

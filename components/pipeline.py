@@ -309,7 +309,19 @@ def stage_promote(settings: Settings, registration: dict) -> dict:
     if decision["decision"] == "promoted" and erasure["applied"]:
         mark_serving_clean(settings, erasure["applied"], version)
         decision["erasures_applied"] = len(erasure["applied"])
+        decision["purge"] = _purge(settings)
     return {**registration, **decision}
+
+
+def _purge(settings: Settings) -> dict:
+    """The erasure purge after a promotion; a failure is logged and retried after the next one."""
+    from components.privacy.purge import purge
+
+    try:
+        return purge(settings)
+    except Exception as exc:  # the champion is clean already; older artifacts wait for the next purge
+        log.warning("erasure purge failed (the requests stay serving-clean and are retried): %s", exc)
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
 def run_pipeline(settings: Settings, run_key: str | None = None) -> dict:

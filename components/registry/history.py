@@ -177,6 +177,8 @@ def _version_row(mv, aliases: dict[str, list[str]]) -> dict:
         "human_action": tags.get("human.action"),
         "human_reason": tags.get("human.reason"),
         "rolled_back_at": tags.get("rolled_back_at"),
+        "retired": tags.get("retired"),
+        "retired_at": tags.get("retired_at"),
     }
 
 
@@ -219,7 +221,14 @@ def _rollback_target(client: MlflowClient, name: str, events: list[dict], curren
     while stack:
         candidate = stack.pop()
         try:
-            client.get_model_version(name, candidate)
+            found = client.get_model_version(name, candidate)
+            if (found.tags or {}).get("retired"):
+                log.warning(
+                    "previous champion version %s was retired (%s); rolling back past it",
+                    candidate,
+                    found.tags["retired"],
+                )
+                continue
             return candidate
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":

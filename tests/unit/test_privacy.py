@@ -131,9 +131,21 @@ def test_the_next_run_trains_cold_and_is_promoted_for_the_erasure(monkeypatch, t
     assert decision["decision"] == "promoted" and decision["reason"].startswith("erasure: 1 erasure request(s)")
     assert decision["erasures_applied"] == 1
     listed = json.loads(runner.invoke(app, ["users", "forgotten", "--json"]).stdout)
-    assert [r["state"] for r in listed] == ["serving-clean"]
+    assert [r["state"] for r in listed] == ["done"]  # serving-clean, then purged
     assert listed[0]["detail"]["serving_clean"]["version"] == decision["version"]
+    purge = decision["purge"]
+    assert purge["versions_retired"] == ["1"] and len(purge["run_folders_deleted"]) == 1
+    assert len(purge["snapshots_rewritten"]) == 1
     history = json.loads(runner.invoke(app, ["models", "history", "--json"]).stdout)
     assert any(str(e.get("reason", "")).startswith("erasure:") for e in history)
-    frame = pd.read_parquet(tmp_path / "root" / "snapshots" / decision["snapshot_id"] / "interactions.parquet")
-    assert 1 not in set(frame["user_id"])
+    versions = {v["version"]: v for v in json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)}
+    assert versions["1"]["retired"] == "erasure" and versions["2"]["retired"] is None
+    rollback = runner.invoke(app, ["models", "rollback", "--reason", "try the old one"])
+    assert rollback.exit_code == 1 and "no previous champion" in rollback.output  # version 1 is out of reach
+    audit = runner.invoke(app, ["users", "audit", "1", "--json"])
+    assert audit.exit_code == 0, audit.stdout
+    assert json.loads(audit.stdout) == {"user_id": "1", "found": 0, "places": []}
+    for path in (tmp_path / "root").rglob("*.parquet"):  # an independent scan of every Parquet file
+        frame = pd.read_parquet(path)
+        if "user_id" in frame:
+            assert "1" not in set(frame["user_id"].astype(str)), path
