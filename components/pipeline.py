@@ -306,19 +306,21 @@ def stage_promote(settings: Settings, registration: dict) -> dict:
         champion_unreadable=registration.get("champion_unreadable"),
         erasure=erasure["erasure"],
     )
-    if decision["decision"] == "promoted" and erasure["applied"]:
-        mark_serving_clean(settings, erasure["applied"], version)
-        decision["erasures_applied"] = len(erasure["applied"])
+    if decision["decision"] == "promoted":
+        if erasure["applied"]:
+            mark_serving_clean(settings, erasure["applied"], version)
+            decision["erasures_applied"] = len(erasure["applied"])
         decision["purge"] = _purge(settings)
     return {**registration, **decision}
 
 
 def _purge(settings: Settings) -> dict:
-    """The erasure purge after a promotion; a failure is logged and retried after the next one."""
+    """The erasure purge and retention after a promotion; a failure is logged and retried after the next one."""
     from components.privacy.purge import purge
+    from components.privacy.retention import apply_retention
 
     try:
-        return purge(settings)
+        return {**purge(settings), "retention": apply_retention(settings)}
     except Exception as exc:  # the champion is clean already; older artifacts wait for the next purge
         log.warning("erasure purge failed (the requests stay serving-clean and are retried): %s", exc)
         return {"error": f"{type(exc).__name__}: {exc}"[:500]}

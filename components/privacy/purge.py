@@ -50,9 +50,8 @@ def _retire_versions(settings: Settings, forgetter: Forgetter, reason: str) -> l
     import tempfile
 
     import mlflow
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    from components.registry.tracking import CHAMPION, aliased_version, configure, utc_now
+    from components.registry.tracking import CHAMPION, aliased_version, configure
 
     client = configure(settings)
     name = settings.registry.model_name
@@ -73,18 +72,27 @@ def _retire_versions(settings: Settings, forgetter: Forgetter, reason: str) -> l
             continue
         if str(version.version) == str(champion):
             raise LmRecsysError(f"the champion (version {champion}) holds a forgotten user; purge refused")
-        for alias in version.aliases or []:
-            client.delete_registered_model_alias(name, alias)
-        client.set_model_version_tag(name, version.version, RETIRED_TAG, reason)
-        client.set_model_version_tag(name, version.version, "retired_at", utc_now())
-        model_id = version.model_id or (version.source or "").removeprefix("models:/").split("/")[0]
-        if model_id.startswith("m-"):  # a logged model (MLflow 3): its whole artifact folder goes
-            location = client.get_logged_model(model_id).artifact_location
-        else:  # an older, run-relative source
-            location = version.source
-        get_artifact_repository(location).delete_artifacts()
+        retire_version(client, name, version, reason)
         retired.append(str(version.version))
     return retired
+
+
+def retire_version(client, name: str, version, reason: str) -> None:
+    """Tag the version retired (with why and when), drop its aliases, delete its model artifacts."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from components.registry.tracking import utc_now
+
+    for alias in version.aliases or []:
+        client.delete_registered_model_alias(name, alias)
+    client.set_model_version_tag(name, version.version, RETIRED_TAG, reason)
+    client.set_model_version_tag(name, version.version, "retired_at", utc_now())
+    model_id = version.model_id or (version.source or "").removeprefix("models:/").split("/")[0]
+    if model_id.startswith("m-"):  # a logged model (MLflow 3): its whole artifact folder goes
+        location = client.get_logged_model(model_id).artifact_location
+    else:  # an older, run-relative source
+        location = version.source
+    get_artifact_repository(location).delete_artifacts()
 
 
 def _tainted_snapshots(settings: Settings, forgetter: Forgetter) -> list[Snapshot]:

@@ -149,3 +149,30 @@ def test_the_next_run_trains_cold_and_is_promoted_for_the_erasure(monkeypatch, t
         frame = pd.read_parquet(path)
         if "user_id" in frame:
             assert "1" not in set(frame["user_id"].astype(str)), path
+
+
+def test_retention_keeps_the_newest_snapshots_and_versions(monkeypatch, tmp_path, movielens_folder):
+    root = tmp_path / "root"
+    monkeypatch.setenv("LMRECSYS_DATA_ROOT", str(root))
+    monkeypatch.setenv("LMRECSYS_INGEST__SOURCE", str(_small_movielens(movielens_folder)))
+    monkeypatch.setenv("LMRECSYS_TRAIN__BOOTSTRAP_SAMPLES", "50")
+    monkeypatch.setenv("LMRECSYS_TRAIN__CANDIDATES", '["popularity", "ease"]')
+    monkeypatch.setenv("LMRECSYS_PRIVACY__KEEP_SNAPSHOTS", "1")
+    monkeypatch.setenv("LMRECSYS_PRIVACY__KEEP_MODEL_VERSIONS", "1")
+    runner = CliRunner()
+    first = json.loads(runner.invoke(app, ["pipeline", "run", "--json"]).stdout)
+    store = FeedbackStore(f"sqlite:///{root / 'feedback.db'}")
+    try:
+        store.append([FeedbackEvent("5", "3", "like", event_ts=time.time(), event_id="fresh-like")])
+    finally:
+        store.close()
+    second = runner.invoke(app, ["pipeline", "run", "--json"])
+    assert second.exit_code == 0, second.output
+    decision = json.loads(second.stdout)
+    assert decision["decision"] == "promoted" and decision["snapshot_id"] != first["snapshot_id"]
+    retention = decision["purge"]["retention"]
+    assert retention["versions_retired"] == ["1"] and retention["snapshots_deleted"] == [first["snapshot_id"]]
+    assert len(retention["run_folders_deleted"]) == 1
+    assert sorted(p.name for p in (root / "snapshots").iterdir()) == [decision["snapshot_id"]]
+    versions = {v["version"]: v["retired"] for v in json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)}
+    assert versions == {"1": "retention", "2": None}
