@@ -181,7 +181,18 @@ class ServingSettings(BaseModel):
     """BentoML worker processes. Each loads the model and polls the alias itself, so
     POST /admin/reload reaches one worker and the others follow within the poll interval."""
     production: bool = False
-    """Production mode: the service refuses to start with an admin token shorter than 32 characters."""
+    """Production mode: the service refuses to start with an admin token shorter than 32 characters or
+    without ``client_keys``, and every route but /healthz, /livez, /readyz, /metrics and /ui needs a key."""
+    client_keys: list[SecretStr] = Field(default_factory=list)
+    """Client API keys (``LMRECSYS_SERVING__CLIENT_KEYS`` as a JSON list). When any is set, in any mode,
+    every route but the probes, /metrics and the /ui page needs one, sent as ``Authorization: Bearer KEY``
+    or ``X-API-Key: KEY``. Separate from ``admin_token``. Required in production mode."""
+    store_stale_s: float = Field(default=10.0, gt=0)
+    """/readyz answers 503 when the feedback store has not answered the service for this long (it is asked
+    every second), or when its latest answer was a failure."""
+    recent_users: int = Field(default=100_000, ge=1)
+    """Users the recent-feedback index remembers by name (least recently written dropped first). Past it,
+    requests of users it no longer holds ask the store, so answers stay right and memory stays flat."""
     max_k: int = Field(default=100, ge=1)
     """Largest k a request may ask for; a larger k is a 400 naming the field. Read when the service module is
     imported, like ``workers``: it is part of the endpoints' input schemas."""

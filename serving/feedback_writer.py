@@ -16,6 +16,7 @@ import time
 import uuid
 
 import bentoml
+import cachetools
 from starlette.responses import JSONResponse
 
 from serving.champion import feedback_watermark, user_or_none
@@ -25,6 +26,8 @@ log = logging.getLogger("lmrecsys.serving")
 
 FEEDBACK_REFRESH_S = 1.0
 """How often events written by other processes are picked up by the recent-feedback index."""
+SCAN_STEP = 5000
+"""Most sequence numbers the recent-feedback index reads from the store in one query."""
 FUTURE_SLACK_S = 86_400
 """Feedback timestamps may lie at most this far in the future (the snapshot suite's own slack)."""
 FEEDBACK_WRITTEN = bentoml.metrics.Counter(
@@ -121,9 +124,11 @@ class FeedbackWriter:
     (a value the database rejects) fails alone. Any other error is logged and the loop goes on.
     """
 
-    def __init__(self, store, max_group_events: int = 5000) -> None:
+    def __init__(self, store, max_group_events: int = 5000, health=None) -> None:
         self.store = store
         self.max_group_events = max_group_events
+        self.health = health
+        """Told each commit's outcome (``ok()`` / ``failed(exc)``; a ``StoreHealth``), when given."""
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="feedback-writer", daemon=True)
         self._thread.start()
@@ -181,6 +186,8 @@ class FeedbackWriter:
         try:
             written = self.store.append([event for events, _ in group for event in events])
         except Exception as exc:
+            if self.health is not None:
+                self.health.failed(exc)
             if len(group) > 1:  # find the request that broke the commit; the others still go in
                 log.warning("a group commit of %d requests failed (%s); writing them one by one", len(group), exc)
                 for item in group:
@@ -189,6 +196,8 @@ class FeedbackWriter:
             log.exception("writing %d feedback event(s) failed", len(group[0][0]))
             _settle(group[0][1], exception=exc)  # the request learns the write failed; it gets no 2xx
             return
+        if self.health is not None:
+            self.health.ok()
         start = 0
         for events, future in group:
             _settle(future, result=written[start : start + len(events)])
@@ -206,31 +215,60 @@ def _settle(future: concurrent.futures.Future, *, result=None, exception: BaseEx
         log.warning("a feedback request was resolved twice; ignored")
 
 
+class NewestSeq(cachetools.FIFOCache):
+    """User id -> the newest feedback seq seen for them, at most ``maxsize`` users (the least recently
+    written dropped first). ``evicted`` is the largest seq among the users dropped: a user it no longer
+    holds may have events up to that seq, so for them the store must be asked."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.evicted = -1.0
+
+    def __delitem__(self, key) -> None:  # only the cache deletes (when full): every deletion is an eviction
+        self.evicted = max(self.evicted, cachetools.Cache.__getitem__(self, key))  # before the entry goes
+        super().__delitem__(key)
+
+    def newest(self, user_id: str) -> float:
+        try:
+            return self[user_id]
+        except KeyError:  # not held (never written, or dropped): as new as the newest dropped user
+            return self.evicted
+
+
 class RecentFeedback:
     """Which users may have feedback newer than the served model's watermark.
 
     Asking the store on every request costs a query (a network round trip on PostgreSQL); most users
     have no recent events, so this index lets those requests skip it. Writes through this process
-    count at once; events written by other processes are picked up every ``refresh_s``.
+    count at once; events written by other processes are picked up every ``refresh_s``. It holds at most
+    ``max_users`` users; once it has dropped some, requests of users it does not hold ask the store, so
+    the answers stay right while memory stays flat.
     """
 
-    def __init__(self, store, refresh_s: float = FEEDBACK_REFRESH_S) -> None:
+    def __init__(self, store, refresh_s: float = FEEDBACK_REFRESH_S, max_users: int = 100_000) -> None:
         self.store = store
         self.refresh_s = refresh_s
-        self._newest_seq: dict[str, float] = {}
+        self.max_users = max_users
+        self._newest_seq = NewestSeq(max_users)
         self._scanned_upto = 0
         self._floor: int | None = None
         self._lock = threading.Lock()
 
     def may_have_events(self, user_id: str, watermark: int) -> bool:
-        return self._newest_seq.get(user_id, -1) > watermark
+        return self._newest_seq.newest(user_id) > watermark
 
     def for_request(self, loaded, user_id, limit: int):
-        """(loaded model, user id, their events since training), or the 400 for an invalid id."""
+        """(loaded model, user id, their events since training), or the 400 for an invalid id, or a 503 when
+        the user may have recent events and the store does not answer."""
         user = user_or_none(loaded.engine, user_id)
         if user is None:
             return invalid_user(loaded.engine, user_id)
-        return loaded, user, self.events_since(str(user), feedback_watermark(loaded.engine), limit)
+        try:
+            recent = self.events_since(str(user), feedback_watermark(loaded.engine), limit)
+        except Exception as exc:  # the store is down (so is /readyz): no answer that silently drops their feedback
+            message = "the feedback store does not answer, so this user's recent feedback cannot be read"
+            return error(503, f"{message} ({type(exc).__name__}); retry later")
+        return loaded, user, recent
 
     def events_since(self, user_id: str, watermark: int, limit: int) -> list[tuple]:
         """The user's newest events past ``watermark`` (at most ``limit``); the store is asked only when
@@ -250,13 +288,20 @@ class RecentFeedback:
         """Scan events past what was already scanned (or rebuild when the floor moved down)."""
         with self._lock:
             if self._floor is None or watermark < self._floor:
-                self._floor, self._scanned_upto, self._newest_seq = watermark, watermark, {}
+                self._floor, self._scanned_upto = watermark, watermark
+                self._newest_seq = NewestSeq(self.max_users)
+            index = self._newest_seq
             upto = self.store.watermark()
-            if upto <= self._scanned_upto:
-                return
-            frame = self.store.events_between(self._scanned_upto, upto)
-            for user_id, seq in frame.groupby("user_id")["seq"].max().items() if len(frame) else ():
-                key = str(user_id)
-                known = self._newest_seq.get(key, -1.0)
-                self._newest_seq[key] = float(seq) if known == float("inf") else max(known, float(seq))
-            self._scanned_upto = upto
+            while self._scanned_upto < upto:  # in steps, so a burst of events never becomes one huge frame
+                step_upto = min(upto, self._scanned_upto + SCAN_STEP)
+                frame = self.store.events_between(self._scanned_upto, step_upto)
+                newest = frame.groupby("user_id")["seq"].max().sort_values() if len(frame) else ()
+                for user_id, seq in newest.items() if len(frame) else ():  # oldest first: the first dropped
+                    key = str(user_id)
+                    known = index.get(key, -1.0)
+                    index[key] = float(seq) if known == float("inf") else max(known, float(seq))
+                self._scanned_upto = step_upto
+            # A user marked written and dropped before a scan saw their seq: their events were committed
+            # before this scan read the store's watermark, so ``upto`` bounds them.
+            if index.evicted == float("inf"):
+                index.evicted = float(upto)

@@ -7,6 +7,7 @@ also the OpenAPI schema and the source of the field-level details in a 400.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from pydantic import BaseModel, Field
@@ -20,6 +21,8 @@ MAX_FEEDBACK_BATCH = 1000
 MAX_ID_CHARS = 128
 MAX_BODY_BYTES = 1 << 20
 """Request bodies over 1 MiB get 413 before anything parses them."""
+NOT_READY = "no model is loaded yet; see /readyz"
+log = logging.getLogger("lmrecsys.serving")
 
 Id = Annotated[
     int | Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)],
@@ -80,6 +83,28 @@ def invalid_user(engine, user_id) -> JSONResponse:
 def error(status: int, message: str, **extra) -> JSONResponse:
     """A JSON error a client can act on: what is wrong, and which field."""
     return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def guarded(loaded, endpoint: str, fn, *args):
+    """``fn(*args)``, or a 503 while no model is ``loaded``, or a 500 (traceback in the log) if it raises."""
+    if loaded is None:
+        return error(503, NOT_READY)
+    try:
+        return fn(*args)
+    except Exception:
+        log.exception("%s failed", endpoint)
+        return error(500, f"{endpoint} failed; see the service log")
+
+
+async def guarded_async(loaded, endpoint: str, fn, *args):
+    """``guarded`` for work that is awaited (the micro-batched scoring)."""
+    if loaded is None:
+        return error(503, NOT_READY)
+    try:
+        return await fn(*args)
+    except Exception:
+        log.exception("%s failed", endpoint)
+        return error(500, f"{endpoint} failed; see the service log")
 
 
 def recommendations(loaded, recs, **extra) -> dict:

@@ -20,10 +20,13 @@ from starlette.responses import JSONResponse as StarletteJSON
 from components.data.events import EventType
 from components.settings import disable_telemetry, load_settings
 from serving import schemas
+from serving.access import ClientKeys, Gate, admin_refusal
 from serving.bentoml_patch import cancel_request_timers
+from serving.catalogue import CATALOGUE_REFRESH_S, AcceptedItems
 from serving.champion import Champion, Loaded, every, feedback_watermark
 from serving.feedback_writer import FeedbackWriter, RecentFeedback, record_feedback
 from serving.middleware import FAST_LANE_ENDPOINTS, SERVING, BodyLimitMiddleware, FastLane
+from serving.readiness import LazyStore, StoreHealth, not_ready_reasons, safely
 from serving.schemas import MAX_BODY_BYTES, FeedbackIn, error, history_items, recommendations, top_k
 
 disable_telemetry()
@@ -44,7 +47,6 @@ HOT_URLS = [f"/{name}(\\?|$)" for name in FAST_LANE_ENDPOINTS]
 TRACING = {} if DECORATION.trace_hot_paths else {"excluded_urls": HOT_URLS}
 log = logging.getLogger("lmrecsys.serving")
 web = FastAPI(title="lm-recsys extras")
-NOT_READY = "no model is loaded yet; see /readyz"
 NO_ACCESS_LOG = {"access": {"enabled": False}}
 
 
@@ -58,29 +60,30 @@ class RecommenderService:
         from threadpoolctl import threadpool_limits
 
         from components.engine import MAX_HISTORY
-        from components.feedback.store import FeedbackStore
         from serving.batching import ScoringBatcher
 
         threadpool_limits(limits=1, user_api="blas")
         self.settings = settings = load_settings()
-        token = settings.serving.admin_token
-        if settings.serving.production and token is not None and len(token.get_secret_value()) < 32:
-            message = "LMRECSYS_SERVING__ADMIN_TOKEN must be at least 32 characters (or unset to disable /admin/reload)"
-            raise RuntimeError(f"production mode: {message}")
+        self.client_keys = ClientKeys(settings.serving)  # production mode: no client keys or a short token stop here
         mlflow.set_tracking_uri(settings.tracking_uri)
         self.page = resources.files("serving").joinpath("static", "index.html").read_text(encoding="utf-8")
-        self.store = FeedbackStore(settings.feedback_url)
-        self.writer, self.recent = FeedbackWriter(self.store), RecentFeedback(self.store)
+        self.store = LazyStore(settings.feedback_url)  # opened on first use: the service starts while it is down
+        self.health = StoreHealth(settings.feedback_url, settings.serving.store_stale_s)
+        self.writer = FeedbackWriter(self.store, health=self.health)
+        self.recent = RecentFeedback(self.store, max_users=settings.serving.recent_users)
+        self.accepted = AcceptedItems(settings.snapshots_dir)  # checks feedback items while no model is loaded
         self.recent_limit = MAX_HISTORY  # the engine folds at most this many recent events into a history
         self.fast_lane = settings.serving.fast_lane
         self.batcher = ScoringBatcher(settings.serving.max_batch) if settings.serving.batch_scoring else None
-        self.champion = Champion(settings, on_load=lambda engine: self.recent.refresh(feedback_watermark(engine)))
+        self.champion = Champion(settings, on_load=self._refresh_recent)
         self._stop = threading.Event()
+        safely(self.accepted.refresh)
         self.champion.reload()
         self._refresh_recent()
         for name, interval_s, action in (
             ("champion-poller", settings.serving.poll_interval_s, self.champion.reload),
             ("feedback-index", self.recent.refresh_s, self._refresh_recent),
+            ("accepted-catalogue", CATALOGUE_REFRESH_S, self.accepted.refresh),
         ):
             threading.Thread(target=every, args=(self._stop, interval_s, action), name=name, daemon=True).start()
         SERVING.append(self)
@@ -91,12 +94,22 @@ class RecommenderService:
         return self.champion.loaded
 
     def __is_ready__(self) -> bool:
-        """Ready when a model is loaded and the feedback writer runs (a stopped writer would hang feedback)."""
-        return self.champion.loaded is not None and self.writer.alive
+        """Ready when a model is loaded, the feedback writer runs and the feedback store answers."""
+        return not self.not_ready_reasons()
 
-    def _refresh_recent(self) -> None:
-        loaded = self.loaded
-        self.recent.refresh(feedback_watermark(loaded.engine) if loaded else 0)
+    def not_ready_reasons(self) -> list[str]:
+        """Why /readyz answers 503 (empty when ready); ``serving.access.Gate`` puts them in its body."""
+        return not_ready_reasons(self.champion.loaded, self.writer, self.health)
+
+    def _refresh_recent(self, engine=None) -> None:
+        """Scan the store's new events (every second: also the store's health probe, see /readyz)."""
+        engine = engine if engine is not None else (self.loaded.engine if self.loaded else None)
+        try:
+            self.recent.refresh(feedback_watermark(engine) if engine is not None else 0)
+        except Exception as exc:  # the store is down: /readyz says so, the next probe tries again
+            self.health.failed(exc)
+        else:
+            self.health.ok()
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
@@ -149,23 +162,11 @@ class RecommenderService:
 
     def _guarded(self, endpoint: str, fn, *args):
         """``fn(*args)``, or a 503 while no model is loaded, or a 500 (traceback in the log) if it raises."""
-        if self.loaded is None:
-            return error(503, NOT_READY)
-        try:
-            return fn(*args)
-        except Exception:
-            log.exception("%s failed", endpoint)
-            return error(500, f"{endpoint} failed; see the service log")
+        return schemas.guarded(self.loaded, endpoint, fn, *args)
 
     async def _guarded_async(self, endpoint: str, fn, *args):
         """``_guarded`` for work that is awaited (the micro-batched scoring)."""
-        if self.loaded is None:
-            return error(503, NOT_READY)
-        try:
-            return await fn(*args)
-        except Exception:
-            log.exception("%s failed", endpoint)
-            return error(500, f"{endpoint} failed; see the service log")
+        return await schemas.guarded_async(self.loaded, endpoint, fn, *args)
 
     # ------------------------------------------------------------------ endpoints
     # The answers are a few small matrix products, so the endpoints are async and run on the event loop:
@@ -261,23 +262,16 @@ class RecommenderService:
         return {"ok": True}
 
     async def _write_feedback(self, events: list[FeedbackIn]) -> dict | StarletteJSON:
-        loaded = self.loaded  # None: feedback is still accepted, but item ids cannot be checked
-        engine = loaded.engine if loaded is not None else None
-        return await record_feedback(events, engine, self.settings.validation, self.writer, self.recent)
+        loaded = self.loaded  # None: item ids are checked against the newest accepted snapshot, if any
+        ids = loaded.engine if loaded is not None else self.accepted.checker()
+        return await record_feedback(events, ids, self.settings.validation, self.writer, self.recent)
 
     # ------------------------------------------------------------------ admin, info and the page (FastAPI routes)
     @web.post("/admin/reload")
     def admin_reload(self, request: Request):
         """Check the champion alias now and swap if it moved (bearer token from settings)."""
-        import hmac
-
-        token = self.settings.serving.admin_token
-        if token is None or not token.get_secret_value():
-            return JSONResponse({"error": "reload is disabled: set LMRECSYS_SERVING__ADMIN_TOKEN"}, status_code=403)
-        expected = f"Bearer {token.get_secret_value()}".encode()
-        if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
-            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
-        return self.champion.reload()
+        refusal = admin_refusal(self.settings.serving.admin_token, request.headers.get("authorization", ""))
+        return refusal if refusal is not None else self.champion.reload()
 
     @web.get("/info")
     def info(self):
@@ -294,5 +288,6 @@ class RecommenderService:
         return HTMLResponse(self.page)
 
 
+RecommenderService.add_asgi_middleware(Gate)  # outermost of ours: the fast lane and BentoML sit behind it
 RecommenderService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
 RecommenderService.add_asgi_middleware(FastLane, service_class=RecommenderService)

@@ -137,3 +137,79 @@ def test_ids_with_control_characters_are_refused(field):
     values[field] = "a\u0000b" if field != "item_id" else "x\u001fy"
     answer = check_feedback([FeedbackIn(**values)], None, ValidationSettings())
     assert answer.status_code == 400 and field.encode() in answer.body and b"control character" in answer.body
+
+
+# ------------------------------------------------------------------------------- store health, bounded index
+def test_commit_outcomes_and_probes_set_the_store_health(store_url):
+    """The newest outcome wins: a failed commit makes the store down, a later success (commit or probe) up."""
+    from serving.readiness import StoreHealth
+
+    health = StoreHealth("postgresql://app:s3cret-pw@db:5432/feedback", stale_s=60)
+    assert health.problem() is None  # just started: not yet stale
+    store = SlowStore(store_url, reject="bad-0")
+    writer = FeedbackWriter(store, health=health)
+    with pytest.raises(ValueError):
+        writer.submit(_events("bad", 1)).result(5)
+    problem = health.problem()
+    assert problem is not None and "ValueError" in problem and "app:***@db:5432" in problem
+    assert "s3cret-pw" not in problem
+    writer.submit(_events("good", 1)).result(5)
+    assert health.problem() is None
+    health.failed(RuntimeError("could not connect with password s3cret-pw"))
+    assert "s3cret-pw" not in health.problem()
+    health.ok()
+    assert health.problem() is None
+    writer.close()
+
+
+def test_a_store_that_stops_answering_goes_stale():
+    from serving.readiness import StoreHealth
+
+    health = StoreHealth("sqlite:///x.db", stale_s=0.05)
+    health.ok()
+    assert health.problem() is None
+    time.sleep(0.1)
+    assert "has not answered" in health.problem()
+
+
+class IndexStore:
+    """The two store reads RecentFeedback makes, over an in-memory event list."""
+
+    def __init__(self):
+        self.events: list[tuple[str, int]] = []  # (user, seq)
+
+    def watermark(self) -> int:
+        return self.events[-1][1] if self.events else 0
+
+    def events_between(self, after: int, upto: int):
+        import pandas as pd
+
+        rows = [(u, s) for u, s in self.events if after < s <= upto]
+        return pd.DataFrame(rows, columns=["user_id", "seq"])
+
+    def add(self, user: str) -> None:
+        self.events.append((user, self.watermark() + 1))
+
+
+def test_the_recent_feedback_index_is_bounded_and_never_forgets_a_user_with_events():
+    from serving.feedback_writer import RecentFeedback
+
+    store = IndexStore()
+    recent = RecentFeedback(store, max_users=10)
+    recent.refresh(0)
+    assert not recent.may_have_events("nobody", 0)
+    for n in range(50):
+        store.add(f"u{n}")
+    recent.refresh(0)
+    assert recent._newest_seq.currsize == 10
+    # every user with events still counts as maybe having some (the index dropped u0..u39: ask the store)
+    assert all(recent.may_have_events(f"u{n}", 0) for n in range(50))
+    assert not recent.may_have_events("u49", 50)  # nothing past a newer watermark
+    assert recent.may_have_events("u5", 39) and not recent.may_have_events("u5", 40)  # dropped: up to seq 40
+    recent.mark_written([f"w{n}" for n in range(20)])  # marks past the bound drop marks
+    assert recent._newest_seq.currsize == 10 and recent.may_have_events("w0", 10**9)
+    for n in range(20):
+        store.add(f"w{n}")
+    recent.refresh(0)  # a dropped mark's events are bounded by the store's watermark at the next scan
+    assert recent._newest_seq.evicted == store.watermark()
+    assert recent.may_have_events("w0", store.watermark() - 1) and not recent.may_have_events("w0", store.watermark())
