@@ -241,6 +241,22 @@ class ServingEngine:
                 self._ranked[user_id] = ranked
         return [Recommendation._make(r) for r in ranked[:k]]
 
+    def forget_users(self, is_forgotten) -> list:
+        """Drop from memory the histories and cached rankings of users for whom ``is_forgotten(user)`` holds
+        (an erasure: the bundle on disk is purged later); returns the users dropped."""
+        with self._lock:
+            gone = [user for user in self.histories if is_forgotten(user)]
+            for user in gone:
+                del self.histories[user]
+            for user in [u for u in list(self._ranked) if is_forgotten(u)]:
+                self._ranked.pop(user, None)
+        return gone
+
+    def holds_user(self, user_id) -> dict:
+        """Where this engine's memory holds the user: ``{"history": bool, "cached_ranking": bool}``."""
+        with self._lock:
+            return {"history": user_id in self.histories, "cached_ranking": user_id in self._ranked}
+
     def similar_items(self, item_id, k: int) -> list[Recommendation]:
         index = self.item_index(item_id)
         if index is None:
