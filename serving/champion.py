@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -58,6 +59,11 @@ class Champion:
     """
 
     def __init__(self, settings, on_load=None) -> None:
+        from components.registry.tracking import HTTP_RETRY_DEFAULTS
+
+        if settings.tracking_uri.startswith(("http://", "https://")):  # a server that is down fails in seconds,
+            for name, value in HTTP_RETRY_DEFAULTS.items():  # not after MLflow's default minutes of retries
+                os.environ.setdefault(name, value)
         self.settings = settings
         self.on_load = on_load
         self.loaded: Loaded | None = None
@@ -76,10 +82,9 @@ class Champion:
 
     def reload(self) -> dict:
         """Load the champion if the alias moved; keep serving the old model if loading fails."""
-        import mlflow
         from mlflow.tracking import MlflowClient
 
-        from components.registry import CHAMPION, get_alias_version
+        from components.registry import CHAMPION, get_alias_version, load_version_engine
 
         with self._lock:
             name, serving = self.settings.registry.model_name, self.loaded.version if self.loaded else None
@@ -95,7 +100,8 @@ class Champion:
             if serving == version:
                 return {"changed": False, "version": version}
             try:
-                engine = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().engine
+                # the bundle is hashed against the version's bundle.sha256 tag before any of it is read
+                engine = load_version_engine(MlflowClient(self.settings.tracking_uri).get_model_version(name, version))
                 engine.cache_users = self.settings.serving.cache_users
                 engine.warm_up()
             except Exception as exc:

@@ -257,6 +257,20 @@ class RecentFeedback:
     def may_have_events(self, user_id: str, watermark: int) -> bool:
         return self._newest_seq.newest(user_id) > watermark
 
+    def holds(self, user_id: str) -> bool:
+        return user_id in self._newest_seq
+
+    def forget(self, is_forgotten) -> int:
+        """Drop users for whom ``is_forgotten(user)`` holds (an erasure: the store has deleted their events,
+        so this is not an eviction and ``evicted`` stays); returns how many."""
+        with self._lock:
+            gone = [user for user in list(self._newest_seq) if is_forgotten(user)]
+            evicted = self._newest_seq.evicted
+            for user in gone:
+                del self._newest_seq[user]
+            self._newest_seq.evicted = evicted
+        return len(gone)
+
     def for_request(self, loaded, user_id, limit: int):
         """(loaded model, user id, their events since training), or the 400 for an invalid id, or a 503 when
         the user may have recent events and the store does not answer."""

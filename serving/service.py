@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse as StarletteJSON
 
 from components.data.events import EventType
 from components.settings import disable_telemetry, load_settings
-from serving import schemas
+from serving import forgotten, schemas
 from serving.access import ClientKeys, Gate, admin_refusal
 from serving.bentoml_patch import cancel_request_timers
 from serving.catalogue import CATALOGUE_REFRESH_S, AcceptedItems
@@ -47,6 +47,7 @@ HOT_URLS = [f"/{name}(\\?|$)" for name in FAST_LANE_ENDPOINTS]
 TRACING = {} if DECORATION.trace_hot_paths else {"excluded_urls": HOT_URLS}
 log = logging.getLogger("lmrecsys.serving")
 web = FastAPI(title="lm-recsys extras")
+web.include_router(forgotten.router)  # DELETE /admin/users/{user_id}, GET /admin/users/{user_id}/audit
 NO_ACCESS_LOG = {"access": {"enabled": False}}
 
 
@@ -71,6 +72,7 @@ class RecommenderService:
         self.health = StoreHealth(settings.feedback_url, settings.serving.store_stale_s)
         self.writer = FeedbackWriter(self.store, health=self.health)
         self.recent = RecentFeedback(self.store, max_users=settings.serving.recent_users)
+        self.forgotten = forgotten.ForgottenUsers(settings, self.store, self.recent)  # erasure, within a refresh
         self.accepted = AcceptedItems(settings.snapshots_dir)  # checks feedback items while no model is loaded
         self.recent_limit = MAX_HISTORY  # the engine folds at most this many recent events into a history
         self.fast_lane = settings.serving.fast_lane
@@ -106,6 +108,7 @@ class RecommenderService:
         engine = engine if engine is not None else (self.loaded.engine if self.loaded else None)
         try:
             self.recent.refresh(feedback_watermark(engine) if engine is not None else 0)
+            self.forgotten.refresh(engine)
         except Exception as exc:  # the store is down: /readyz says so, the next probe tries again
             self.health.failed(exc)
         else:
@@ -134,7 +137,7 @@ class RecommenderService:
             return found
         loaded, user, recent = found
         engine = loaded.engine
-        history, source = engine.history_for(user, recent), "history"
+        history, source = (None, "") if self.forgotten.has(user) else (engine.history_for(user, recent), "history")
         if history is None and session_item_ids:
             unknown = [i for i in session_item_ids if engine.item_index(i) is None][:10]
             if unknown:
@@ -156,8 +159,9 @@ class RecommenderService:
             return found
         loaded, user, recent = found
         engine = loaded.engine
-        items = history_items(engine, engine.history_for(user, recent), limit)
-        known = user in engine.histories
+        erased = self.forgotten.has(user)  # an erasure between two refreshes
+        items = [] if erased else history_items(engine, engine.history_for(user, recent), limit)
+        known = user in engine.histories and not erased
         return {"user_id": user, "items": items, "known_user": known, "model_version": loaded.version}
 
     def _guarded(self, endpoint: str, fn, *args):
