@@ -227,6 +227,10 @@ def _log_run(settings, client, run_id, run, report, meta, snapshot, encoder_id, 
             "snapshot.feedback_watermark": str(manifest.get("feedback_watermark")),
             "validation.success": str(validation.get("success")),
             "validation.checks": str(validation.get("checks")),
+            "validation.alerts": str(len(validation.get("alerts") or [])),
+            "validation.override": str(bool(validation.get("override"))),
+            "feedback.quarantined": json.dumps((manifest.get("feedback_quarantine") or {}).get("rules", {})),
+            "erasure.rows_removed": str((manifest.get("erasure") or {}).get("rows_removed", 0)),
             "encoder_id": encoder_id,
             "git_commit": git_commit(),
             "run_key": run.name,
@@ -237,6 +241,8 @@ def _log_run(settings, client, run_id, run, report, meta, snapshot, encoder_id, 
             **fit_tags(report),
         }
     )
+    for index, alert in enumerate(validation.get("alerts") or []):
+        mlflow.set_tag(f"validation.alert.{index}", alert[:500])
     mlflow.log_params(
         {
             "candidates": ",".join(meta["candidates"]),

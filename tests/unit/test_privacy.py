@@ -130,6 +130,11 @@ def test_the_next_run_trains_cold_and_is_promoted_for_the_erasure(monkeypatch, t
     decision = json.loads(second.stdout)
     assert decision["decision"] == "promoted" and decision["reason"].startswith("erasure: 1 erasure request(s)")
     assert decision["erasures_applied"] == 1
+    from mlflow import MlflowClient
+
+    tags = MlflowClient(f"sqlite:///{tmp_path / 'root' / 'mlflow.db'}").get_run(decision["run_id"]).data.tags
+    assert int(tags["erasure.rows_removed"]) > 0 and tags["validation.override"] == "False"
+    assert tags["feedback.quarantined"] == "{}" and tags["validation.alerts"] == "0"
     listed = json.loads(runner.invoke(app, ["users", "forgotten", "--json"]).stdout)
     assert [r["state"] for r in listed] == ["done"]  # serving-clean, then purged
     assert listed[0]["detail"]["serving_clean"]["version"] == decision["version"]
