@@ -102,6 +102,10 @@ def forget(user_id: str, request: Request, reason: str = ""):
         return JSONResponse({"error": f"nothing was changed, retry: {exc}"}, status_code=503)
     except LmRecsysError as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
+    except Exception as exc:  # e.g. a database role that may not delete: one transaction, so nothing changed
+        log.error("forget failed: %s: %s", type(exc).__name__, str(exc)[:300])
+        message = f"nothing was changed ({type(exc).__name__}); run `lmrecsys users forget` where the store allows it"
+        return JSONResponse({"error": message}, status_code=503)
     loaded = service.loaded
     service.forgotten.refresh(loaded.engine if loaded is not None else None)
     return result

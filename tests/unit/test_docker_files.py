@@ -245,7 +245,9 @@ def test_env_example_holds_no_real_secret(example_env):
         "REDIS_PASSWORD",
         "AIRFLOW_JWT_SECRET",
         "LMRECSYS_SERVING__ADMIN_TOKEN",
+        "LMRECSYS_PRIVACY__ERASURE_KEY",
     } <= set(secrets)
+    assert example_env["LMRECSYS_SERVING__CLIENT_KEYS"] == f'["{PLACEHOLDER}"]'  # a JSON list
     real = {key: value for key, value in secrets.items() if value != PLACEHOLDER}
     assert not real, f"docker/.env.example must hold only the {PLACEHOLDER!r} placeholder for secrets: {sorted(real)}"
 
@@ -296,6 +298,8 @@ def test_service_environments_parse_as_settings(services, example_env, monkeypat
         if name == "serving":
             assert settings.serving.production, "the deployed service must run in production mode"
     assert services["serving"].get("environment", {}).get("LMRECSYS_SERVING__ADMIN_TOKEN")
+    assert ":?" in services["serving"]["environment"]["LMRECSYS_SERVING__CLIENT_KEYS"]  # production mode needs keys
+    assert ":?" in services["serving"]["environment"]["LMRECSYS_PRIVACY__ERASURE_KEY"]
 
 
 def test_airflow_settings_are_real_options_and_agree(services, example_env):
