@@ -82,10 +82,12 @@ def _registry_places(settings: Settings, user_id: str) -> list[dict]:
     return found
 
 
-def _service_places(service_url: str, admin_token: str | None, user_id: str) -> list[dict]:
+def _service_places(service_url: str, admin_token: str | None, client_key: str | None, user_id: str) -> list[dict]:
     import requests
 
     headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
+    if client_key:  # with client keys configured, the admin routes need one too
+        headers["X-API-Key"] = client_key
     answer = requests.get(f"{service_url.rstrip('/')}/admin/users/{user_id}/audit", headers=headers, timeout=10)
     answer.raise_for_status()
     return [{"place": "service memory", **place} for place in answer.json().get("places", [])]
@@ -107,6 +109,7 @@ def audit_user(settings: Settings, user_id, *, service_url: str | None = None) -
             places += _scan_folder(local, user_id)
     places += _registry_places(settings, user_id)
     if service_url:
-        token = settings.serving.admin_token
-        places += _service_places(service_url, token.get_secret_value() if token else None, user_id)
+        token, keys = settings.serving.admin_token, settings.serving.client_keys
+        secret = token.get_secret_value() if token else None
+        places += _service_places(service_url, secret, keys[0].get_secret_value() if keys else None, user_id)
     return {"user_id": user_id, "found": len(places), "places": places}
