@@ -399,8 +399,8 @@ class BentoServer(ManagedProcess):
 class MlflowServer(ManagedProcess):
     """``mlflow server`` on PostgreSQL with proxied artifacts."""
 
-    def __init__(self, backend_uri: str, artifacts: Path, log_dir: Path):
-        self.port = free_port()
+    def __init__(self, backend_uri: str, artifacts: Path, log_dir: Path, port: int | None = None):
+        self.port = port or free_port()  # a fixed port: a restarted server is found at the same URL
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, **TELEMETRY_OFF, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         super().__init__(

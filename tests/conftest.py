@@ -43,3 +43,17 @@ def postgres_url():
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture
+def private_postgres(tmp_path):
+    """A private PostgreSQL in ``tmp_path`` (skipped, with the reason, where one cannot start)."""
+    from tests.faults.postgres import PrivatePostgres, unavailable
+
+    if reason := unavailable():
+        pytest.skip(reason)
+    server = PrivatePostgres(tmp_path / "pg").start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -8,7 +8,6 @@ import pytest
 
 from components.settings import PROJECT_ROOT
 from tests.faults.catalogue import build_small_champion
-from tests.faults.postgres import PrivatePostgres, unavailable
 from tests.harness import BentoServer, restored_mlflow_state
 
 
@@ -27,17 +26,6 @@ def own_champion(tmp_path) -> tuple[Path, Path]:
     with restored_mlflow_state():
         source, _ = build_small_champion(tmp_path / "data")
     return tmp_path / "data", source
-
-
-@pytest.fixture
-def private_postgres(tmp_path):
-    if reason := unavailable():
-        pytest.skip(reason)
-    server = PrivatePostgres(tmp_path / "pg").start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def serve(data_root: Path, workdir: Path, feedback_url: str, **env: str) -> BentoServer:

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,15 +18,11 @@ import pytest
 import requests
 
 from components.settings import PROJECT_ROOT
-from tests.faults.postgres import PrivatePostgres, unavailable
 from tests.faults.traffic import FeedbackPump, stored_event_ids
 from tests.harness import (
-    TELEMETRY_OFF,
-    VENV_BIN,
     BentoServer,
-    ManagedProcess,
+    MlflowServer,
     free_port,
-    http_ok,
     restored_mlflow_state,
     wait_for,
 )
@@ -43,17 +38,6 @@ PICK_UP_S = 30.0
 @pytest.fixture(scope="module")
 def champion_root(tmp_path_factory, movielens_dir) -> Path:
     return build_champion(tmp_path_factory, movielens_dir)
-
-
-@pytest.fixture
-def private_postgres(tmp_path):
-    if reason := unavailable():
-        pytest.skip(reason)
-    server = PrivatePostgres(tmp_path / "pg").start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def serve(data_root: Path, workdir: Path, **env: str) -> BentoServer:
@@ -82,31 +66,6 @@ def test_postgres_restart_loses_no_acknowledged_event(champion_root, private_pos
     errors = {status for status in pump.statuses() if not 200 <= status < 300}
     assert errors <= {503}, f"failed requests must be 503s (retry with the same event_id): {pump.statuses()}"
     assert len(acknowledged) >= 200 + 1
-
-
-def mlflow_server(backend_uri: str, artifacts: Path, log_dir: Path, port: int) -> ManagedProcess:
-    """``mlflow server`` on a fixed port, so a restarted server is found at the same URL."""
-    process = ManagedProcess(
-        "mlflow-server",
-        [
-            str(VENV_BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            backend_uri,
-            "--artifacts-destination",
-            str(artifacts),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        {**os.environ, **TELEMETRY_OFF, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        log_dir,
-    )
-    wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/health"), 90, what="mlflow server", procs=[process])
-    return process
 
 
 def second_version(backend_uri: str) -> str:
@@ -152,7 +111,7 @@ def test_serving_outlives_the_tracking_server(champion_root, tmp_path):
     backend = f"sqlite:///{registry / 'mlflow.db'}"
     new = second_version(backend)
     port = free_port()
-    tracking = mlflow_server(backend, registry / "mlartifacts", tmp_path / "logs", port)
+    tracking = MlflowServer(backend, registry / "mlartifacts", tmp_path / "logs", port).wait_ready()
     server = None
     try:
         server = serve(
@@ -173,7 +132,7 @@ def test_serving_outlives_the_tracking_server(champion_root, tmp_path):
         assert requests.get(f"{server.base}/readyz", timeout=10).status_code == 200
         # the outage is noticed in bounded time: MLflow's own client retries for minutes unless told otherwise
         noticed = outage_logged(server, NOTICE_S)
-        tracking = mlflow_server(backend, registry / "mlartifacts", tmp_path / "logs", port)
+        tracking = MlflowServer(backend, registry / "mlartifacts", tmp_path / "logs", port).wait_ready()
         back = time.monotonic()
         picked_up = serves(server, new, PICK_UP_S)
         print(f"version {new} served: {picked_up}, {time.monotonic() - back:.1f}s after the tracking server was back")
