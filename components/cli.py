@@ -229,7 +229,10 @@ def models_history(as_json: bool = JsonOption):
     _emit(
         rows,
         as_json,
-        _table(rows, [c for c in ("at", "version", "previous", "by", "action", "reason") if rows and c in rows[0]]),
+        _table(
+            rows,
+            [c for c in ("at", "version", "previous", "by", "action", "reason", "retired") if rows and c in rows[0]],
+        ),
     )
 
 

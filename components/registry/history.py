@@ -128,9 +128,10 @@ def champion_history(settings: Settings) -> list[dict]:
 
     Each entry is a promotion-log event (``seq``, ``at``, ``action`` in promoted / forced /
     rollback / untracked, ``by`` in gate / human / unknown, ``version``, ``previous``, ``reason``
-    and, for the gate, the metrics) plus ``until`` (the next move's time, or None) and
-    ``current``. An alias moved outside the log appears as an ``untracked`` entry that is not yet
-    recorded (``recorded`` False); the next promotion or rollback records it.
+    and, for the gate, the metrics) plus ``until`` (the next move's time, or None), ``current``
+    and ``retired`` (why the version was retired, e.g. ``erasure``, or None). An alias moved
+    outside the log appears as an ``untracked`` entry that is not yet recorded (``recorded``
+    False); the next promotion or rollback records it.
     """
     client = configure(settings)
     name = settings.registry.model_name
@@ -150,9 +151,15 @@ def champion_history(settings: Settings) -> list[dict]:
                 "recorded": False,
             }
         )
+    retired = {}
+    if events:
+        retired = {
+            str(mv.version): (mv.tags or {}).get("retired") for mv in client.search_model_versions(f"name = '{name}'")
+        }
     for index, event in enumerate(events):
         event["until"] = events[index + 1]["at"] if index + 1 < len(events) else None
         event["current"] = index == len(events) - 1 and current is not None and str(event.get("version")) == current
+        event["retired"] = retired.get(str(event.get("version")))  # e.g. "erasure": no rollback reaches it
     return events
 
 

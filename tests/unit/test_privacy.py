@@ -65,6 +65,32 @@ def test_forget_deletes_now_and_keeps_only_a_keyed_hash(with_feedback):
         forget_user(settings, "3", "  ")
 
 
+def test_forget_deletes_the_users_impressions_and_the_audit_lists_them(with_feedback):
+    settings = with_feedback
+    store = _store(settings)
+    try:
+        shown = {"arm": "champion", "model_version": "1", "endpoint": "recommend", "latency_ms": 1.0}
+        store.log_impressions(
+            [
+                {**shown, "recommendation_id": "rec-u2", "user_id": "2", "item_ids": ["4", "5"]},
+                {**shown, "recommendation_id": "rec-u3", "user_id": "3", "item_ids": ["1"]},
+            ]
+        )
+        store.append([FeedbackEvent("2", "5", "click", event_id="u2-click", recommendation_id="rec-u2", position=1)])
+    finally:
+        store.close()
+    places = {p.get("table"): p["rows"] for p in audit_user(settings, "2")["places"] if p["place"] == "feedback store"}
+    assert places == {"feedback_events": 4, "impressions": 1, "feedback_attributions": 1}
+    forget_user(settings, "2", "user asked by email")
+    assert [p["place"] for p in audit_user(settings, "2")["places"]] == ["snapshot"]
+    store = _store(settings)
+    try:
+        assert store.impression("rec-u2") is None and store.impression("rec-u3") is not None  # only user 2's
+        assert store.user_impression_counts("2") == {"impressions": 0, "feedback_attributions": 0}
+    finally:
+        store.close()
+
+
 def test_the_next_snapshot_leaves_the_user_out_even_from_the_source(with_feedback):
     settings = with_feedback
     before = audit_user(settings, "2")
@@ -143,6 +169,9 @@ def test_the_next_run_trains_cold_and_is_promoted_for_the_erasure(monkeypatch, t
     assert len(purge["snapshots_rewritten"]) == 1
     history = json.loads(runner.invoke(app, ["models", "history", "--json"]).stdout)
     assert any(str(e.get("reason", "")).startswith("erasure:") for e in history)
+    assert {e["version"]: e["retired"] for e in history} == {"1": "erasure", "2": None}
+    table = runner.invoke(app, ["models", "history"]).stdout
+    assert "retired" in table and "erasure" in table
     versions = {v["version"]: v for v in json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)}
     assert versions["1"]["retired"] == "erasure" and versions["2"]["retired"] is None
     rollback = runner.invoke(app, ["models", "rollback", "--reason", "try the old one"])
