@@ -28,6 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from components.data.events import EVENT_TYPES
 from components.errors import LmRecsysError
+from components.feedback.impressions import ImpressionLog, impressions_metadata
 from components.settings import redact_url
 
 EVENT_FIELDS = ("event_id", "user_id", "item_id", "event", "value", "event_ts")
@@ -52,6 +53,9 @@ class FeedbackEvent:
     value: float | None = None
     event_ts: float | None = None
     event_id: str | None = None
+    recommendation_id: str | None = None
+    """The impression the event answers (``components.feedback.impressions``), if the client named one."""
+    position: int | None = None
 
     def normalised(self) -> tuple:
         if not str(self.user_id).strip() or not str(self.item_id).strip():
@@ -178,8 +182,9 @@ def _postgres_engine(url: str) -> sa.Engine:
     return sa.create_engine(target, connect_args={"connect_timeout": 10}, **_POOL_OPTIONS)
 
 
-class FeedbackStore:
-    """Append-only event log over SQLite or PostgreSQL. Thread-safe; connections come from one pool."""
+class FeedbackStore(ImpressionLog):
+    """Append-only event log over SQLite or PostgreSQL, with the impression log and experiment records of
+    ``ImpressionLog``. Thread-safe; connections come from one pool."""
 
     def __init__(self, url: str):
         self.url = url
@@ -196,6 +201,7 @@ class FeedbackStore:
         try:
             with self._transaction(lock=self.is_postgres) as conn:
                 metadata.create_all(conn)
+                impressions_metadata.create_all(conn)
         except BaseException:
             self.engine.dispose()
             raise
@@ -239,17 +245,22 @@ class FeedbackStore:
 
         Re-sending an event id is a no-op, so clients may retry safely.
         """
+        events = list(events)
         rows = [event.normalised() for event in events]
         if not rows:
             return []
         now = time.time()
         params = [{**dict(zip(EVENT_FIELDS, row)), "received_at": now} for row in rows]
+        written: list[tuple[str, bool]] = []
         with self._transaction(lock=self.is_postgres) as conn:
             fresh = set(conn.execute(self._insert, params).scalars())
-        written: list[tuple[str, bool]] = []
-        for event_id, *_ in rows:
-            written.append((event_id, event_id in fresh))
-            fresh.discard(event_id)  # a second copy within the batch is a duplicate of the first
+            named = []  # newly written events that name a recommendation: attributed in the same transaction
+            for event, row in zip(events, rows):
+                written.append((row[0], row[0] in fresh))
+                if row[0] in fresh and event.recommendation_id:
+                    named.append((row, str(event.recommendation_id), event.position))
+                fresh.discard(row[0])  # a second copy within the batch is a duplicate of the first
+            self._attribute(conn, named)
         return written
 
     def quarantine(self, rows: Iterable[dict]) -> int:
@@ -296,7 +307,8 @@ class FeedbackStore:
 
     # -- erasure (components.privacy drives these)
     def forget(self, user_id: str, user_key: str, reason: str) -> dict:
-        """Delete the user's events (and held-back events) and stand a tombstone, in one transaction.
+        """Delete the user's events (held-back events, impressions, attributions) and stand a tombstone, in one
+        transaction.
 
         Idempotent: forgetting again deletes whatever arrived since and keeps the first tombstone.
         """
@@ -306,6 +318,7 @@ class FeedbackStore:
         with self._transaction(lock=self.is_postgres) as conn:
             deleted = conn.execute(feedback_events.delete().where(_events.user_id == str(user_id))).rowcount
             conn.execute(feedback_quarantine.delete().where(_quarantine.user_id == str(user_id)))
+            self._forget_impressions(conn, user_id)  # impressions and attributions hold the user id too
             row = {"user_key": user_key, "reason": reason, "requested_at": now, "state": "pending"}
             fresh = (
                 conn.execute(statement, {**row, "updated_at": now, "events_deleted": int(deleted), "detail": "{}"})

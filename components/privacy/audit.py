@@ -1,10 +1,10 @@
 """``lmrecsys users audit``: every place the platform keeps that still holds a user.
 
-The places: the feedback store (events and held-back events), snapshots and quarantined snapshots,
-and every Parquet file with a ``user_id`` column under the data root (run folders, serving bundles)
-and under a local MLflow artifact root (the artifacts of runs and model versions). With a tracking
-server, each registered version's bundle is downloaded and read. A running service can be asked
-too (``service_url``), through its admin audit endpoint.
+The places: the feedback store (events, held-back events, impressions and their attributions), snapshots
+and quarantined snapshots, and every Parquet file with a ``user_id`` column under the data root (run
+folders, serving bundles) and under a local MLflow artifact root (the artifacts of runs and model
+versions). With a tracking server, each registered version's bundle is downloaded and read. A running
+service can be asked too (``service_url``), through its admin audit endpoint.
 """
 
 from __future__ import annotations
@@ -49,12 +49,14 @@ def _store_places(settings: Settings, user_id: str) -> list[dict]:
     try:
         events = store.user_event_count(user_id)
         held = store.quarantined()
+        shown = store.user_impression_counts(user_id)  # impressions and attributions of online experiments
     finally:
         store.close()
     places = [{"place": "feedback store", "table": "feedback_events", "rows": events}] if events else []
     held_rows = int((held["user_id"].astype(str) == user_id).sum())
     if held_rows:
         places.append({"place": "feedback store", "table": "feedback_quarantine", "rows": held_rows})
+    places += [{"place": "feedback store", "table": table, "rows": rows} for table, rows in shown.items() if rows]
     return places
 
 

@@ -318,9 +318,11 @@ def test_sqlite_database_from_the_raw_schema_keeps_working(tmp_path):
         check_upgraded_store(store)
         with sqlite3.connect(path) as raw:  # nothing was re-created or altered; AUTOINCREMENT still applies
             schema = raw.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
-            added = [row for row in schema if any(new in row[1] for new in ("feedback_quarantine", "erasure_requests"))]
+            new_tables = ("feedback_quarantine", "erasure_requests", "impressions", "feedback_attributions")
+            new_tables += ("experiments",)
+            added = [row for row in schema if any(new in row[1] for new in new_tables)]
             assert [row for row in schema if row not in added] == schema_before
-            assert {row[1] for row in added} >= {"feedback_quarantine", "erasure_requests"}  # the two new tables
+            assert {row[1] for row in added} >= set(new_tables)  # the new tables, nothing else changed
             newest = store.watermark()
             raw.execute("DELETE FROM feedback_events WHERE seq = ?", (newest,))
         raw.close()

@@ -1,0 +1,236 @@
+"""Impressions, attributions and online experiments: the feedback store's tables for them.
+
+Every answer of ``/recommend``, ``/recommend_session`` and ``/search`` that serving logs is one row of
+``impressions``: its ``recommendation_id``, the experiment and arm that produced it, the model version,
+the unit it was served to (user id, session id, or none), the item ids in order, for an interleaved list
+the team of each position, the served latency and whether it failed. Feedback that names a
+``recommendation_id`` gets one row of ``feedback_attributions`` in the transaction that writes the event:
+attributed when the impression exists, belongs to the same user and lists the item; else it is kept as
+plain feedback and counted as unattributed, with the reason. ``experiments`` holds the experiment records;
+their state changes are single conditional updates, so two deciders cannot both end one.
+
+``FeedbackStore`` (``components.feedback.store``) inherits :class:`ImpressionLog` and creates these
+tables beside its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+
+from components.errors import LmRecsysError
+
+_REAL = sa.Double().with_variant(sqlite.REAL(), "sqlite")
+impressions_metadata = sa.MetaData()
+
+impressions = sa.Table(
+    "impressions",
+    impressions_metadata,
+    sa.Column("recommendation_id", sa.Text(), primary_key=True),
+    sa.Column("experiment_id", sa.Text()),
+    sa.Column("arm", sa.Text(), nullable=False),  # champion, challenger or interleaved
+    sa.Column("model_version", sa.Text(), nullable=False),  # "7", or "7+8" for an interleaved list
+    sa.Column("user_id", sa.Text()),  # the unit served: a user id or a session id (None: anonymous)
+    sa.Column("endpoint", sa.Text(), nullable=False),
+    sa.Column("item_ids", sa.Text(), nullable=False),  # JSON list of item ids, in order
+    sa.Column("teams", sa.Text()),  # JSON list, per position, of the arm that placed the item (interleave)
+    sa.Column("latency_ms", _REAL, nullable=False),
+    sa.Column("error", sa.Integer(), nullable=False),
+    sa.Column("created_at", _REAL, nullable=False),
+    sa.Index("impressions_experiment", "experiment_id", "created_at"),
+    sa.Index("impressions_user", "user_id"),
+)
+
+feedback_attributions = sa.Table(
+    "feedback_attributions",
+    impressions_metadata,
+    sa.Column("event_id", sa.Text(), primary_key=True),
+    sa.Column("recommendation_id", sa.Text(), nullable=False),
+    sa.Column("position", sa.Integer()),
+    sa.Column("user_id", sa.Text(), nullable=False),
+    sa.Column("item_id", sa.Text(), nullable=False),
+    sa.Column("event", sa.Text(), nullable=False),
+    sa.Column("experiment_id", sa.Text()),
+    sa.Column("arm", sa.Text()),  # the arm credited (for interleaving: the team that placed the item)
+    sa.Column("attributed", sa.Integer(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("created_at", _REAL, nullable=False),
+    sa.Index("feedback_attributions_experiment", "experiment_id", "attributed"),
+    sa.Index("feedback_attributions_user", "user_id"),
+)
+
+experiments = sa.Table(
+    "experiments",
+    impressions_metadata,
+    sa.Column("experiment_id", sa.Text(), primary_key=True),
+    sa.Column("model_name", sa.Text(), nullable=False),
+    sa.Column("champion_version", sa.Text(), nullable=False),
+    sa.Column("challenger_version", sa.Text(), nullable=False),
+    sa.Column("share", _REAL, nullable=False),
+    sa.Column("mode", sa.Text(), nullable=False),
+    sa.Column("metric", sa.Text(), nullable=False),
+    sa.Column("max_days", _REAL, nullable=False),
+    sa.Column("state", sa.Text(), nullable=False),  # running → promoted | stopped
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("created_by", sa.Text(), nullable=False),
+    sa.Column("created_at", _REAL, nullable=False),
+    sa.Column("updated_at", _REAL, nullable=False),
+    sa.Column("decided_at", _REAL),
+    sa.Column("decision", sa.Text(), nullable=False),  # JSON: the statistics the decision was taken on
+)
+EXPERIMENT_STATES = ("running", "promoted", "stopped")
+IMPRESSION_FIELDS = tuple(c.name for c in impressions.columns)
+_imp, _att, _exp = impressions.c, feedback_attributions.c, experiments.c
+
+
+class ExperimentConflict(LmRecsysError):
+    """An experiment cannot start or change state (one is already running, or it has ended)."""
+
+
+def _attribution(event: tuple, rec_id: str, position, impression, now: float) -> dict:
+    """The attribution row of one newly written event (``event``: a normalised ``FeedbackEvent`` tuple)."""
+    event_id, user_id, item_id, kind = event[:4]
+    row = {"event_id": event_id, "recommendation_id": rec_id, "position": position, "user_id": user_id}
+    row.update(item_id=item_id, event=kind, experiment_id=None, arm=None, attributed=0, created_at=now)
+    if impression is None:
+        return {**row, "reason": "unknown recommendation_id"}
+    if impression.user_id is not None and impression.user_id != user_id:
+        return {**row, "reason": "foreign recommendation_id: it was served to another user or session"}
+    items = json.loads(impression.item_ids)
+    if item_id not in items:
+        return {**row, "reason": f"item {item_id} is not in that recommendation"}
+    index = position if position is not None and position < len(items) and items[position] == item_id else None
+    index = items.index(item_id) if index is None else index
+    teams = json.loads(impression.teams) if impression.teams else None
+    arm = teams[index] if teams else impression.arm
+    return {**row, "position": index, "experiment_id": impression.experiment_id, "arm": arm, "attributed": 1} | {
+        "reason": "attributed"
+    }
+
+
+class ImpressionLog:
+    """The impression, attribution and experiment methods of ``FeedbackStore`` (its engine and transactions)."""
+
+    is_postgres: bool
+
+    # -- impressions and attributions
+    def log_impressions(self, rows: list[dict]) -> list[tuple[str, bool]]:
+        """Write impressions (``IMPRESSION_FIELDS`` per row, ``item_ids``/``teams`` as lists) durably in one
+        transaction; returns (recommendation_id, True) per row."""
+        if not rows:
+            return []
+        params = []
+        for row in rows:
+            teams = row.get("teams")
+            params.append(
+                {
+                    **{name: row.get(name) for name in IMPRESSION_FIELDS},
+                    "item_ids": json.dumps([str(i) for i in row.get("item_ids") or []]),
+                    "teams": json.dumps(list(teams)) if teams else None,
+                    "error": int(bool(row.get("error"))),
+                    "created_at": float(row.get("created_at") or time.time()),
+                }
+            )
+        with self._transaction() as conn:
+            conn.execute(impressions.insert(), params)
+        return [(p["recommendation_id"], True) for p in params]
+
+    def _attribute(self, conn: sa.Connection, written: list[tuple[tuple, str, Any]]) -> None:
+        """Inside ``append``'s transaction: one attribution row per newly written event naming a recommendation."""
+        if not written:
+            return
+        wanted = sorted({rec_id for _, rec_id, _ in written})
+        found = {
+            row.recommendation_id: row
+            for row in conn.execute(sa.select(impressions).where(_imp.recommendation_id.in_(wanted)))
+        }
+        now = time.time()
+        rows = [_attribution(event, rec_id, position, found.get(rec_id), now) for event, rec_id, position in written]
+        conn.execute(feedback_attributions.insert(), rows)
+
+    def impression(self, recommendation_id: str) -> dict | None:
+        rows = self._rows(sa.select(impressions).where(_imp.recommendation_id == str(recommendation_id)))
+        return dict(zip(IMPRESSION_FIELDS, rows[0])) if rows else None
+
+    def impression_frame(self, experiment_id: str) -> pd.DataFrame:
+        """An experiment's impressions: recommendation_id, arm, latency_ms, error, created_at, teams."""
+        columns = ["recommendation_id", "arm", "latency_ms", "error", "created_at", "teams"]
+        statement = sa.select(*(_imp[c] for c in columns)).where(_imp.experiment_id == experiment_id)
+        return pd.DataFrame(self._rows(statement.order_by(_imp.created_at)), columns=columns)
+
+    def attribution_frame(self, experiment_id: str) -> pd.DataFrame:
+        """An experiment's attributed events: recommendation_id, arm, event, created_at."""
+        columns = ["recommendation_id", "arm", "event", "created_at"]
+        where = sa.and_(_att.experiment_id == experiment_id, _att.attributed == 1)
+        statement = sa.select(*(_att[c] for c in columns)).where(where).order_by(_att.created_at)
+        return pd.DataFrame(self._rows(statement), columns=columns)
+
+    def attribution_counts(self) -> dict:
+        """``{"attributed": n, "unattributed": m, "reasons": {reason: count}}`` over all stored attributions."""
+        rows = self._rows(
+            sa.select(_att.attributed, _att.reason, sa.func.count()).group_by(_att.attributed, _att.reason)
+        )
+        counts = {"attributed": 0, "unattributed": 0, "reasons": {}}
+        for attributed, reason, n in rows:
+            counts["attributed" if attributed else "unattributed"] += int(n)
+            if not attributed:
+                counts["reasons"][reason] = int(n)
+        return counts
+
+    def user_impression_counts(self, user_id: str) -> dict[str, int]:
+        """How many impression and attribution rows hold the user (the privacy audit lists them)."""
+        user = str(user_id)
+        return {
+            "impressions": int(self._scalar(sa.select(sa.func.count()).where(_imp.user_id == user))),
+            "feedback_attributions": int(self._scalar(sa.select(sa.func.count()).where(_att.user_id == user))),
+        }
+
+    @staticmethod
+    def _forget_impressions(conn: sa.Connection, user_id: str) -> int:
+        """Inside ``forget``'s transaction: delete the user's impressions and attributions."""
+        gone = conn.execute(impressions.delete().where(_imp.user_id == str(user_id))).rowcount
+        return gone + conn.execute(feedback_attributions.delete().where(_att.user_id == str(user_id))).rowcount
+
+    # -- experiments
+    def create_experiment(self, row: dict) -> dict:
+        """Insert a running experiment; ``ExperimentConflict`` if one already runs on the same model."""
+        now = time.time()
+        record = {**row, "state": "running", "created_at": now, "updated_at": now, "decided_at": None}
+        record.setdefault("decision", "{}")
+        record.setdefault("reason", "")
+        with self._transaction(lock=self.is_postgres) as conn:
+            running = conn.execute(
+                sa.select(_exp.experiment_id).where(_exp.model_name == row["model_name"], _exp.state == "running")
+            ).first()
+            if running is not None:
+                raise ExperimentConflict(
+                    f"experiment {running[0]} is already running on model {row['model_name']!r}; "
+                    "stop it first (lmrecsys experiments stop ID --reason ...)"
+                )
+            conn.execute(experiments.insert().values(**record))
+        return record
+
+    def finish_experiment(self, experiment_id: str, state: str, reason: str, decision: dict) -> bool:
+        """Move a running experiment to ``state`` (promoted or stopped); False when it no longer runs."""
+        if state not in EXPERIMENT_STATES[1:]:
+            raise ExperimentConflict(f"unknown final state {state!r}; use promoted or stopped")
+        now = time.time()
+        values = {"state": state, "reason": reason, "decision": json.dumps(decision, default=str), "updated_at": now}
+        where = sa.and_(_exp.experiment_id == experiment_id, _exp.state == "running")
+        with self._transaction() as conn:
+            return conn.execute(experiments.update().where(where).values(**values, decided_at=now)).rowcount == 1
+
+    def experiments(self, state: str | None = None, model_name: str | None = None) -> list[dict]:
+        """Experiment records, newest first."""
+        statement = sa.select(experiments).order_by(_exp.created_at.desc(), _exp.experiment_id)
+        if state is not None:
+            statement = statement.where(_exp.state == state)
+        if model_name is not None:
+            statement = statement.where(_exp.model_name == model_name)
+        names = [c.name for c in experiments.columns]
+        return [{**dict(zip(names, row)), "decision": json.loads(row[-1] or "{}")} for row in self._rows(statement)]
