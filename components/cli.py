@@ -394,7 +394,7 @@ def _describe_champion(champion: dict | None) -> str:
     return f"version {champion['version']} ({champion['model_kind']}, snapshot {champion['snapshot_id']})"
 
 
-from components import cli_operator, cli_privacy  # noqa: E402, F401  (add the operator and users commands)
+from components import cli_experiments, cli_operator, cli_privacy  # noqa: E402, F401  (the command groups)
 
 
 def main() -> None:

@@ -155,6 +155,9 @@ class RegistrySettings(BaseModel):
     lock_url: SecretStr | None = None
     """A postgresql:// URL for the promotion lock when several hosts promote through one tracking server.
     Unset: the tracking store if it is PostgreSQL, else a file lock."""
+    promotion: Literal["offline", "online"] = "offline"
+    """``offline``: the gate promotes an approved challenger at once. ``online``: the gate's approval starts an
+    online experiment against the champion instead (``experiments.*``), whose decision promotes or stops it."""
 
 
 class FeedbackSettings(BaseModel):
@@ -167,6 +170,48 @@ class FeedbackSettings(BaseModel):
     """New events past the newest accepted snapshot that start the next run."""
     trigger_max_age_s: float = 86_400.0
     """A run starts anyway once the oldest untrained event is this old."""
+
+
+METRICS = ("like_rate", "click_rate", "purchase_rate")
+"""Online experiment metrics: attributed positive events per impression (``like_rate``: every event in
+``experiments.positive_events``), or only clicks, or only purchases."""
+
+
+class ExperimentSettings(BaseModel):
+    """Online experiments: the always-valid test, its guardrails and the defaults (docs/experiments.md)."""
+
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    """The mSPRT's false-positive bound: an A/A experiment declares a winner at most this often."""
+    tau_split: float = Field(default=0.05, gt=0)
+    """Spread of the mixture over the difference in the metric per impression (split mode)."""
+    tau_interleave: float = Field(default=0.1, gt=0)
+    """Spread of the mixture over the challenger's share of won impressions minus 1/2 (interleave mode)."""
+    min_impressions: int = Field(default=200, ge=1)
+    """No decision before each arm has this many impressions (interleave: decisive impressions)."""
+    positive_events: list[str] = Field(default_factory=lambda: ["like", "click", "purchase"])
+    negative_events: list[str] = Field(default_factory=lambda: ["dislike"])
+    max_error_increase: float = Field(default=0.01, ge=0)
+    """Guardrail: the challenger's error rate may exceed the champion's by at most this much..."""
+    guardrail_min_errors: int = Field(default=5, ge=1)
+    """...once it has at least this many errors."""
+    max_p99_ratio: float = Field(default=1.5, ge=1)
+    p99_slack_ms: float = Field(default=10.0, ge=0)
+    """Guardrail (split mode): challenger p99 latency ≤ champion p99 × ``max_p99_ratio`` + this."""
+    refresh_s: float = Field(default=5.0, gt=0)
+    """How often the service re-reads the running experiment and evaluates its decision."""
+    auto_decide: bool = True
+    """The service decides by itself (promote or stop) as soon as the test or a guardrail says so."""
+    default_share: float = Field(default=0.5, gt=0, lt=1)
+    default_mode: Literal["split", "interleave"] = "split"
+    default_max_days: float = Field(default=14.0, gt=0)
+
+    def metric_events(self, metric: str) -> list[str]:
+        """The events a metric counts."""
+        if metric == "like_rate":
+            return list(self.positive_events)
+        if metric in ("click_rate", "purchase_rate"):
+            return [metric.removesuffix("_rate")]
+        raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
 
 
 class ServingSettings(BaseModel):
@@ -216,6 +261,9 @@ class ServingSettings(BaseModel):
     scores each on the event loop by itself."""
     max_batch: int = Field(default=64, ge=1, le=4096)
     """Most requests scored in one model call by the micro-batcher."""
+    impressions: Literal["experiment", "always", "off"] = "experiment"
+    """When answers are logged as impressions (durably, before the answer): while an online experiment
+    runs (the default), for every answer, or never. Every answer carries a ``recommendation_id`` either way."""
 
 
 class AirflowSettings(BaseModel):
@@ -266,6 +314,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
 
     @property
     def root(self) -> Path:

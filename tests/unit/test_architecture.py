@@ -23,11 +23,13 @@ LAYERS = [
     ("components.registry",),
     ("components.training",),
     ("components.privacy",),
+    ("components.experiments",),
     (
         "components.pipeline",
         "components.cli",
         "components.cli_operator",
         "components.cli_privacy",
+        "components.cli_experiments",
         "components.operations",
     ),
     ("serving",),

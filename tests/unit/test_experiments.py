@@ -1,0 +1,253 @@
+"""Online experiments without a service: the split, interleaving, the always-valid test, starting with
+bad input, and the decision acting through a real MLflow registry (SQLite) and feedback store."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from components.engine import write_bundle
+from components.errors import LmRecsysError
+from components.experiments import (
+    CHALLENGER,
+    CHAMPION,
+    assign,
+    credit,
+    evaluate,
+    get_experiment,
+    list_experiments,
+    mixture_test,
+    start_experiment,
+    stop_experiment,
+    team_draft,
+)
+from components.feedback.store import FeedbackEvent, FeedbackStore
+from components.models import LMContent
+from components.registry import champion_history, configure, get_alias_version, log_bundle_model
+from components.settings import load_settings
+from tests.harness import restored_mlflow_state
+from tests.unit._model_fixtures import cluster_vectors, tiny_data
+
+
+def test_the_split_is_stable_and_follows_the_share():
+    users = [str(u) for u in range(20_000)]
+    first = [assign("exp-1", u, 0.3) for u in users]
+    assert first == [assign("exp-1", u, 0.3) for u in users]  # the same user, the same arm, every time
+    assert abs(first.count(CHALLENGER) / len(users) - 0.3) < 0.015
+    other = [assign("exp-2", u, 0.3) for u in users]
+    agree = sum(a == b for a, b in zip(first, other)) / len(users)
+    assert 0.52 < agree < 0.64  # independent of another experiment's split (0.7² + 0.3² = 0.58)
+
+
+def test_team_draft_interleaving_takes_turns_and_credits_the_team_that_placed_an_item():
+    a, b = [1, 2, 3, 4, 5], [3, 6, 1, 7, 8]
+    items, teams = team_draft(a, b, 6, seed="rec-1")
+    assert len(items) == len(set(items)) == 6 and (items, teams) == team_draft(a, b, 6, seed="rec-1")
+    assert teams.count(CHAMPION) == teams.count(CHALLENGER) == 3  # equal picks per team
+    for item, team in zip(items, teams):
+        assert item in (a if team == CHAMPION else b)
+    assert credit(teams, [teams.index(CHALLENGER)]) == {CHAMPION: 0, CHALLENGER: 1}
+    seeds = [team_draft(a, b, 2, seed=f"r{i}")[1][0] for i in range(400)]
+    assert 160 < seeds.count(CHAMPION) < 240  # the first pick is a fair coin
+    assert team_draft([1, 2], [1, 2], 5, seed="x")[0] == [1, 2]  # no more items than both lists hold
+
+
+def _peeking_run(rng, rate_a, rate_b, n, looks, tau, alpha) -> bool:
+    """One experiment looked at ``looks`` times: does the mSPRT ever call it?"""
+    a, b = rng.random(n) < rate_a, rng.random(n) < rate_b
+    for m in np.linspace(n / looks, n, looks).astype(int):
+        va, vb = a[:m].var(ddof=1), b[:m].var(ddof=1)
+        if mixture_test(b[:m].mean() - a[:m].mean(), (va + vb) / m, tau, alpha)["significant"]:
+            return True
+    return False
+
+
+def test_the_always_valid_test_keeps_its_false_positive_rate_however_often_it_is_looked_at():
+    rng = np.random.default_rng(7)
+    runs = 300
+    false_positives = sum(_peeking_run(rng, 0.1, 0.1, 4000, 40, 0.05, 0.05) for _ in range(runs))
+    assert false_positives / runs <= 0.05 + 0.03  # alpha, plus the binomial slack of 300 runs
+    wins = sum(_peeking_run(rng, 0.1, 0.16, 4000, 40, 0.05, 0.05) for _ in range(50))
+    assert wins >= 45  # and it still finds a clear difference
+    test = mixture_test(0.06, 0.0001, 0.05, 0.05)
+    assert test["significant"] and test["interval"][0] > 0 > mixture_test(0.0, 0.0001, 0.05, 0.05)["interval"][0]
+
+
+# ---------------------------------------------------------------- a real registry and feedback store
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A champion (version 1), a copy (version 2) and a version with a changed bundle (version 3)."""
+    with restored_mlflow_state():
+        root = tmp_path_factory.mktemp("experiments")
+        settings = load_settings(data_root=root, experiments={"min_impressions": 50})
+        client = configure(settings)
+        data = tiny_data()
+        model = LMContent({"whiten_dim": None}).fit(data, cluster_vectors())
+        bundle = write_bundle(
+            root / "bundle", model, data, cluster_vectors(), {"model_name": "lm_content", "id_type": "int"}
+        )
+        uris = []
+        for _ in range(3):
+            with mlflow.start_run():
+                uris.append(log_bundle_model(bundle, settings.registry.model_name)[1])
+        client.set_registered_model_alias(settings.registry.model_name, "champion", "1")
+        location = client.get_logged_model(uris[2].rsplit("/", 1)[-1]).artifact_location
+        changed = Path(location.removeprefix("file://")) / "artifacts" / "bundle" / "popularity.npy"
+        np.save(changed, np.load(changed)[::-1].copy())
+        yield settings
+
+
+def _fill(settings, experiment: dict, rates: dict[str, float], per_arm: int, seed: int = 0) -> None:
+    """Impressions and the simulated users' likes, as serving and the feedback endpoint write them."""
+    rng = np.random.default_rng(seed)
+    store = FeedbackStore(settings.feedback_url)
+    try:
+        for arm, rate in rates.items():
+            rows, events = [], []
+            for i in range(per_arm):
+                rec_id, user = f"rec-{uuid.uuid4().hex}", f"{arm}-{seed}-{i}"
+                rows.append(
+                    {
+                        "recommendation_id": rec_id,
+                        "experiment_id": experiment["experiment_id"],
+                        "arm": arm,
+                        "model_version": experiment[f"{arm}_version"],
+                        "user_id": user,
+                        "endpoint": "recommend",
+                        "item_ids": ["10", "11", "12"],
+                        "latency_ms": 3.0 + rng.random(),
+                    }
+                )
+                if rng.random() < rate:
+                    events.append(FeedbackEvent(user, "11", "like", recommendation_id=rec_id, position=1))
+            store.log_impressions(rows)
+            store.append(events)
+    finally:
+        store.close()
+
+
+def test_starting_refuses_bad_input_and_changes_nothing(registry):
+    settings = registry
+    bad = [
+        ({"challenger": "2", "share": 0}, "--share must lie strictly between 0 and 1"),
+        ({"challenger": "2", "share": 1.0}, "--share must lie strictly between 0 and 1"),
+        ({"challenger": "2", "share": 1.5}, "--share must lie strictly between 0 and 1"),
+        ({"challenger": "2", "mode": "bandit"}, "--mode must be one of split, interleave"),
+        ({"challenger": "2", "metric": "ctr"}, "--metric must be one of"),
+        ({"challenger": "2", "max_days": -1}, "--max-days must be a positive number"),
+        ({"challenger": "99"}, "has no version '99'"),
+        ({"challenger": "1"}, "is the champion already"),
+        ({"challenger": "3"}, "version 3 fails its smoke test: .*content hash"),
+    ]
+    for arguments, message in bad:
+        with pytest.raises(LmRecsysError, match=message):
+            start_experiment(settings, **arguments)
+    assert list_experiments(settings) == []
+    client = configure(settings)
+    assert not any(k.startswith("experiment.") for k in client.get_model_version("recommender", "2").tags)
+
+
+def test_a_better_challenger_is_promoted_through_the_registry(registry):
+    settings = registry
+    experiment = start_experiment(settings, "2", share=0.5)  # the real smoke test, in a fresh process
+    with pytest.raises(LmRecsysError, match=f"{experiment['experiment_id']} is already running"):
+        start_experiment(settings, "2", smoke=False)
+    assert len(list_experiments(settings)) == 1
+    _fill(settings, experiment, {CHAMPION: 0.05, CHALLENGER: 0.05}, 30)
+    waiting = evaluate(settings, experiment)
+    assert waiting["decision"]["action"] == "continue"  # too few impressions to decide
+    _fill(settings, experiment, {CHAMPION: 0.05, CHALLENGER: 0.45}, 300, seed=1)
+    result = evaluate(settings, experiment)
+    assert result["decision"]["action"] == "promote" and result["decision"]["state"] == "promoted", result["decision"]
+    client = configure(settings)
+    assert str(get_alias_version(client, "recommender", "champion").version) == "2"
+    tags = client.get_model_version("recommender", "2").tags
+    exp_id = experiment["experiment_id"]
+    assert tags["experiment.id"] == exp_id and tags["experiment.decision"] == "promoted"
+    assert tags["experiment.role"] == "challenger" and float(tags["experiment.p_value"]) < 0.05
+    assert client.get_model_version("recommender", "1").tags["experiment.decision"] == "promoted"
+    last = champion_history(settings)[-1]
+    assert (
+        last["version"] == "2"
+        and last["by"] == "experiment"
+        and last["reason"].startswith(f"online experiment {exp_id}")
+    )
+    assert get_experiment(settings, exp_id)["state"] == "promoted"
+    again = evaluate(settings, get_experiment(settings, exp_id))
+    assert again["decision"]["action"] == "ended"  # decided once
+
+    # now version 1 challenges version 2 and is worse: stopped, the champion stays
+    worse = start_experiment(settings, "1", smoke=False)
+    _fill(settings, worse, {CHAMPION: 0.45, CHALLENGER: 0.05}, 300, seed=2)
+    result = evaluate(settings, worse)
+    assert result["decision"]["state"] == "stopped" and "worse" in result["decision"]["reason"]
+    assert str(get_alias_version(client, "recommender", "champion").version) == "2"
+    assert champion_history(settings)[-1]["action"] == "experiment-stopped"
+
+    # a human stop needs a reason and a running experiment
+    third = start_experiment(settings, "1", smoke=False)
+    with pytest.raises(LmRecsysError, match="needs --reason"):
+        stop_experiment(settings, third["experiment_id"], " ")
+    assert stop_experiment(settings, third["experiment_id"], "enough")["state"] == "stopped"
+    with pytest.raises(LmRecsysError, match="is not running"):
+        stop_experiment(settings, third["experiment_id"], "again")
+    with pytest.raises(LmRecsysError, match="there is no experiment 'exp-nope'"):
+        stop_experiment(settings, "exp-nope", "why")
+
+
+def test_a_challenger_that_errors_breaks_the_guardrail(registry):
+    settings = registry
+    experiment = start_experiment(settings, "1", smoke=False)
+    _fill(settings, experiment, {CHAMPION: 0.1, CHALLENGER: 0.1}, 20)
+    store = FeedbackStore(settings.feedback_url)
+    try:
+        store.log_impressions(
+            [
+                {
+                    "recommendation_id": f"err-{i}",
+                    "experiment_id": experiment["experiment_id"],
+                    "arm": CHALLENGER,
+                    "model_version": "1",
+                    "endpoint": "recommend",
+                    "item_ids": [],
+                    "latency_ms": 1.0,
+                    "error": True,
+                }
+                for i in range(6)
+            ]
+        )
+    finally:
+        store.close()
+    result = evaluate(settings, experiment)
+    assert (
+        result["decision"]["state"] == "stopped"
+        and "guardrail: the challenger's error rate" in result["decision"]["reason"]
+    )
+    assert str(get_alias_version(configure(settings), "recommender", "champion").version) == "2"
+
+
+def test_the_cli_starts_shows_lists_and_stops(registry, monkeypatch):
+    from components.cli import app
+
+    settings = registry
+    monkeypatch.setenv("LMRECSYS_DATA_ROOT", str(settings.data_root))
+    runner = CliRunner()
+    bad = runner.invoke(app, ["experiments", "start", "--challenger", "1", "--share", "2"])
+    assert bad.exit_code == 1 and "--share must lie strictly between 0 and 1" in bad.output
+    started = runner.invoke(app, ["experiments", "start", "--challenger", "1", "--no-smoke-test", "--json"])
+    assert started.exit_code == 0, started.output
+    exp_id = json.loads(started.stdout)["experiment_id"]
+    shown = json.loads(runner.invoke(app, ["experiments", "show", exp_id, "--json"]).stdout)
+    assert shown["experiment"]["state"] == "running" and set(shown["stats"]["arms"]) == {CHAMPION, CHALLENGER}
+    assert exp_id in runner.invoke(app, ["experiments", "list"]).stdout
+    stopped = runner.invoke(app, ["experiments", "stop", exp_id, "--reason", "cli test"])
+    assert stopped.exit_code == 0 and "stopped" in stopped.stdout
+    assert runner.invoke(app, ["experiments", "stop", exp_id, "--reason", "again"]).exit_code == 1
