@@ -118,7 +118,11 @@ def _delete_runs(settings: Settings, forgetter: Forgetter, tainted_ids: set[str]
 
 
 def rewrite_snapshot(snapshot: Snapshot, forgetter: Forgetter, reason: str) -> Snapshot:
-    """The snapshot without the forgotten users' rows, under a new id; the old folder is deleted."""
+    """The snapshot without the forgotten users' rows, under a new id; the old folder is deleted.
+
+    When the result equals a snapshot already there (the erasure run's own snapshot, when nothing else
+    changed), that one is kept as it is, with its own time and validation, and its manifest records
+    the rewrite (``same_as_existing``)."""
     manifest, validation = snapshot.manifest, snapshot.validation
     interactions = snapshot.interactions()
     kept = interactions[~forgetter.mask(interactions["user_id"])]
@@ -127,6 +131,7 @@ def rewrite_snapshot(snapshot: Snapshot, forgetter: Forgetter, reason: str) -> S
     removed = len(interactions) - len(kept)
     record = {"from": snapshot.snapshot_id, "reason": reason, "at": time.time(), "rows_removed": removed}
     extra["rewritten"] = [*manifest.get("rewritten", []), record]
+    existing = {p.name for p in snapshot.path.parent.iterdir()}
     new = write_snapshot(
         snapshot.path.parent,
         snapshot.items(),
@@ -138,6 +143,11 @@ def rewrite_snapshot(snapshot: Snapshot, forgetter: Forgetter, reason: str) -> S
         extra=extra,
     )
     placed = new.manifest
+    if new.snapshot_id in existing:  # the rewrite equals a snapshot already there (e.g. the erasure run's own)
+        placed["rewritten"] = [*placed.get("rewritten", []), {**record, "same_as_existing": True}]
+        atomic_write_text(new.path / "manifest.json", json.dumps(placed, indent=2, sort_keys=True))
+        shutil.rmtree(snapshot.path)
+        return new
     placed["created_at"] = manifest["created_at"]  # keeps its place in the lineage (newest_accepted is by time)
     atomic_write_text(new.path / "manifest.json", json.dumps(placed, indent=2, sort_keys=True))
     if validation is not None:
