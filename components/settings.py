@@ -182,10 +182,11 @@ class ExperimentSettings(BaseModel):
 
     alpha: float = Field(default=0.05, gt=0, lt=1)
     """The mSPRT's false-positive bound: an A/A experiment declares a winner at most this often."""
-    tau_split: float = Field(default=0.05, gt=0)
-    """Spread of the mixture over the difference in the metric per impression (split mode)."""
-    tau_interleave: float = Field(default=0.1, gt=0)
-    """Spread of the mixture over the challenger's share of won impressions minus 1/2 (interleave mode)."""
+    tau_split: float = Field(default=0.1, gt=0)
+    """Spread of the mSPRT's mixture over the difference between arms, in standard deviations of the
+    per-impression metric (split mode): the size of effect the test is most sensitive to."""
+    tau_interleave: float = Field(default=0.2, gt=0)
+    """The same for interleaving, in standard deviations of a fair coin (0.2: a won share of 0.5 ± 0.1)."""
     min_impressions: int = Field(default=200, ge=1)
     """No decision before each arm has this many impressions (interleave: decisive impressions)."""
     positive_events: list[str] = Field(default_factory=lambda: ["like", "click", "purchase"])

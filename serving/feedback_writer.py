@@ -88,7 +88,7 @@ def check_feedback(events: list, engine, checks):
                 "nothing was written"
             )
             return error(400, message, field="timestamp")
-        controlled = [name for name in ("user_id", "item_id", "event_id") if _has_control(getattr(e, name))]
+        controlled = [n for n in ("user_id", "item_id", "event_id", "recommendation_id") if _has_control(getattr(e, n))]
         if controlled:
             message = f"{controlled[0]} holds a NUL or control character{where}; nothing was written"
             return error(400, message, field=controlled[0])
@@ -98,7 +98,14 @@ def check_feedback(events: list, engine, checks):
     # The id is fixed here, not in the store, so a retry of this request stays a duplicate.
     return [
         FeedbackEvent(
-            str(e.user_id), str(e.item_id), e.event, e.value, e.timestamp, e.event_id or f"fb-{uuid.uuid4().hex}"
+            str(e.user_id),
+            str(e.item_id),
+            e.event,
+            e.value,
+            e.timestamp,
+            e.event_id or f"fb-{uuid.uuid4().hex}",
+            recommendation_id=e.recommendation_id,
+            position=e.position,
         )
         for e in events
     ]
@@ -124,8 +131,10 @@ class FeedbackWriter:
     (a value the database rejects) fails alone. Any other error is logged and the loop goes on.
     """
 
-    def __init__(self, store, max_group_events: int = 5000, health=None) -> None:
+    def __init__(self, store, max_group_events: int = 5000, health=None, method: str = "append") -> None:
         self.store = store
+        self.method = method
+        """The store method that writes a group (``append`` for events, ``log_impressions`` for impressions)."""
         self.max_group_events = max_group_events
         self.health = health
         """Told each commit's outcome (``ok()`` / ``failed(exc)``; a ``StoreHealth``), when given."""
@@ -184,7 +193,7 @@ class FeedbackWriter:
         if not group:
             return
         try:
-            written = self.store.append([event for events, _ in group for event in events])
+            written = getattr(self.store, self.method)([event for events, _ in group for event in events])
         except Exception as exc:
             if self.health is not None:
                 self.health.failed(exc)

@@ -45,6 +45,10 @@ Query = Annotated[
 HistoryLimit = Annotated[int, Field(ge=1, le=200)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 EventId = Annotated[str, Field(min_length=1, max_length=128)]
+RecommendationId = Annotated[
+    str, Field(min_length=1, max_length=64, description="The recommendation_id of the answer the event responds to")
+]
+Position = Annotated[int, Field(ge=0, le=10_000, description="The item's position (from 0) in that answer")]
 
 
 def top_k(max_k: int):
@@ -67,6 +71,8 @@ class FeedbackIn(BaseModel):
         default=None, allow_inf_nan=False, description="Epoch seconds; defaults to the time received"
     )
     event_id: EventId | None = Field(default=None, description="Idempotency key: re-sending the same id is a no-op")
+    recommendation_id: RecommendationId | None = None
+    position: Position | None = None
 
 
 FeedbackEvents = Annotated[

@@ -19,15 +19,16 @@ from starlette.responses import JSONResponse as StarletteJSON
 
 from components.data.events import EventType
 from components.settings import disable_telemetry, load_settings
-from serving import forgotten, schemas
+from serving import answers, experiment_routes, forgotten, schemas
 from serving.access import ClientKeys, Gate, admin_refusal
+from serving.arms import Arms
 from serving.bentoml_patch import cancel_request_timers
 from serving.catalogue import CATALOGUE_REFRESH_S, AcceptedItems
 from serving.champion import Champion, Loaded, every, feedback_watermark
 from serving.feedback_writer import FeedbackWriter, RecentFeedback, record_feedback
 from serving.middleware import FAST_LANE_ENDPOINTS, SERVING, BodyLimitMiddleware, FastLane
 from serving.readiness import LazyStore, StoreHealth, not_ready_reasons, safely
-from serving.schemas import MAX_BODY_BYTES, FeedbackIn, error, history_items, recommendations, top_k
+from serving.schemas import MAX_BODY_BYTES, FeedbackIn, error, recommendations, top_k
 
 disable_telemetry()
 # A process-level default for the thread pools of libraries loaded after this module (numpy's BLAS, torch's
@@ -48,6 +49,7 @@ TRACING = {} if DECORATION.trace_hot_paths else {"excluded_urls": HOT_URLS}
 log = logging.getLogger("lmrecsys.serving")
 web = FastAPI(title="lm-recsys extras")
 web.include_router(forgotten.router)  # DELETE /admin/users/{user_id}, GET /admin/users/{user_id}/audit
+web.include_router(experiment_routes.router)  # /admin/experiments..., GET /experiments/current
 NO_ACCESS_LOG = {"access": {"enabled": False}}
 
 
@@ -78,6 +80,7 @@ class RecommenderService:
         self.fast_lane = settings.serving.fast_lane
         self.batcher = ScoringBatcher(settings.serving.max_batch) if settings.serving.batch_scoring else None
         self.champion = Champion(settings, on_load=self._refresh_recent)
+        self.arms = Arms(settings, self.store, self.champion, self.health, on_load=self.forgotten.apply)  # experiments
         self._stop = threading.Event()
         safely(self.accepted.refresh)
         self.champion.reload()
@@ -86,6 +89,7 @@ class RecommenderService:
             ("champion-poller", settings.serving.poll_interval_s, self.champion.reload),
             ("feedback-index", self.recent.refresh_s, self._refresh_recent),
             ("accepted-catalogue", CATALOGUE_REFRESH_S, self.accepted.refresh),
+            ("experiment", settings.experiments.refresh_s, self.arms.refresh),
         ):
             threading.Thread(target=every, args=(self._stop, interval_s, action), name=name, daemon=True).start()
         SERVING.append(self)
@@ -120,6 +124,7 @@ class RecommenderService:
         if self in SERVING:
             SERVING.remove(self)
         self.writer.close()
+        self.arms.close()
         if self.batcher is not None:
             self.batcher.close()
 
@@ -130,39 +135,6 @@ class RecommenderService:
         from serving.batching import score
 
         return (await score(self.batcher, engine, ScoreRequest(history, k, exclude_seen, categories)))[0]
-
-    async def _recommend(self, user_id, k, exclude_seen, categories, session_item_ids) -> dict | StarletteJSON:
-        found = self.recent.for_request(self.loaded, user_id, self.recent_limit)
-        if not isinstance(found, tuple):
-            return found
-        loaded, user, recent = found
-        engine = loaded.engine
-        history, source = (None, "") if self.forgotten.has(user) else (engine.history_for(user, recent), "history")
-        if history is None and session_item_ids:
-            unknown = [i for i in session_item_ids if engine.item_index(i) is None][:10]
-            if unknown:
-                message = f"unknown item id(s) in session_item_ids: {unknown}"
-                return error(404, message, field="session_item_ids", unknown_ids=unknown)
-            history, source = engine.session_history(session_item_ids), "session (unknown user)"
-        elif history is None or len(history) == 0:
-            source = "popularity (unknown user)" if history is None else "popularity (no positive history)"
-        if source == "history" and not recent and exclude_seen and not categories:
-            recs = engine.recommend_user(user, history, k)  # nothing new since training: the cached ranking
-        else:
-            recs = await self._scored(engine, history, k, exclude_seen, categories)
-        extra = {"user_id": user, "source": source, "fallback": source != "history", "recent_events_used": len(recent)}
-        return recommendations(loaded, recs, **extra)
-
-    def _history(self, user_id, limit: int) -> dict | StarletteJSON:
-        found = self.recent.for_request(self.loaded, user_id, self.recent_limit)
-        if not isinstance(found, tuple):
-            return found
-        loaded, user, recent = found
-        engine = loaded.engine
-        erased = self.forgotten.has(user)  # an erasure between two refreshes
-        items = [] if erased else history_items(engine, engine.history_for(user, recent), limit)
-        known = user in engine.histories and not erased
-        return {"user_id": user, "items": items, "known_user": known, "model_version": loaded.version}
 
     def _guarded(self, endpoint: str, fn, *args):
         """``fn(*args)``, or a 503 while no model is loaded, or a 500 (traceback in the log) if it raises."""
@@ -186,44 +158,53 @@ class RecommenderService:
     ) -> dict:
         """Top-k items for a user, with explanations; unknown users fall back to their session or popularity."""
         args = (user_id, k, exclude_seen, categories, session_item_ids)
-        return await self._guarded_async("recommend", self._recommend, *args)
+        compute = lambda loaded: answers.recommend(self, loaded, *args)  # noqa: E731  (one arm's answer)
+        return await self._guarded_async("recommend", self.arms.answer, "recommend", user_id, compute)
 
     @bentoml.api
     async def history(self, user_id: schemas.Id, limit: schemas.HistoryLimit = 20) -> dict:
         """The user's newest interactions, newest first: training history plus feedback since training."""
-        return self._guarded("history", self._history, user_id, limit)
+        return self._guarded("history", answers.history, self, self.loaded, user_id, limit)
 
     @bentoml.api
     async def recommend_session(
-        self, item_ids: schemas.ViewedItems, k: K = 10, categories: schemas.Categories | None = None
+        self,
+        item_ids: schemas.ViewedItems,
+        k: K = 10,
+        categories: schemas.Categories | None = None,
+        session_id: schemas.Id | None = None,
     ) -> dict:
-        """Top-k items for an anonymous visitor, from the items they just viewed."""
+        """Top-k items for an anonymous visitor, from the items they just viewed (split by ``session_id``)."""
 
-        async def run():
-            loaded = self.loaded
+        async def run(loaded):
             unknown = [i for i in item_ids if loaded.engine.item_index(i) is None][:10]
             if unknown:
                 return error(404, f"unknown item id(s): {unknown}", field="item_ids", unknown_ids=unknown)
             recs = await self._scored(loaded.engine, loaded.engine.session_history(item_ids), k, True, categories)
             return recommendations(loaded, recs, source="session")
 
-        return await self._guarded_async("recommend_session", run)
+        return await self._guarded_async("recommend_session", self.arms.answer, "recommend_session", session_id, run)
 
     @bentoml.api
-    def search(self, query: schemas.Query, k: K = 10, categories: schemas.Categories | None = None) -> dict:
+    def search(
+        self,
+        query: schemas.Query,
+        k: K = 10,
+        categories: schemas.Categories | None = None,
+        session_id: schemas.Id | None = None,
+    ) -> dict:
         """Free text in, items out, through the language model: the cold-start path."""
 
-        def run():
+        def run(loaded):
             if not query.strip():
                 return error(400, "query must contain non-whitespace text", field="query")
-            loaded = self.loaded
             if loaded.engine.text_vectors is None:
                 message = f"model version {loaded.version} carries no text vectors, so free-text search is unavailable"
                 return error(409, message)
             vector = self.champion.encoder().encode([query])[0]
             return recommendations(loaded, loaded.engine.search_vector(vector, k, categories), query=query)
 
-        return self._guarded("search", run)
+        return self._guarded("search", self.arms.answer_sync, "search", session_id, run)
 
     @bentoml.api
     async def similar_items(self, item_id: schemas.Id, k: K = 10) -> dict:
@@ -250,9 +231,13 @@ class RecommenderService:
         value: schemas.Finite | None = None,
         timestamp: schemas.Finite | None = None,
         event_id: schemas.EventId | None = None,
+        recommendation_id: schemas.RecommendationId | None = None,
+        position: schemas.Position | None = None,
     ) -> dict:
-        """Record one event durably (written before this returns); idempotent by event_id."""
-        fields = {"value": value, "timestamp": timestamp, "event_id": event_id}
+        """Record one event durably (written before this returns); idempotent by event_id. With a
+        ``recommendation_id`` (and ``position``) it is attributed to that answer's impression."""
+        fields = {"value": value, "timestamp": timestamp, "event_id": event_id, "position": position}
+        fields["recommendation_id"] = recommendation_id
         return await self._write_feedback([FeedbackIn(user_id=user_id, item_id=item_id, event=event, **fields)])
 
     @bentoml.api

@@ -12,7 +12,9 @@ alpha, however often it is looked at. The always-valid p-value is the running mi
 min(1, 1/Lambda); the always-valid interval (confidence sequence) is the set of theta whose own ratio
 stays below 1/alpha. In split mode the outcome of an impression is its number of attributed positive
 events (the metric), compared between arms; in interleave mode it is whether the challenger's team won
-the impression (ties and impressions without clicks drop out), compared with one half.
+the impression (ties and impressions without clicks drop out), compared with one half. tau is given in
+standard deviations of the outcome (the arms' pooled one; a fair coin's, 1/2, for interleaving), so one
+setting suits rare clicks and frequent likes alike.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ def split_stats(impressions, attributions, positive: tuple, negative: tuple, tau
     a, b = arms[CHAMPION], arms[CHALLENGER]
     if a["impressions"] and b["impressions"]:
         variance = a["variance"] / a["impressions"] + b["variance"] / b["impressions"]
-        test = mixture_test(b["rate"] - a["rate"], variance, tau, alpha)
+        spread = tau * math.sqrt(max((a["variance"] + b["variance"]) / 2, 1e-6))  # tau in standard deviations
+        test = mixture_test(b["rate"] - a["rate"], variance, spread, alpha)
     else:
         test = {"difference": None, "p_value": 1.0, "interval": [None, None], "significant": False}
     return {"arms": arms, "test": test, "decisive_units": min(a["impressions"], b["impressions"])}
@@ -106,7 +109,7 @@ def interleave_stats(impressions, attributions, positive: tuple, negative: tuple
     arms[CHALLENGER]["wins"], arms[CHAMPION]["wins"] = int(wins.sum()), int(n - wins.sum())
     if n:
         share = float(wins.mean())
-        test = mixture_test(share - 0.5, max(share * (1 - share), 0.05) / n, tau, alpha)
+        test = mixture_test(share - 0.5, max(share * (1 - share), 0.05) / n, tau * 0.5, alpha)  # sd of a fair coin
         test["challenger_win_share"] = share
     else:
         test = {"difference": None, "p_value": 1.0, "interval": [None, None], "significant": False}
