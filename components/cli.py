@@ -138,7 +138,7 @@ def pipeline_run(
         as_json,
         f"version {decision['version']} ({decision['model_kind']}) {decision['decision']}: {decision['reason']}",
     )
-    if decision["decision"] != "promoted":
+    if decision["decision"] not in ("promoted", "online"):  # online: an online experiment decides
         raise typer.Exit(EXIT_REJECTED)
 
 

@@ -311,13 +311,29 @@ def stage_promote(settings: Settings, registration: dict) -> dict:
         expected_champion=registration.get("champion_version"),
         champion_unreadable=registration.get("champion_unreadable"),
         erasure=erasure["erasure"],
+        move=settings.registry.promotion == "offline" or bool(erasure["erasure"]),  # an erasure cannot wait
     )
+    if decision["decision"] == "online":
+        decision.update(_start_online_experiment(settings, version))
     if decision["decision"] == "promoted":
         if erasure["applied"]:
             mark_serving_clean(settings, erasure["applied"], version)
             decision["erasures_applied"] = len(erasure["applied"])
         decision["purge"] = _purge(settings)
     return {**registration, **decision}
+
+
+def _start_online_experiment(settings: Settings, version: str) -> dict:
+    """``registry.promotion: online``: the gate approved ``version``; test it on live traffic (docs/experiments.md)."""
+    from components.errors import LmRecsysError
+    from components.experiments import start_experiment
+
+    try:  # the gate's smoke test has just passed in a fresh process
+        record = start_experiment(settings, version, smoke=False, created_by="pipeline")
+    except LmRecsysError as exc:  # e.g. an experiment already runs: the champion stays, the run ends green
+        log.warning("version %s passed the gate but no online experiment started: %s", version, exc)
+        return {"experiment_error": str(exc)}
+    return {"experiment_id": record["experiment_id"]}
 
 
 def _purge(settings: Settings) -> dict:

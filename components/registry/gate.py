@@ -105,8 +105,10 @@ def _decide(
     measured: dict,
     expected_champion: str | None,
     champion_unreadable: str | None,
+    move: bool = True,
 ) -> dict:
-    """Under the promotion lock: re-check staleness, record the decision, move ``champion`` if it won.
+    """Under the promotion lock: re-check staleness, record the decision, move ``champion`` if it won
+    (with ``move`` False, a winner against a champion is recorded as ``online`` and the alias stays).
 
     ``measured`` holds what was found outside the lock: ``challenger_metric``, ``champion_metric``
     and ``smoke_test`` (the smoke test's message).
@@ -128,8 +130,11 @@ def _decide(
         reason = f"erasure: {measured['erasure']}" + (
             f" (promoted although {'; '.join(overridden)})" if overridden else ""
         )
+    online = promoted and not move and current is not None
+    if online:
+        reason = f"passed the offline gate ({reason}); sent to an online experiment against version {current}"
     decision = {
-        "decision": "promoted" if promoted else "rejected",
+        "decision": "online" if online else "promoted" if promoted else "rejected",
         "reason": reason,
         "metric": metric,
         "challenger_metric": f"{measured['challenger_metric']:.6f}",
@@ -141,7 +146,7 @@ def _decide(
         **({"erasure": measured["erasure"]} if measured.get("erasure") else {}),
     }
     record_decision(client, name, version, decision)
-    if promoted:
+    if promoted and not online:
         move_champion(
             client,
             name,
@@ -176,12 +181,16 @@ def promote_if_better(
     smoke_user=None,
     champion_unreadable: str | None = None,
     erasure: str | None = None,
+    move: bool = True,
 ) -> dict:
     """The gate: move ``champion`` to ``version`` only if every condition holds; record why.
 
     ``erasure`` (what the run erased) promotes a challenger that trained without forgotten users even
     when its metric is worse: the champion trained on them and must stop being served. Its metric must
     still be finite, the comparison fresh and the smoke test passed; the decision says what it overrode.
+
+    ``move`` False (``registry.promotion: online``) records a passing challenger as ``online`` instead of
+    moving ``champion`` (a first champion is still promoted): the caller starts an online experiment.
 
     ``expected_champion`` is the version the challenger was compared with; if the alias moved
     since, the comparison is stale and the challenger is rejected rather than promoted blindly.
@@ -214,4 +223,4 @@ def promote_if_better(
     measured = {"challenger_metric": challenger_metric, "champion_metric": champion_metric, "smoke_test": smoke_msg}
     measured.update(erasure=erasure, overridden=overridden)
     with promotion_lock(settings):
-        return _decide(client, settings, version, reasons, measured, expected_champion, champion_unreadable)
+        return _decide(client, settings, version, reasons, measured, expected_champion, champion_unreadable, move)

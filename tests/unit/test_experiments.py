@@ -251,3 +251,25 @@ def test_the_cli_starts_shows_lists_and_stops(registry, monkeypatch):
     stopped = runner.invoke(app, ["experiments", "stop", exp_id, "--reason", "cli test"])
     assert stopped.exit_code == 0 and "stopped" in stopped.stdout
     assert runner.invoke(app, ["experiments", "stop", exp_id, "--reason", "again"]).exit_code == 1
+
+
+def test_with_online_promotion_the_gate_sends_its_winner_to_an_experiment(registry):
+    from components.pipeline import _start_online_experiment
+    from components.registry import promote_if_better
+
+    settings = registry.model_copy(update={"registry": registry.registry.model_copy(update={"promotion": "online"})})
+    client = configure(settings)
+    champion = str(get_alias_version(client, "recommender", "champion").version)
+    uri = f"models:/recommender/{'1' if champion == '2' else '2'}"
+    challenger = uri.rsplit("/", 1)[-1]
+    decision = promote_if_better(
+        client, settings, challenger, 0.5, 0.4, 0.1, uri, expected_champion=champion, move=False
+    )
+    assert decision["decision"] == "online" and "sent to an online experiment" in decision["reason"], decision
+    assert str(get_alias_version(client, "recommender", "champion").version) == champion  # not moved
+    started = _start_online_experiment(settings, challenger)
+    experiment = get_experiment(settings, started["experiment_id"])
+    assert experiment["state"] == "running" and experiment["challenger_version"] == challenger
+    assert experiment["created_by"] == "pipeline"
+    assert "already running" in _start_online_experiment(settings, challenger)["experiment_error"]
+    stop_experiment(settings, experiment["experiment_id"], "test done")
