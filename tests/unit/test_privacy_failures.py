@@ -91,3 +91,46 @@ def test_mlflow_down_never_blocks_a_forget_and_stops_the_purge_before_any_change
     refused = runner.invoke(app, ["users", "purge"])
     assert refused.exit_code != 0 and "holds a forgotten user; purge refused" in refused.output, refused.output
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*.parquet")) == on_disk
+
+
+def test_a_forget_during_a_run_blocks_that_runs_promotion_and_the_next_run_applies_it(
+    monkeypatch, tmp_path, movielens_folder
+):
+    from components.pipeline import (
+        run_pipeline,
+        stage_embed,
+        stage_evaluate,
+        stage_ingest,
+        stage_promote,
+        stage_register,
+        stage_train,
+        stage_validate,
+    )
+    from components.registry.tracking import CHAMPION, aliased_version, configure
+    from components.settings import load_settings
+
+    root = tmp_path / "root"
+    monkeypatch.setenv("LMRECSYS_DATA_ROOT", str(root))
+    monkeypatch.setenv("LMRECSYS_INGEST__SOURCE", str(_small_movielens(movielens_folder)))
+    monkeypatch.setenv("LMRECSYS_TRAIN__BOOTSTRAP_SAMPLES", "50")
+    settings = load_settings()
+    assert run_pipeline(settings, "first")["decision"] == "promoted"
+    store = FeedbackStore(settings.feedback_url)
+    try:  # new feedback, so the second run's snapshot differs from the first
+        store.append([FeedbackEvent("5", "3", "like", event_ts=time.time(), event_id="u5-late")])
+    finally:
+        store.close()
+
+    snapshot_id = stage_ingest(settings)  # the second run is under way: its snapshot holds user 1 …
+    stage_validate(settings, snapshot_id)
+    run_dir = stage_train(settings, snapshot_id, stage_embed(settings, snapshot_id), "second")
+    forget_user(settings, "1", "user asked by email")  # … when the request arrives
+    registration = stage_register(settings, stage_evaluate(settings, run_dir))
+    decision = stage_promote(settings, registration)
+    assert decision["decision"] == "rejected" and "arrived after snapshot" in decision["reason"], decision
+    assert aliased_version(configure(settings), settings.registry.model_name, CHAMPION) == "1"
+    assert [r["state"] for r in erasure_requests(settings)] == ["pending"]
+
+    third = run_pipeline(settings, "third")  # the next run applies the request
+    assert third["decision"] == "promoted" and third["reason"].startswith("erasure"), third
+    assert [r["state"] for r in erasure_requests(settings)] == ["done"]
