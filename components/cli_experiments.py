@@ -121,3 +121,29 @@ def experiments_list(as_json: bool = JsonOption):
         _fail(str(exc), EXIT_ERROR)
     columns = ["experiment_id", "state", "champion_version", "challenger_version", "mode", "share", "reason"]
     _emit(rows, as_json, _table(rows, columns))
+
+
+@experiments_app.command("decide")
+def experiments_decide(as_json: bool = JsonOption):
+    """Evaluate the running experiment now and act on its decision (promote or stop), as the service does.
+
+    For deployments whose service may not write the registry (its decision is then refused and logged).
+    """
+    _quiet_env()
+    from components.errors import LmRecsysError
+    from components.experiments import evaluate, list_experiments
+
+    try:
+        settings = _settings()
+        running = [e for e in list_experiments(settings) if e["state"] == "running"]
+        if not running:
+            _fail("no experiment is running", EXIT_ERROR)
+        result = evaluate(settings, running[0])
+    except LmRecsysError as exc:
+        _fail(str(exc), EXIT_ERROR)
+    decision = result["decision"]
+    _emit(
+        decision,
+        as_json,
+        f"{running[0]['experiment_id']}: {decision.get('state', decision['action'])}: {decision['reason']}",
+    )

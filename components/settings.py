@@ -188,7 +188,7 @@ class ExperimentSettings(BaseModel):
     tau_interleave: float = Field(default=0.2, gt=0)
     """The same for interleaving, in standard deviations of a fair coin (0.2: a won share of 0.5 ± 0.1)."""
     min_impressions: int = Field(default=200, ge=1)
-    """No decision before each arm has this many impressions (interleave: decisive impressions)."""
+    """No decision before each arm has this many impressions (interleave: this many interleaved impressions)."""
     positive_events: list[str] = Field(default_factory=lambda: ["like", "click", "purchase"])
     negative_events: list[str] = Field(default_factory=lambda: ["dislike"])
     max_error_increase: float = Field(default=0.01, ge=0)

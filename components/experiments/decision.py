@@ -1,12 +1,13 @@
 """The decision: promote the challenger, stop the experiment, or carry on; and acting on it.
 
 A decision is taken on the statistics (``components.experiments.stats``) in this order: a broken
-guardrail stops the experiment; with at least ``min_impressions`` per arm (interleave: decisive
-impressions), a significant mSPRT promotes a better challenger or stops a worse one; past ``max_days``
-the experiment stops without a winner. Acting holds the registry's promotion lock and re-reads the
-experiment, so two deciders (two replicas, or a replica and a human) act once: the challenger becomes
-champion through the registry's promotion log with the reason ``online experiment ID``, and either way
-both versions get ``experiment.*`` tags and ``models history`` gets an entry.
+guardrail stops the experiment; with at least ``min_impressions`` (impressions per arm in split mode,
+interleaved impressions, each showing both arms, in interleave mode), a significant mSPRT promotes a
+better challenger or stops a worse one; past ``max_days`` the experiment stops without a winner.
+Acting holds the registry's promotion lock and re-reads the experiment, so two deciders (two replicas,
+or a replica and a human) act once: the challenger becomes champion through the registry's promotion
+log with the reason ``online experiment ID``, and either way both versions get ``experiment.*`` tags
+and ``models history`` gets an entry.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def decide(settings: Settings, experiment: dict, stats: dict, now: float | None 
         return "stop", breach
     test = stats["test"]
     units = stats["decisive_units"]
-    if units >= config.min_impressions and test["significant"] and test["difference"]:
+    if stats["sample"] >= config.min_impressions and test["significant"] and test["difference"]:
         low, high = test["interval"]
         direction = "better" if test["difference"] > 0 else "worse"
         detail = (
@@ -64,7 +65,7 @@ def decide(settings: Settings, experiment: dict, stats: dict, now: float | None 
 
 
 def _summary(stats: dict) -> dict:
-    return {"arms": stats["arms"], "test": stats["test"], "decisive_units": stats["decisive_units"]}
+    return {key: stats[key] for key in ("arms", "test", "decisive_units", "sample")}
 
 
 def act(settings: Settings, experiment: dict, action: str, reason: str, stats: dict, by: str = "experiment") -> dict:

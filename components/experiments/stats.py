@@ -89,7 +89,8 @@ def split_stats(impressions, attributions, positive: tuple, negative: tuple, tau
         test = mixture_test(b["rate"] - a["rate"], variance, spread, alpha)
     else:
         test = {"difference": None, "p_value": 1.0, "interval": [None, None], "significant": False}
-    return {"arms": arms, "test": test, "decisive_units": min(a["impressions"], b["impressions"])}
+    units = min(a["impressions"], b["impressions"])
+    return {"arms": arms, "test": test, "decisive_units": units, "sample": units}
 
 
 def interleave_stats(impressions, attributions, positive: tuple, negative: tuple, tau: float, alpha: float) -> dict:
@@ -113,7 +114,7 @@ def interleave_stats(impressions, attributions, positive: tuple, negative: tuple
         test["challenger_win_share"] = share
     else:
         test = {"difference": None, "p_value": 1.0, "interval": [None, None], "significant": False}
-    return {"arms": arms, "test": test, "decisive_units": n, "interleaved_impressions": int(len(ok))}
+    return {"arms": arms, "test": test, "decisive_units": n, "sample": int(len(ok))}
 
 
 def experiment_stats(experiment: dict, impressions: pd.DataFrame, attributions: pd.DataFrame, config) -> dict:

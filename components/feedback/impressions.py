@@ -7,7 +7,8 @@ the team of each position, the served latency and whether it failed. Feedback th
 ``recommendation_id`` gets one row of ``feedback_attributions`` in the transaction that writes the event:
 attributed when the impression exists, belongs to the same user and lists the item; else it is kept as
 plain feedback and counted as unattributed, with the reason. ``experiments`` holds the experiment records;
-their state changes are single conditional updates, so two deciders cannot both end one.
+an experiment ends with one row of ``experiment_decisions``, an insert its primary key allows once, so
+two deciders cannot both end one.
 
 ``FeedbackStore`` (``components.feedback.store``) inherits :class:`ImpressionLog` and creates these
 tables beside its own.
@@ -21,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 
 from components.errors import LmRecsysError
 
@@ -75,17 +76,25 @@ experiments = sa.Table(
     sa.Column("mode", sa.Text(), nullable=False),
     sa.Column("metric", sa.Text(), nullable=False),
     sa.Column("max_days", _REAL, nullable=False),
-    sa.Column("state", sa.Text(), nullable=False),  # running → promoted | stopped
-    sa.Column("reason", sa.Text(), nullable=False),
     sa.Column("created_by", sa.Text(), nullable=False),
     sa.Column("created_at", _REAL, nullable=False),
-    sa.Column("updated_at", _REAL, nullable=False),
-    sa.Column("decided_at", _REAL),
-    sa.Column("decision", sa.Text(), nullable=False),  # JSON: the statistics the decision was taken on
 )
+
+experiment_decisions = sa.Table(
+    "experiment_decisions",
+    impressions_metadata,
+    sa.Column("experiment_id", sa.Text(), primary_key=True),  # one decision per experiment, ever
+    sa.Column("state", sa.Text(), nullable=False),  # promoted | stopped
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("decision", sa.Text(), nullable=False),  # JSON: the statistics the decision was taken on
+    sa.Column("decided_at", _REAL, nullable=False),
+)
+"""An experiment runs until its row here exists. Ending one is an insert that the primary key lets happen
+once, so two deciders cannot both end it, and the store role serving uses (SELECT and INSERT only, see
+docker/postgres/roles.sql) can record a decision."""
 EXPERIMENT_STATES = ("running", "promoted", "stopped")
 IMPRESSION_FIELDS = tuple(c.name for c in impressions.columns)
-_imp, _att, _exp = impressions.c, feedback_attributions.c, experiments.c
+_imp, _att, _exp, _dec = impressions.c, feedback_attributions.c, experiments.c, experiment_decisions.c
 
 
 class ExperimentConflict(LmRecsysError):
@@ -199,38 +208,46 @@ class ImpressionLog:
     # -- experiments
     def create_experiment(self, row: dict) -> dict:
         """Insert a running experiment; ``ExperimentConflict`` if one already runs on the same model."""
-        now = time.time()
-        record = {**row, "state": "running", "created_at": now, "updated_at": now, "decided_at": None}
-        record.setdefault("decision", "{}")
-        record.setdefault("reason", "")
-        with self._transaction(lock=self.is_postgres) as conn:
-            running = conn.execute(
-                sa.select(_exp.experiment_id).where(_exp.model_name == row["model_name"], _exp.state == "running")
-            ).first()
-            if running is not None:
+        record = {**row, "created_at": time.time()}
+        running = sa.select(_exp.experiment_id).where(
+            _exp.model_name == row["model_name"], ~sa.exists().where(_dec.experiment_id == _exp.experiment_id)
+        )
+        with self._transaction(lock=self.is_postgres) as conn:  # the advisory lock, or SQLite's BEGIN IMMEDIATE
+            found = conn.execute(running).first()
+            if found is not None:
                 raise ExperimentConflict(
-                    f"experiment {running[0]} is already running on model {row['model_name']!r}; "
+                    f"experiment {found[0]} is already running on model {row['model_name']!r}; "
                     "stop it first (lmrecsys experiments stop ID --reason ...)"
                 )
-            conn.execute(experiments.insert().values(**record))
-        return record
+            conn.execute(experiments.insert().values(**{c.name: record.get(c.name) for c in experiments.columns}))
+        return {**record, "state": "running", "reason": "", "decided_at": None, "decision": {}}
 
     def finish_experiment(self, experiment_id: str, state: str, reason: str, decision: dict) -> bool:
-        """Move a running experiment to ``state`` (promoted or stopped); False when it no longer runs."""
+        """End a running experiment as ``state`` (promoted or stopped); False when it had ended already."""
         if state not in EXPERIMENT_STATES[1:]:
             raise ExperimentConflict(f"unknown final state {state!r}; use promoted or stopped")
-        now = time.time()
-        values = {"state": state, "reason": reason, "decision": json.dumps(decision, default=str), "updated_at": now}
-        where = sa.and_(_exp.experiment_id == experiment_id, _exp.state == "running")
+        row = {"experiment_id": experiment_id, "state": state, "reason": reason, "decided_at": time.time()}
+        row["decision"] = json.dumps(decision, default=str)
+        insert = (postgresql.insert if self.is_postgres else sqlite.insert)(experiment_decisions)
+        statement = insert.on_conflict_do_nothing(index_elements=[_dec.experiment_id]).returning(_dec.experiment_id)
         with self._transaction() as conn:
-            return conn.execute(experiments.update().where(where).values(**values, decided_at=now)).rowcount == 1
+            return bool(conn.execute(statement, row).scalars().all())
 
     def experiments(self, state: str | None = None, model_name: str | None = None) -> list[dict]:
-        """Experiment records, newest first."""
-        statement = sa.select(experiments).order_by(_exp.created_at.desc(), _exp.experiment_id)
-        if state is not None:
-            statement = statement.where(_exp.state == state)
+        """Experiment records with their state (``running`` until decided), newest first."""
+        columns = [*experiments.columns, _dec.state, _dec.reason, _dec.decided_at, _dec.decision]
+        statement = (
+            sa.select(*columns)
+            .select_from(experiments.outerjoin(experiment_decisions, _dec.experiment_id == _exp.experiment_id))
+            .order_by(_exp.created_at.desc(), _exp.experiment_id)
+        )
         if model_name is not None:
             statement = statement.where(_exp.model_name == model_name)
-        names = [c.name for c in experiments.columns]
-        return [{**dict(zip(names, row)), "decision": json.loads(row[-1] or "{}")} for row in self._rows(statement)]
+        names = [c.name for c in experiments.columns] + ["state", "reason", "decided_at", "decision"]
+        found = []
+        for row in self._rows(statement):
+            record = dict(zip(names, row))
+            record.update(state=record["state"] or "running", reason=record["reason"] or "")
+            record["decision"] = json.loads(record["decision"] or "{}")
+            found.append(record)
+        return [r for r in found if state is None or r["state"] == state]

@@ -248,9 +248,12 @@ def test_the_cli_starts_shows_lists_and_stops(registry, monkeypatch):
     shown = json.loads(runner.invoke(app, ["experiments", "show", exp_id, "--json"]).stdout)
     assert shown["experiment"]["state"] == "running" and set(shown["stats"]["arms"]) == {CHAMPION, CHALLENGER}
     assert exp_id in runner.invoke(app, ["experiments", "list"]).stdout
+    decided = runner.invoke(app, ["experiments", "decide", "--json"])  # no impressions yet: carry on
+    assert decided.exit_code == 0 and json.loads(decided.stdout)["action"] == "continue", decided.output
     stopped = runner.invoke(app, ["experiments", "stop", exp_id, "--reason", "cli test"])
     assert stopped.exit_code == 0 and "stopped" in stopped.stdout
     assert runner.invoke(app, ["experiments", "stop", exp_id, "--reason", "again"]).exit_code == 1
+    assert "no experiment is running" in runner.invoke(app, ["experiments", "decide"]).output
 
 
 def test_with_online_promotion_the_gate_sends_its_winner_to_an_experiment(registry):

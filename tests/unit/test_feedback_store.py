@@ -319,7 +319,7 @@ def test_sqlite_database_from_the_raw_schema_keeps_working(tmp_path):
         with sqlite3.connect(path) as raw:  # nothing was re-created or altered; AUTOINCREMENT still applies
             schema = raw.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
             new_tables = ("feedback_quarantine", "erasure_requests", "impressions", "feedback_attributions")
-            new_tables += ("experiments",)
+            new_tables += ("experiments", "experiment_decisions")
             added = [row for row in schema if any(new in row[1] for new in new_tables)]
             assert [row for row in schema if row not in added] == schema_before
             assert {row[1] for row in added} >= set(new_tables)  # the new tables, nothing else changed
