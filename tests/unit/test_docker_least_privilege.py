@@ -267,6 +267,20 @@ def test_init_script_roles_can_do_only_what_they_need(tmp_path):
         try:
             assert serving.append([FeedbackEvent("u1", "i1", "click", event_id="e1")]) == [("e1", True)]
             assert serving.count() == 1
+            # online experiments need no more: impressions, attributions, and records ended by an insert
+            shown = {"arm": "champion", "model_version": "1", "endpoint": "recommend", "latency_ms": 1.0}
+            serving.log_impressions([{**shown, "recommendation_id": "r1", "user_id": "u1", "item_ids": ["i1"]}])
+            serving.append([FeedbackEvent("u1", "i1", "like", event_id="e2", recommendation_id="r1")])
+            assert serving.attribution_counts()["attributed"] == 1
+            record = {"experiment_id": "x1", "model_name": "m", "champion_version": "1", "challenger_version": "2"}
+            serving.create_experiment(
+                {**record, "share": 0.5, "mode": "split", "metric": "like_rate"}
+                | {"max_days": 1.0, "created_by": "test"}
+            )
+            assert (
+                serving.finish_experiment("x1", "stopped", "test", {})
+                and serving.experiments()[0]["state"] == "stopped"
+            )
             for statement in (
                 "DELETE FROM feedback_events",
                 "UPDATE feedback_events SET user_id = 'x'",
