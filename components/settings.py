@@ -134,6 +134,11 @@ class TrainSettings(BaseModel):
     """Per-model config overrides, e.g. ``{"lm_content": {"whiten_dim": 128}}``."""
     bootstrap_samples: int = 1000
     """Resamples for the 95% confidence intervals."""
+    memory_budget_gb: float | None = Field(None, gt=0)
+    """Memory one candidate's training task may plan to use. A candidate whose declared needs at the
+    snapshot's size (``Recommender.memory_needs``) exceed it is skipped, with the reason in the run's
+    report and in MLflow, instead of failing the run out of memory. None: 80% of the memory available
+    when the task starts."""
 
 
 class RegistrySettings(BaseModel):

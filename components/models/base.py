@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,6 +15,26 @@ from components.data.dataset import History, InteractionData
 from components.evaluation.metrics import top_k
 
 MODEL_REGISTRY: dict[str, type[Recommender]] = {}
+TEXT_DIM = 384
+"""Width of the encoder's item vectors (all-MiniLM-L6-v2), for memory estimates."""
+
+
+@dataclass(frozen=True)
+class DataSize:
+    """How big a training set is: what a candidate's resource needs are a function of."""
+
+    users: int
+    items: int
+    interactions: int
+
+    @classmethod
+    def of(cls, data: InteractionData) -> DataSize:
+        return cls(len(data.histories), data.n_items, int(sum(len(h.items) for h in data.histories)))
+
+
+def scoring_bytes(size: DataSize) -> int:
+    """Evaluation scores every user against every item at once (float64), plus the ranking's copy."""
+    return 16 * size.users * size.items
 
 
 class Recommender(ABC):
@@ -74,6 +95,11 @@ class Recommender(ABC):
     def continue_training(self, data: InteractionData) -> Recommender:
         """A :attr:`fits_once` model's serving fit: more training on ``data`` (every interaction)."""
         raise NotImplementedError(f"{self.name} is refitted, not trained further")
+
+    def memory_needs(self, size: DataSize) -> int:
+        """Peak bytes this candidate's fit and evaluation need at ``size``: an estimate on the high side,
+        so the train stage can skip a candidate that would not fit (``train.memory_budget_gb``)."""
+        return scoring_bytes(size) + 64 * size.interactions + 16 * size.items
 
     def fit_summary(self) -> dict:
         """What the last fit did (epochs, warm start), for the run's records; empty by default."""

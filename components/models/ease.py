@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from components.data.dataset import History, InteractionData
 from components.evaluation.metrics import per_user_metrics, target_ranks
-from components.models.base import Recommender
+from components.models.base import DataSize, Recommender
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,12 @@ class EASE(Recommender):
         self.chosen_l2 = float(self.config.l2) if self.config.l2 is not None else self.tune(data)
         self._fit_matrix(interaction_matrix(data.histories, data.n_items), self.chosen_l2)
         return self
+
+    def memory_needs(self, size: DataSize) -> int:
+        """The dense users × items matrix, and the users × users (dual) or items × items (primal) system."""
+        users, items = size.users, size.items
+        solve = 24 * users * items + 16 * users * users if users < items else 8 * users * items + 28 * items * items
+        return super().memory_needs(size) + int(1.25 * solve)  # λ tuning refits beside the data
 
     def _fit_matrix(self, matrix: np.ndarray, l2: float) -> None:
         if len(matrix) < self.n_items:

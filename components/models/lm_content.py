@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from components.data.dataset import History, InteractionData
 from components.embed import interest_weights, user_interest_vector
-from components.models.base import Recommender
+from components.models.base import TEXT_DIM, DataSize, Recommender
 
 
 class LMContentConfig(BaseModel):
@@ -36,6 +36,10 @@ class LMContent(Recommender):
         self.mean, self.projection = fit_whitening(item_vectors, self.config.whiten_dim)
         self.item_matrix = self.transform(item_vectors)
         return self
+
+    def memory_needs(self, size: DataSize) -> int:
+        """The text vectors, their whitened copy and one interest vector per user."""
+        return super().memory_needs(size) + 4 * TEXT_DIM * (3 * size.items + size.users)
 
     def transform(self, vectors: np.ndarray) -> np.ndarray:
         """Map raw encoder vectors (items or free-text queries) into the model's item space."""

@@ -34,7 +34,7 @@ import numpy as np
 
 from components.data.dataset import History, InteractionData
 from components.evaluation.metrics import per_user_metrics, target_ranks
-from components.models.base import Recommender
+from components.models.base import TEXT_DIM, DataSize, Recommender
 from components.models.lm_content import fit_whitening, normalise_rows
 from components.models.sasrec_config import LMSASRecConfig, SASRecConfig
 
@@ -53,6 +53,14 @@ class SASRec(Recommender):
 
     def _text_matrix(self, data: InteractionData, item_vectors: np.ndarray | None) -> np.ndarray | None:
         return None
+
+    def memory_needs(self, size: DataSize) -> int:
+        """Item rows with their gradients and Adam moments, the text vectors, and the full-softmax logits
+        of one batch (forward, softmax and gradient)."""
+        config, items = self.config, size.items
+        positions = min(config.loss_positions or config.max_len, config.max_len)
+        rows = 16 * items * config.hidden + (4 * TEXT_DIM * 2 * items if self.uses_text else 0)
+        return super().memory_needs(size) + rows + 12 * config.batch_size * positions * items
 
     def fit(self, data: InteractionData, item_vectors: np.ndarray | None = None) -> SASRec:
         import torch

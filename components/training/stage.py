@@ -166,10 +166,30 @@ def _fit_candidate(
     }
 
 
+def memory_verdict(settings: Settings, name: str, data: InteractionData) -> str | None:
+    """Why ``name`` must be skipped at this data size (its declared needs exceed the budget), or None."""
+    import psutil
+
+    from components.models.base import DataSize
+
+    size = DataSize.of(data)
+    needs = build_model(name, settings.train.model_configs.get(name, {})).memory_needs(size)
+    configured = settings.train.memory_budget_gb
+    budget = configured * 2**30 if configured else 0.8 * psutil.virtual_memory().available
+    if needs <= budget:
+        return None
+    where = f"train.memory_budget_gb = {configured:g}" if configured else "80% of the memory available"
+    return (
+        f"skipped: needs about {needs / 2**30:.2f} GiB at this size ({size.users:,} users, {size.items:,} items, "
+        f"{size.interactions:,} interactions), over the budget of {budget / 2**30:.2f} GiB ({where})"
+    )
+
+
 def stage_train_candidate(settings: Settings, snapshot_id: str, embeddings_dir: str, run_key: str, name: str) -> dict:
     """Train one candidate into ``runs/<run_key>/<name>/``; returns its small handle.
 
-    A candidate whose training diverges is dropped with its reason (``status: dropped``), so the
+    A candidate whose training diverges is dropped with its reason (``status: dropped``), and one
+    whose declared memory needs exceed the budget is not trained (``status: skipped``), so the
     others go on; any other error fails the task, and its retry starts clean.
     """
     data = load_data(settings, snapshot_id)
@@ -178,19 +198,26 @@ def stage_train_candidate(settings: Settings, snapshot_id: str, embeddings_dir: 
     if not (run / "train.json").exists():
         stage_plan_training(settings, snapshot_id, embeddings_dir, run_key)
     record = {"name": name, "run_dir": str(run)}
+    skipped = memory_verdict(settings, name, data)
     with atomic_dir(run / name) as tmp:
-        try:
-            record.update(
-                status="ok",
-                **_fit_candidate(settings, name, data, vectors, tmp, embed_manifest["encoder"]["encoder_id"]),
-            )
-        except TrainingDiverged as exc:
-            for child in tmp.iterdir():
-                shutil.rmtree(child, ignore_errors=True)
-            record.update(status="dropped", reason=str(exc))
-            log.warning("dropped candidate %s: %s", name, exc)
+        if skipped:
+            record.update(status="skipped", reason=skipped)
+            log.warning("candidate %s %s", name, skipped)
+        else:
+            _fit_into(settings, name, data, vectors, tmp, embed_manifest["encoder"]["encoder_id"], record)
         (tmp / "fit.json").write_text(json.dumps(record, indent=2))
     return {key: record[key] for key in ("name", "run_dir", "status")}
+
+
+def _fit_into(settings, name, data, vectors, tmp: Path, encoder_id: str, record: dict) -> None:
+    """Fit ``name`` into ``tmp`` and complete ``record``; a diverged fit leaves ``tmp`` empty."""
+    try:
+        record.update(status="ok", **_fit_candidate(settings, name, data, vectors, tmp, encoder_id))
+    except TrainingDiverged as exc:
+        for child in tmp.iterdir():
+            shutil.rmtree(child, ignore_errors=True)
+        record.update(status="dropped", reason=str(exc))
+        log.warning("dropped candidate %s: %s", name, exc)
 
 
 def stage_train(settings: Settings, snapshot_id: str, embeddings_dir: str, run_key: str) -> str:
