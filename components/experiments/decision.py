@@ -26,7 +26,9 @@ from components.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def current_stats(settings: Settings, experiment: dict, store: FeedbackStore | None = None) -> dict:
+def current_stats(
+    settings: Settings, experiment: dict, store: FeedbackStore | None = None, with_series: bool = True
+) -> dict:
     own = store is None
     store = FeedbackStore(settings.feedback_url) if own else store
     try:
@@ -35,7 +37,7 @@ def current_stats(settings: Settings, experiment: dict, store: FeedbackStore | N
     finally:
         if own:
             store.close()
-    return experiment_stats(experiment, impressions, attributions, settings.experiments)
+    return experiment_stats(experiment, impressions, attributions, settings.experiments, with_series)
 
 
 def decide(settings: Settings, experiment: dict, stats: dict, now: float | None = None) -> tuple[str, str]:
@@ -122,8 +124,9 @@ def act(settings: Settings, experiment: dict, action: str, reason: str, stats: d
 
 
 def evaluate(settings: Settings, experiment: dict, *, apply: bool = True) -> dict:
-    """The experiment's statistics and decision; with ``apply``, act on a promote or stop."""
-    stats = current_stats(settings, experiment)
+    """The experiment's statistics and decision; with ``apply``, act on a promote or stop (and skip the
+    over-time series, which only the panel and ``show`` need)."""
+    stats = current_stats(settings, experiment, with_series=not apply)
     action, reason = decide(settings, experiment, stats) if experiment["state"] == "running" else ("ended", "")
     outcome = {"action": action, "reason": reason}
     if apply and action in ("promote", "stop"):

@@ -117,10 +117,13 @@ def interleave_stats(impressions, attributions, positive: tuple, negative: tuple
     return {"arms": arms, "test": test, "decisive_units": n, "sample": int(len(ok))}
 
 
-def experiment_stats(experiment: dict, impressions: pd.DataFrame, attributions: pd.DataFrame, config) -> dict:
-    """Per-arm figures, the test now, and the series over time with the p-value's running minimum.
+def experiment_stats(
+    experiment: dict, impressions: pd.DataFrame, attributions: pd.DataFrame, config, with_series: bool = True
+) -> dict:
+    """Per-arm figures, the test now, and (``with_series``) the series over time with the p-value's running minimum.
 
     ``config`` is ``settings.experiments``: the events that count as positive and negative, tau and alpha.
+    The decision needs no series: it is evaluated at every look and acts at the first significant one.
     """
     interleave = experiment["mode"] == "interleave"
     tau = config.tau_interleave if interleave else config.tau_split
@@ -129,7 +132,7 @@ def experiment_stats(experiment: dict, impressions: pd.DataFrame, attributions: 
     compute = interleave_stats if interleave else split_stats
     now = compute(impressions, attributions, *args)
     series, running = [], 1.0
-    if len(impressions):
+    if with_series and len(impressions):
         start, end = float(impressions["created_at"].min()), float(impressions["created_at"].max())
         for at in np.linspace(start, end, SERIES_POINTS)[1:] if end > start else [end]:
             point = compute(
