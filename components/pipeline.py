@@ -24,7 +24,7 @@ from components.data.snapshots import open_snapshot
 from components.embed import embed_items, embed_shard, plan_shards
 from components.engine import write_bundle
 from components.errors import ChampionUnreadable, LmRecsysError
-from components.evaluation.metrics import evaluate_scores
+from components.evaluation.metrics import evaluate_in_chunks
 from components.evaluation.report import fit_tags, git_commit, package_versions, report_markdown, run_summary
 from components.ingest import ingest
 from components.settings import Settings
@@ -88,9 +88,13 @@ def stage_evaluate(settings: Settings, run_dir: str, handles: list[dict] | None 
         out = {}
         for side, (histories, targets) in sides.items():
             started = time.perf_counter()
-            scores = scorer(side, histories)
-            result = evaluate_scores(
-                scores, histories, targets, train_counts=counts[side], bootstrap_samples=samples, seed=seed
+            result = evaluate_in_chunks(  # bounded memory: a chunk of users × the catalogue at a time
+                lambda part, side=side: scorer(side, part),
+                histories,
+                targets,
+                train_counts=counts[side],
+                bootstrap_samples=samples,
+                seed=seed,
             )
             out[side] = {**result.flat(), "inference_seconds": round(time.perf_counter() - started, 3)}
             out[side + "_curve"] = result.hr_curve

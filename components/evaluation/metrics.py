@@ -83,6 +83,10 @@ class EvaluationResult:
         return out
 
 
+EVAL_CHUNK_USERS = 1024
+"""Users scored at once by :func:`evaluate_in_chunks`: bounds evaluation memory to this many rows × items."""
+
+
 def evaluate_scores(
     scores: np.ndarray,
     histories: list[History],
@@ -94,11 +98,39 @@ def evaluate_scores(
     curve_max_k: int = 50,
 ) -> EvaluationResult:
     """All protocol metrics for a score matrix (rows aligned with histories and targets)."""
-    ranks = target_ranks(scores, histories, targets)
+    ranks, covered = target_ranks(scores, histories, targets), top10_items(scores, histories)
+    return _summarise(ranks, covered, scores.shape[1], targets, train_counts, bootstrap_samples, seed, curve_max_k)
+
+
+def evaluate_in_chunks(
+    scorer,
+    histories: list[History],
+    targets: np.ndarray,
+    *,
+    chunk_users: int = EVAL_CHUNK_USERS,
+    train_counts: np.ndarray | None = None,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+    curve_max_k: int = 50,
+) -> EvaluationResult:
+    """:func:`evaluate_scores` with ``scorer(histories[a:b])`` called per chunk of users, so the score
+    matrix never holds more than ``chunk_users`` rows: the same numbers in bounded memory."""
+    ranks, covered, n_items = [np.empty(0, dtype=np.int64)], set(), 0
+    for start in range(0, len(histories), chunk_users):
+        part = histories[start : start + chunk_users]
+        scores = scorer(part)
+        ranks.append(target_ranks(scores, part, targets[start : start + chunk_users]))
+        covered |= top10_items(scores, part)
+        n_items = scores.shape[1]
+    ranks = np.concatenate(ranks)
+    return _summarise(ranks, covered, n_items, targets, train_counts, bootstrap_samples, seed, curve_max_k)
+
+
+def _summarise(ranks, covered: set, n_items: int, targets, train_counts, bootstrap_samples, seed, curve_max_k):
     values = per_user_metrics(ranks)
     metrics = {name: float(v.mean()) if len(v) else float("nan") for name, v in values.items()}
     intervals = {name: bootstrap_interval(v, bootstrap_samples, seed) for name, v in values.items()}
-    coverage = top10_coverage(scores, histories)
+    coverage = len(covered) / n_items if len(ranks) and n_items else 0.0
     cold, cold_users = {}, 0
     if train_counts is not None:
         mask = train_counts[targets] <= COLD_START_MAX_TRAIN
@@ -108,16 +140,22 @@ def evaluate_scores(
     return EvaluationResult(metrics, intervals, coverage, len(targets), cold, cold_users, curve)
 
 
-def top10_coverage(scores: np.ndarray, histories: list[History]) -> float:
-    """Share of the catalogue that appears in at least one user's top 10."""
-
+def top10_items(scores: np.ndarray, histories: list[History]) -> set[int]:
+    """The items in at least one user's top 10 (seen items excluded)."""
     if len(histories) == 0:
-        return 0.0
+        return set()
     masked = np.array(scores, dtype=np.float32, copy=True)
     for row, history in enumerate(histories):
         masked[row, history.items] = -np.inf
     indexes, values = top_k(masked, 10)
-    return float(len(np.unique(indexes[np.isfinite(values)])) / scores.shape[1])
+    return set(np.unique(indexes[np.isfinite(values)]).tolist())
+
+
+def top10_coverage(scores: np.ndarray, histories: list[History]) -> float:
+    """Share of the catalogue that appears in at least one user's top 10."""
+    if len(histories) == 0:
+        return 0.0
+    return float(len(top10_items(scores, histories)) / scores.shape[1])
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from components.data.dataset import History, InteractionData
-from components.evaluation.metrics import top_k
+from components.evaluation.metrics import EVAL_CHUNK_USERS, top_k
 
 MODEL_REGISTRY: dict[str, type[Recommender]] = {}
 TEXT_DIM = 384
@@ -33,8 +33,9 @@ class DataSize:
 
 
 def scoring_bytes(size: DataSize) -> int:
-    """Evaluation scores every user against every item at once (float64), plus the ranking's copy."""
-    return 16 * size.users * size.items
+    """Evaluation scores a chunk of users against every item: the float32 scores, the masked copy and the
+    top-k indexes, 16 bytes a cell (``components.evaluation.metrics.evaluate_in_chunks``)."""
+    return 16 * min(size.users, EVAL_CHUNK_USERS) * size.items
 
 
 class Recommender(ABC):

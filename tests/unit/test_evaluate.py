@@ -14,6 +14,7 @@ from components.evaluation.metrics import (
     COLD_START_MAX_TRAIN,
     METRICS,
     bootstrap_interval,
+    evaluate_in_chunks,
     evaluate_scores,
     per_user_metrics,
     target_ranks,
@@ -268,3 +269,35 @@ def test_leave_last_out_split():
         assert target not in history.items
     for history, target in zip(split.test_histories, split.test_targets):
         assert target not in history.items
+
+
+# --------------------------------------------------------------------------- bounded memory
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 40, 1000])
+def test_evaluating_in_chunks_gives_the_same_numbers_as_one_matrix(chunk):
+    rng = np.random.default_rng(5)
+    n_users, n_items = 40, 25
+    scores = rng.integers(0, 6, size=(n_users, n_items)).astype(np.float32)  # many ties
+    histories = [History(rng.choice(n_items, size=int(rng.integers(0, 6)), replace=False)) for _ in range(n_users)]
+    targets = rng.integers(0, n_items, size=n_users)
+    counts = rng.integers(0, 8, size=n_items)
+    calls = []
+
+    def scorer(part):
+        start = sum(calls)
+        calls.append(len(part))
+        assert len(part) <= chunk
+        return scores[start : start + len(part)]
+
+    kwargs = {"train_counts": counts, "bootstrap_samples": 50, "seed": 3}
+    whole = evaluate_scores(scores, histories, targets, **kwargs)
+    chunked = evaluate_in_chunks(scorer, histories, targets, chunk_users=chunk, **kwargs)
+    assert sum(calls) == n_users and len(calls) == -(-n_users // chunk)
+    assert chunked == whole
+    assert 0 < whole.coverage_at_10 <= 1
+
+
+def test_evaluating_no_users_in_chunks_is_empty_not_an_error():
+    result = evaluate_in_chunks(lambda part: np.zeros((0, 5)), [], np.array([], dtype=np.int64), bootstrap_samples=10)
+    assert result.users == 0 and result.coverage_at_10 == 0.0
