@@ -60,7 +60,13 @@ class SASRec(Recommender):
         config, items = self.config, size.items
         positions = min(config.loss_positions or config.max_len, config.max_len)
         rows = 16 * items * config.hidden + (4 * TEXT_DIM * 2 * items if self.uses_text else 0)
-        return super().memory_needs(size) + rows + 12 * config.batch_size * positions * items
+        scored = config.negatives + 1 if self.samples_softmax(items) else items
+        return super().memory_needs(size) + rows + 12 * config.batch_size * positions * scored
+
+    def samples_softmax(self, n_items: int) -> bool:
+        """Whether training at this catalogue size uses the sampled softmax (``sampled_softmax_above``)."""
+        threshold = self.config.sampled_softmax_above
+        return threshold is not None and n_items > threshold
 
     def fit(self, data: InteractionData, item_vectors: np.ndarray | None = None) -> SASRec:
         import torch
@@ -251,6 +257,7 @@ class SASRec(Recommender):
         from components.errors import TrainingDiverged
 
         config, network, device = self.config, self.network, self.device
+        sampler = getattr(self, "_sampler", None)
         network.train()
         order = rng.permutation(len(inputs))
         losses = []
@@ -264,8 +271,12 @@ class SASRec(Recommender):
                 table = network.item_table()
                 states = network(batch_inputs, table)
                 keep = batch_targets > 0
-                logits = states[keep] @ table.T
-            loss = torch.nn.functional.cross_entropy(logits.float(), batch_targets[keep] - 1)
+                if sampler is None:
+                    logits = states[keep] @ table.T
+            if sampler is None:
+                loss = torch.nn.functional.cross_entropy(logits.float(), batch_targets[keep] - 1)
+            else:
+                loss = sampler.loss(states[keep].float(), table.float(), batch_targets[keep] - 1)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             value = float(loss.detach())
@@ -289,12 +300,17 @@ class SASRec(Recommender):
         patience: int,
         score_start: bool,
     ) -> None:
-        """Epochs of full-softmax training; with early stopping the best epoch's weights are kept
+        """Epochs of full-softmax (or sampled-softmax) training; with early stopping the best epoch's weights are kept
         (epoch 0, the starting weights, competes when ``score_start``: a warm start)."""
         import torch
         from tqdm.auto import tqdm
 
+        from components.models.sasrec_network import SampledSoftmax
+
         config, network = self.config, self.network
+        self._sampler = None
+        if self.samples_softmax(self.n_items):
+            self._sampler = SampledSoftmax(self.popularity, config.negatives, config.seed, self.device)
         inputs, targets = self._windows(sequences, rng)
         optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         best_score, best_state, best_epoch, stale = -1.0, None, 0, 0

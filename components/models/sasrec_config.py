@@ -31,6 +31,13 @@ class SASRecConfig(BaseModel):
     loss_positions: int | None = Field(None, ge=1)
     """Only each sequence's newest this many positions are training targets (None: all). Full
     softmax costs positions × catalogue × hidden per epoch; fewer positions trade data for speed."""
+    sampled_softmax_above: int | None = Field(200_000, ge=0)
+    """Above this many catalogue items, train with sampled softmax instead of the full softmax: each
+    batch scores its targets against ``negatives`` items drawn by popularity, with the logQ correction
+    (the log of each item's sampling probability is subtracted), and accidental hits masked. None:
+    always the full softmax; 0: always sampled. docs/models.md has its quality cost at 1×."""
+    negatives: int = Field(1024, ge=1)
+    """Items sampled per batch for the sampled softmax."""
     bfloat16: bool = False
     """Run the forward pass under bfloat16 autocast (faster on CPUs with AVX-512 BF16 and on GPUs)."""
     random_windows: bool = True

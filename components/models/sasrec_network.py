@@ -125,3 +125,29 @@ def left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
         if len(tail):
             out[row, length - len(tail) :] = tail + 1
     return out
+
+
+class SampledSoftmax:
+    """Sampled softmax with the logQ correction, for catalogues too big for the full softmax.
+
+    Each call draws ``negatives`` items (shared by the batch) with probability proportional to
+    ``(count + 1) ** alpha``, scores the targets against them, subtracts from every logit the log of
+    its item's expected count among the draws (the correction that makes the sampled loss an unbiased
+    stand-in for the full softmax), and masks a negative that is the row's own target.
+    """
+
+    def __init__(self, counts: np.ndarray, negatives: int, seed: int, device: torch.device, alpha: float = 0.75):
+        weights = (np.asarray(counts, dtype=np.float64) + 1.0) ** alpha
+        self.probs = torch.as_tensor(weights / weights.sum(), dtype=torch.float32, device=device)
+        self.log_q = torch.log(self.probs * negatives)
+        self.negatives = negatives
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def loss(self, states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean sampled cross-entropy of ``states`` (rows) against item rows ``table``; ``targets`` 0-based."""
+        drawn = torch.multinomial(self.probs, self.negatives, replacement=True, generator=self.generator)
+        positive = (states * table[targets]).sum(-1) - self.log_q[targets]
+        negative = states @ table[drawn].T - self.log_q[drawn]
+        negative = negative.masked_fill(drawn[None, :] == targets[:, None], float("-inf"))
+        logits = torch.cat([positive[:, None], negative], dim=1)
+        return nn.functional.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=states.device))
