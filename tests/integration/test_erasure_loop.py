@@ -144,6 +144,7 @@ def test_forget_a_user_everywhere(tmp_path, movielens_dir, postgres_url, referen
         LMRECSYS_SERVING__POLL_INTERVAL_S="2",
         LMRECSYS_SERVING__ADMIN_TOKEN=ADMIN_TOKEN,
         LMRECSYS_PRIVACY__ERASURE_KEY="erasure-test-key",
+        LMRECSYS_TRAIN__MODEL_CONFIGS=json.dumps({"lm_sasrec": {"max_epochs": 6}}),  # CI time; cold either way
     )
     seed_embedding_cache(reference_run["cache"], data_root)
     settings = load_settings(

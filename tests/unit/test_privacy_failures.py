@@ -59,6 +59,7 @@ def test_mlflow_down_never_blocks_a_forget_and_stops_the_purge_before_any_change
     monkeypatch.setenv("LMRECSYS_DATA_ROOT", str(root))
     monkeypatch.setenv("LMRECSYS_INGEST__SOURCE", str(_small_movielens(movielens_folder)))
     monkeypatch.setenv("LMRECSYS_TRAIN__BOOTSTRAP_SAMPLES", "50")
+    monkeypatch.setenv("LMRECSYS_TRAIN__MODEL_CONFIGS", json.dumps({"lm_sasrec": {"max_epochs": 4}}))
     runner = CliRunner()
     first = runner.invoke(app, ["pipeline", "run", "--json"])
     assert first.exit_code == 0, first.output
@@ -113,6 +114,7 @@ def test_a_forget_during_a_run_blocks_that_runs_promotion_and_the_next_run_appli
     monkeypatch.setenv("LMRECSYS_DATA_ROOT", str(root))
     monkeypatch.setenv("LMRECSYS_INGEST__SOURCE", str(_small_movielens(movielens_folder)))
     monkeypatch.setenv("LMRECSYS_TRAIN__BOOTSTRAP_SAMPLES", "50")
+    monkeypatch.setenv("LMRECSYS_TRAIN__MODEL_CONFIGS", json.dumps({"lm_sasrec": {"max_epochs": 4}}))
     settings = load_settings()
     assert run_pipeline(settings, "first")["decision"] == "promoted"
     store = FeedbackStore(settings.feedback_url)
