@@ -1,6 +1,7 @@
 """Shared test set-up: telemetry off and offline, before any test module imports a library."""
 
 import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -9,6 +10,9 @@ from components.settings import LOCAL_MOVIELENS, disable_telemetry
 disable_telemetry()
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# BentoML's in-process metrics need prometheus_client in multiprocess mode, which it reads once, on its first
+# import; a serving module imported while collecting an earlier test file imports it, so set it here first
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="lmrecsys-prom-"))
 
 import pytest  # noqa: E402
 
