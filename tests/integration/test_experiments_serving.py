@@ -69,6 +69,14 @@ def _serving_both(server, exp_id):
     wait_for(ready, 60, what="the service to load the challenger")
 
 
+def _decided_tags(settings, version: str) -> dict | None:
+    """The version's tags once they hold the experiment's decision (written just after the store ends it)."""
+    from components.registry import configure
+
+    tags = configure(settings).get_model_version(settings.registry.model_name, version).tags
+    return tags if "experiment.decision" in tags else None
+
+
 def _champion(settings) -> str:
     from components.registry import configure, get_alias_version
 
@@ -104,7 +112,7 @@ def test_aa_experiments_rarely_declare_a_winner(world):
 def test_a_worse_challenger_loses_and_a_crash_loses_no_acknowledged_impression(world):
     from components.experiments import start_experiment
     from components.feedback.store import FeedbackStore
-    from components.registry import champion_history, configure
+    from components.registry import champion_history
 
     settings, versions = world["settings"], world["versions"]
     champion = _champion(settings)
@@ -128,7 +136,8 @@ def test_a_worse_challenger_loses_and_a_crash_loses_no_acknowledged_impression(w
     assert ended["state"] == "stopped" and "worse" in ended["reason"], ended
     assert ended["decision"]["arms"]["champion"]["impressions"] >= 50
     assert _champion(settings) == champion
-    tags = configure(settings).get_model_version(settings.registry.model_name, versions["worse"]).tags
+    # the decision's record ends the experiment first (once, in the store); the version tags follow it
+    tags = wait_for(lambda: _decided_tags(settings, versions["worse"]), 30, what="the stopped version's tags")
     assert tags["experiment.decision"] == "stopped" and tags["experiment.id"] == exp_id
     assert champion_history(settings)[-1]["action"] == "experiment-stopped"
 
