@@ -18,8 +18,8 @@ from mlflow.exceptions import MlflowException
 from components.errors import LmRecsysError
 from components.feedback.impressions import ExperimentConflict
 from components.feedback.store import FeedbackStore
-from components.registry.integrity import version_integrity_problem
-from components.registry.tracking import CHAMPION, aliased_version, configure, plain_text, utc_now
+from components.registry.history import servable
+from components.registry.tracking import CHAMPION, aliased_version, configure, utc_now
 from components.settings import METRICS, Settings
 
 MODES = ("split", "interleave")
@@ -68,8 +68,6 @@ def start_experiment(
     smoke: bool = True,
 ) -> dict:
     """Start an experiment of ``challenger`` against the current champion; returns its record."""
-    from components.registry import smoke as smoke_module  # on use: see components/registry/smoke.py
-
     config = settings.experiments
     share = config.default_share if share is None else share
     mode = config.default_mode if mode is None else mode
@@ -95,12 +93,7 @@ def start_experiment(
                 "stop it first (lmrecsys experiments stop ID --reason ...); nothing was started"
             )
         if smoke:
-            problem = version_integrity_problem(client, name, challenger)
-            ok, message = (
-                (False, problem)
-                if problem
-                else smoke_module.smoke_test(f"models:/{name}/{challenger}", plain_text(settings.tracking_uri))
-            )
+            ok, message = servable(settings, client, challenger)
             if not ok:
                 raise ExperimentError(f"version {challenger} fails its smoke test: {message}; nothing was started")
         record = store.create_experiment(

@@ -290,6 +290,19 @@ def rollback(settings: Settings, reason: str) -> dict:
 
 
 @registry_errors
+def servable(settings: Settings, client, version: str) -> tuple[bool, str]:
+    """``(ok, message)``: whether ``version`` can be served. Its bundle must pass the ``bundle.sha256``
+    check, then the smoke test (a fresh process loads and queries it); the message says why not, or
+    what the smoke test answered."""
+    from components.registry import smoke  # on use: see components/registry/smoke.py
+
+    name = settings.registry.model_name
+    problem = version_integrity_problem(client, name, version)
+    if problem:
+        return False, problem
+    return smoke.smoke_test(f"models:/{name}/{version}", plain_text(settings.tracking_uri))
+
+
 def force_promote(settings: Settings, version: str | int, reason: str) -> dict:
     """Make ``version`` the champion without the metric comparison, recorded as forced by a human.
 
@@ -298,8 +311,6 @@ def force_promote(settings: Settings, version: str | int, reason: str) -> dict:
     version or a failed smoke test; returns the recorded event (``changed`` False and no new
     event when the version already is the champion).
     """
-    from components.registry import smoke  # on use: see components/registry/smoke.py
-
     reason = _require_reason(reason, "a forced promotion")
     client = configure(settings)
     name = settings.registry.model_name
@@ -310,12 +321,7 @@ def force_promote(settings: Settings, version: str | int, reason: str) -> dict:
         raise RegistryError(f"{name!r} has no version {version}: {exc.message}") from exc
     if aliased_version(client, name, CHAMPION) == version:
         return {"changed": False, "version": version, "reason": f"version {version} is already the champion"}
-    problem = version_integrity_problem(client, name, version)
-    ok, message = (
-        (False, problem)
-        if problem
-        else smoke.smoke_test(f"models:/{name}/{version}", plain_text(settings.tracking_uri))
-    )
+    ok, message = servable(settings, client, version)
     if not ok:
         raise RegistryError(f"refusing to force version {version} of {name!r}: {message} (source {target.source})")
     with promotion_lock(settings):
