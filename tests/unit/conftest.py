@@ -54,3 +54,27 @@ def make_settings(tmp_path, tiny_movielens):
 def settings(make_settings):
     """Settings over a fresh data root, ingesting the tiny MovieLens folder (SQLite feedback store)."""
     return make_settings()
+
+
+@pytest.fixture
+def small_loop(monkeypatch, tmp_path, movielens_folder) -> Path:
+    """The environment of a whole small loop run through ``lmrecsys``: a fresh data root (returned)
+    ingesting 30 users × 12 items with varied ratings, enough for every candidate to be evaluated;
+    50 bootstrap samples and a few LM-SASRec epochs keep each run to seconds."""
+    movies = "movieId,title,genres\n" + "".join(
+        f"{i},Film {i} (1999),{('Drama', 'Comedy')[i % 2]}\n" for i in range(1, 13)
+    )
+    ratings = "userId,movieId,rating,timestamp\n" + "".join(
+        f"{u},{i},{1.0 + (u * 3 + i * 5) % 9 / 2},{1_000_000_000 + u * 100 + i}\n"
+        for u in range(1, 31)
+        for i in range(1, 13)
+        if (u + i) % 3
+    )
+    root = tmp_path / "root"
+    monkeypatch.setenv("LMRECSYS_DATA_ROOT", str(root))
+    monkeypatch.setenv(
+        "LMRECSYS_INGEST__SOURCE", str(movielens_folder("small", movies=movies, ratings=ratings, tags=None))
+    )
+    monkeypatch.setenv("LMRECSYS_TRAIN__BOOTSTRAP_SAMPLES", "50")
+    monkeypatch.setenv("LMRECSYS_TRAIN__MODEL_CONFIGS", '{"lm_sasrec": {"max_epochs": 4}}')
+    return root

@@ -131,24 +131,7 @@ def test_cli_forget_audit_and_forgotten(with_feedback, monkeypatch):
     assert runner.invoke(app, ["users", "audit", "12345", "--json"]).exit_code == 0
 
 
-def _small_movielens(movielens_folder):
-    """30 users × 12 items with varied ratings: enough for every candidate to be evaluated."""
-    movies = "movieId,title,genres\n" + "".join(
-        f"{i},Film {i} (1999),{('Drama', 'Comedy')[i % 2]}\n" for i in range(1, 13)
-    )
-    ratings = "userId,movieId,rating,timestamp\n" + "".join(
-        f"{u},{i},{1.0 + (u * 3 + i * 5) % 9 / 2},{1_000_000_000 + u * 100 + i}\n"
-        for u in range(1, 31)
-        for i in range(1, 13)
-        if (u + i) % 3
-    )
-    return movielens_folder("small", movies=movies, ratings=ratings, tags=None)
-
-
-def test_the_next_run_trains_cold_and_is_promoted_for_the_erasure(monkeypatch, tmp_path, movielens_folder):
-    monkeypatch.setenv("LMRECSYS_DATA_ROOT", str(tmp_path / "root"))
-    monkeypatch.setenv("LMRECSYS_INGEST__SOURCE", str(_small_movielens(movielens_folder)))
-    monkeypatch.setenv("LMRECSYS_TRAIN__BOOTSTRAP_SAMPLES", "50")
+def test_the_next_run_trains_cold_and_is_promoted_for_the_erasure(small_loop, tmp_path):
     runner = CliRunner()
     first = runner.invoke(app, ["pipeline", "run", "--json"])
     assert first.exit_code == 0, first.output
@@ -187,11 +170,8 @@ def test_the_next_run_trains_cold_and_is_promoted_for_the_erasure(monkeypatch, t
             assert "1" not in set(frame["user_id"].astype(str)), path
 
 
-def test_retention_keeps_the_newest_snapshots_and_versions(monkeypatch, tmp_path, movielens_folder):
-    root = tmp_path / "root"
-    monkeypatch.setenv("LMRECSYS_DATA_ROOT", str(root))
-    monkeypatch.setenv("LMRECSYS_INGEST__SOURCE", str(_small_movielens(movielens_folder)))
-    monkeypatch.setenv("LMRECSYS_TRAIN__BOOTSTRAP_SAMPLES", "50")
+def test_retention_keeps_the_newest_snapshots_and_versions(small_loop, monkeypatch):
+    root = small_loop
     monkeypatch.setenv("LMRECSYS_TRAIN__CANDIDATES", '["popularity", "ease"]')
     monkeypatch.setenv("LMRECSYS_PRIVACY__KEEP_SNAPSHOTS", "1")
     monkeypatch.setenv("LMRECSYS_PRIVACY__KEEP_MODEL_VERSIONS", "1")

@@ -15,7 +15,6 @@ from components.cli import app
 from components.errors import LmRecsysError
 from components.feedback.store import FeedbackEvent, FeedbackStore
 from components.privacy import erasure_requests, forget_user
-from tests.unit.test_privacy import _small_movielens
 
 DEAD_POSTGRES = "postgresql://lmrecsys@127.0.0.1:9/nowhere"  # the discard port: nothing listens
 DEAD_TRACKING = "http://127.0.0.1:9"
@@ -52,14 +51,8 @@ def test_forget_while_the_feedback_store_is_down_fails_clearly_and_changes_nothi
     assert retried["events_deleted"] == 2 and _events_of(settings, "2") == 0
 
 
-def test_mlflow_down_never_blocks_a_forget_and_stops_the_purge_before_any_change(
-    monkeypatch, tmp_path, movielens_folder
-):
-    root = tmp_path / "root"
-    monkeypatch.setenv("LMRECSYS_DATA_ROOT", str(root))
-    monkeypatch.setenv("LMRECSYS_INGEST__SOURCE", str(_small_movielens(movielens_folder)))
-    monkeypatch.setenv("LMRECSYS_TRAIN__BOOTSTRAP_SAMPLES", "50")
-    monkeypatch.setenv("LMRECSYS_TRAIN__MODEL_CONFIGS", json.dumps({"lm_sasrec": {"max_epochs": 4}}))
+def test_mlflow_down_never_blocks_a_forget_and_stops_the_purge_before_any_change(small_loop, monkeypatch):
+    root = small_loop
     runner = CliRunner()
     first = runner.invoke(app, ["pipeline", "run", "--json"])
     assert first.exit_code == 0, first.output
@@ -94,9 +87,7 @@ def test_mlflow_down_never_blocks_a_forget_and_stops_the_purge_before_any_change
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*.parquet")) == on_disk
 
 
-def test_a_forget_during_a_run_blocks_that_runs_promotion_and_the_next_run_applies_it(
-    monkeypatch, tmp_path, movielens_folder
-):
+def test_a_forget_during_a_run_blocks_that_runs_promotion_and_the_next_run_applies_it(small_loop):
     from components.pipeline import (
         run_pipeline,
         stage_embed,
@@ -110,11 +101,6 @@ def test_a_forget_during_a_run_blocks_that_runs_promotion_and_the_next_run_appli
     from components.registry.tracking import CHAMPION, aliased_version, configure
     from components.settings import load_settings
 
-    root = tmp_path / "root"
-    monkeypatch.setenv("LMRECSYS_DATA_ROOT", str(root))
-    monkeypatch.setenv("LMRECSYS_INGEST__SOURCE", str(_small_movielens(movielens_folder)))
-    monkeypatch.setenv("LMRECSYS_TRAIN__BOOTSTRAP_SAMPLES", "50")
-    monkeypatch.setenv("LMRECSYS_TRAIN__MODEL_CONFIGS", json.dumps({"lm_sasrec": {"max_epochs": 4}}))
     settings = load_settings()
     assert run_pipeline(settings, "first")["decision"] == "promoted"
     store = FeedbackStore(settings.feedback_url)
