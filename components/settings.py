@@ -58,6 +58,10 @@ class ValidationSettings(BaseModel):
     """Interactions must be after this epoch second (1995-01-01)."""
     max_title_length: int = 500
     """Longest allowed item title."""
+    max_untitled_share: float = Field(0.05, ge=0.0, le=1.0)
+    """Largest share of items whose title may be empty (1.0 admits a catalogue of bare ids). An item with
+    no text at all (no title, categories, tags or description) gets no text vector and is represented by
+    its ID alone; the embed stage logs how many there are."""
     drift_min_volume_ratio: float = 0.5
     """Drift: the source's row count may not fall below this share of the reference snapshot's."""
     drift_max_volume_ratio: float = 20.0
@@ -267,9 +271,12 @@ class ServingSettings(BaseModel):
     scores each on the event loop by itself."""
     max_batch: int = Field(default=64, ge=1, le=4096)
     """Most requests scored in one model call by the micro-batcher."""
-    impressions: Literal["experiment", "always", "off"] = "experiment"
-    """When answers are logged as impressions (durably, before the answer): while an online experiment
-    runs (the default), for every answer, or never. Every answer carries a ``recommendation_id`` either way."""
+    impressions: Literal["always", "experiment", "off"] = "always"
+    """When answers are logged as impressions (durably, before the answer): for every answer (the default),
+    only while an online experiment runs, or never (then feedback cannot be attributed outside an
+    experiment). Every answer carries a ``recommendation_id`` either way; outside an experiment its
+    impression has no experiment id. Old impressions outside experiments are pruned by
+    ``privacy.keep_impressions_days``."""
 
 
 class AirflowSettings(BaseModel):
@@ -302,6 +309,9 @@ class PrivacySettings(BaseModel):
     keep_model_versions: int = Field(default=20, ge=1)
     """Retention: model versions beyond the newest this many are retired (artifacts deleted) by the same
     purge; the champion and the versions in its history's rollback stack are kept."""
+    keep_impressions_days: float = Field(default=90.0, gt=0)
+    """Retention: impressions logged outside an online experiment (and their attributions) older than this
+    many days are deleted by the same purge; those of experiments stay with the experiment's evidence."""
 
 
 class Settings(BaseSettings):

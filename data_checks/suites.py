@@ -29,7 +29,8 @@ def items_suite(cfg: ValidationSettings) -> gx.ExpectationSuite:
             gxe.ExpectColumnValuesToNotBeNull(column=ITEM_COL),
             gxe.ExpectColumnValuesToBeUnique(column=ITEM_COL),
             gxe.ExpectColumnValuesToNotBeNull(column=TITLE_COL),
-            gxe.ExpectColumnValueLengthsToBeBetween(column=TITLE_COL, min_value=1, max_value=cfg.max_title_length),
+            gxe.ExpectColumnValueLengthsToBeBetween(column=TITLE_COL, max_value=cfg.max_title_length),
+            gxe.ExpectColumnValueLengthsToBeBetween(column=TITLE_COL, min_value=1, mostly=1.0 - cfg.max_untitled_share),
             gxe.ExpectTableRowCountToBeBetween(min_value=1),
         ],
     )

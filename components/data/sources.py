@@ -306,7 +306,9 @@ def read_generic(items_path: Path, interactions_path: Path, *, text_columns: lis
 
     description = text(DESCRIPTION_COL)
     for column in text_columns:  # extra text columns are appended to the description, labelled
-        description = description.str.cat(column + ": " + text(column), sep=". ").str.strip(". ")
+        value = text(column).str.strip()
+        labelled = (column + ": " + value).where(value != "", "")  # an empty value adds no text
+        description = description.str.cat(labelled, sep=". ").str.strip(". ")
     items = pd.DataFrame(
         {
             ITEM_COL: items_raw[ITEM_COL].astype(str).str.strip(),

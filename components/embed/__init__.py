@@ -34,7 +34,7 @@ from components.embed.encoder import (
 )
 from components.embed.onnx import ensure_onnx_export
 from components.embed.profile import interest_weights, user_interest_vector
-from components.embed.stage import ItemEmbeddings, embed_items, embed_shard, plan_shards
+from components.embed.stage import ItemEmbeddings, embed_items, embed_shard, has_text, plan_shards
 from components.embed.text import ITEM_TEXT_SEGMENTS, compose_item_text, item_texts, text_hash
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "encoder_from_settings",
     "encoder_identity",
     "ensure_onnx_export",
+    "has_text",
     "interest_weights",
     "item_texts",
     "length_batches",

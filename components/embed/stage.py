@@ -3,6 +3,10 @@
 Items are turned into text by a template (:mod:`components.embed.text`), encoded with the settings'
 encoder (:mod:`components.embed.encoder`) and cached by (encoder id, text hash)
 (:mod:`components.embed.cache`), so a re-run encodes only new or changed texts.
+
+An item with no text at all (no title, categories, tags or description) is never encoded: its row
+is all zeros, which every text model reads as "no text" (``has_text``), and the models that have
+one represent it by its ID alone. The stage logs how many there are and records it in the manifest.
 """
 
 from __future__ import annotations
@@ -46,6 +50,11 @@ class ItemEmbeddings:
         return cls(ids, np.load(folder / "vectors.npy"), json.loads((folder / "manifest.json").read_text()))
 
 
+def has_text(vectors: np.ndarray) -> np.ndarray:
+    """Which rows of an item-vector matrix are real text vectors (an item with no text has a zero row)."""
+    return np.any(np.asarray(vectors) != 0, axis=1)
+
+
 def plan_shards(snapshot: Snapshot, n_shards: int) -> list[int]:
     """Shard indexes for the mapped embedding tasks (fewer shards for small catalogues)."""
     n_items = snapshot.manifest["row_counts"]["items"]
@@ -62,7 +71,7 @@ def embed_shard(settings: Settings, snapshot: Snapshot, shard: int, n_shards: in
     cached = cache.load()
     # Shards split the full, sorted text set (not just what is uncached right now), so the split
     # does not depend on which shard ran first.
-    everything = sorted(dict(zip(hashes, texts)).items())
+    everything = sorted((h, t) for h, t in dict(zip(hashes, texts)).items() if t)
     mine = [(h, t) for i, (h, t) in enumerate(everything) if i % n_shards == shard and h not in cached]
     started = time.perf_counter()
     vectors = encoder.encode([t for _, t in mine], batch_size=settings.embed.batch_size, progress=len(mine) > 500)
@@ -81,16 +90,24 @@ def embed_items(settings: Settings, snapshot: Snapshot) -> Path:
     hashes = [text_hash(t) for t in texts]
     cache = EmbeddingCache(settings.embeddings_dir, encoder.encoder_id)
     cached = cache.load()
-    missing = sorted({h: t for h, t in zip(hashes, texts) if h not in cached}.items())
+    missing = sorted({h: t for h, t in zip(hashes, texts) if t and h not in cached}.items())
+    no_text = sum(not t for t in texts)
+    if no_text:
+        log.warning(
+            "%d of %d items have no text (no title, categories, tags or description): they get no text "
+            "vector and are represented by their ID alone",
+            no_text,
+            len(texts),
+        )
     if missing:
         batch_size, progress = settings.embed.batch_size, len(missing) > 500
         new_vectors = encoder.encode([t for _, t in missing], batch_size=batch_size, progress=progress)
         cache.add([h for h, _ in missing], new_vectors)
         cached.update({h: v for (h, _), v in zip(missing, new_vectors)})
-    if hashes:
-        vectors = np.stack([cached[h] for h in hashes]).astype(np.float32)
-    else:
-        vectors = np.zeros((0, encoder.dim), np.float32)
+    vectors = np.zeros((len(hashes), encoder.dim), np.float32)
+    for row, (h, t) in enumerate(zip(hashes, texts)):
+        if t:
+            vectors[row] = cached[h]
     target = settings.embeddings_dir / snapshot.snapshot_id / encoder.encoder_id
     manifest = {
         "snapshot_id": snapshot.snapshot_id,
@@ -100,7 +117,8 @@ def embed_items(settings: Settings, snapshot: Snapshot) -> Path:
         "dim": encoder.dim,
         "items": len(hashes),
         "encoded_now": len(missing),
-        "from_cache": len(hashes) - len(missing),
+        "from_cache": len(hashes) - len(missing) - no_text,
+        "no_text": no_text,
         "template": list(ITEM_TEXT_SEGMENTS),
         "seconds": round(time.perf_counter() - started, 3),
         "created_at": time.time(),
@@ -111,10 +129,11 @@ def embed_items(settings: Settings, snapshot: Snapshot) -> Path:
         pd.DataFrame({ITEM_COL: items[ITEM_COL].to_numpy()}).to_parquet(tmp / "item_ids.parquet", index=False)
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
     log.info(
-        "embedded %d items (%d encoded, %d cached) in %.1fs",
+        "embedded %d items (%d encoded, %d cached, %d without text) in %.1fs",
         len(hashes),
         len(missing),
-        len(hashes) - len(missing),
+        manifest["from_cache"],
+        no_text,
         manifest["seconds"],
     )
     return target

@@ -199,6 +199,19 @@ class ImpressionLog:
             "feedback_attributions": int(self._scalar(sa.select(sa.func.count()).where(_att.user_id == user))),
         }
 
+    def prune_impressions(self, before: float) -> dict[str, int]:
+        """Delete the impressions outside any experiment created before ``before`` (epoch seconds), and
+        their attributions, in one transaction; experiments' impressions stay with their evidence."""
+        with self._transaction() as conn:
+            stale = sa.select(_imp.recommendation_id).where(_imp.experiment_id.is_(None), _imp.created_at < before)
+            attributions = conn.execute(
+                feedback_attributions.delete().where(_att.experiment_id.is_(None), _att.recommendation_id.in_(stale))
+            ).rowcount
+            gone = conn.execute(
+                impressions.delete().where(_imp.experiment_id.is_(None), _imp.created_at < before)
+            ).rowcount
+        return {"impressions": int(gone), "feedback_attributions": int(attributions)}
+
     @staticmethod
     def _forget_impressions(conn: sa.Connection, user_id: str) -> int:
         """Inside ``forget``'s transaction: delete the user's impressions and attributions."""

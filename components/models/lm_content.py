@@ -6,7 +6,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from components.data.dataset import History, InteractionData
-from components.embed import interest_weights, user_interest_vector
+from components.embed import has_text, interest_weights, user_interest_vector
 from components.models.base import TEXT_DIM, DataSize, Recommender
 
 
@@ -23,7 +23,10 @@ class LMContentConfig(BaseModel):
 
 
 class LMContent(Recommender):
-    """Ranks items by cosine between their (whitened) text vector and the user's interest vector."""
+    """Ranks items by cosine between their (whitened) text vector and the user's interest vector.
+
+    An item with no text has no place in this space: its row is zero, so it scores 0 for everyone
+    and adds nothing to an interest vector."""
 
     name = "lm_content"
     Config = LMContentConfig
@@ -33,8 +36,12 @@ class LMContent(Recommender):
         if item_vectors is None or len(item_vectors) != data.n_items:
             raise ValueError("lm_content needs item text vectors aligned with the catalogue")
         self.n_items = data.n_items
-        self.mean, self.projection = fit_whitening(item_vectors, self.config.whiten_dim)
+        with_text = has_text(item_vectors)
+        if not with_text.any():
+            raise ValueError("lm_content needs item text, and no item of this catalogue has any")
+        self.mean, self.projection = fit_whitening(item_vectors[with_text], self.config.whiten_dim)
         self.item_matrix = self.transform(item_vectors)
+        self.item_matrix[~with_text] = 0.0  # an item with no text matches no interest: it scores 0
         return self
 
     def memory_needs(self, size: DataSize) -> int:

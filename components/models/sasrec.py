@@ -9,7 +9,8 @@ LM-SASRec represents each item as its ID embedding plus a learned linear project
 text vector, PCA-whitened to a few dimensions first (raw sentence embeddings are anisotropic:
 they crowd into a narrow cone, which whitening spreads out). An item with no training
 interactions has its ID embedding masked to zero, so it is represented by its text alone and can
-still be recommended.
+still be recommended; an item with no text (a zero row from the embed stage) is represented by its
+ID embedding alone.
 
 Early stopping and honest evaluation. ``fit`` receives only histories, so it holds out each
 user's last interaction itself: the network trains on everything before it and is scored
@@ -33,6 +34,7 @@ import time
 import numpy as np
 
 from components.data.dataset import History, InteractionData
+from components.embed import has_text
 from components.evaluation.metrics import per_user_metrics, target_ranks
 from components.models.base import TEXT_DIM, DataSize, Recommender
 from components.models.lm_content import fit_whitening, normalise_rows
@@ -439,8 +441,11 @@ class LMSASRec(SASRec):
         if not np.isfinite(item_vectors).all():
             bad = int((~np.isfinite(item_vectors).all(axis=1)).sum())
             raise ValueError(f"lm_sasrec: {bad} item text vector(s) are not finite; re-run the embed stage")
+        with_text = has_text(item_vectors)
         if getattr(self, "whitening", None) is None:  # a warm start brings the earlier model's
-            self.whitening = fit_whitening(item_vectors, self.config.text_dim)
+            self.whitening = fit_whitening(item_vectors[with_text], self.config.text_dim)
         mean, projection = self.whitening
         text = ((item_vectors - mean) @ projection).astype(np.float32)
-        return normalise_rows(text) if self.config.normalise_text else text
+        text = normalise_rows(text) if self.config.normalise_text else text
+        text[~with_text] = 0.0  # an item with no text: its ID embedding alone represents it
+        return text

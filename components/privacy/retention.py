@@ -3,13 +3,15 @@
 Applied after every promotion, with the erasure purge. The newest ``keep_snapshots`` accepted snapshots
 stay, and so does the champion's; older accepted snapshots are deleted, with the run folders that
 trained on them. Model versions beyond the newest ``keep_model_versions`` are retired (tag
-``retired=retention``, artifacts deleted), except the champion.
+``retired=retention``, artifacts deleted), except the champion. Impressions logged outside an online
+experiment, and their attributions, are deleted after ``keep_impressions_days``.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
 
 from components.data.snapshots import list_snapshots
 from components.privacy.purge import RETIRED_TAG, retire_version
@@ -42,4 +44,20 @@ def apply_retention(settings: Settings) -> dict:
                 runs.append(run.name)
     for snapshot in deleted:
         shutil.rmtree(snapshot.path)
-    return {"versions_retired": retired, "snapshots_deleted": sorted(gone), "run_folders_deleted": runs}
+    pruned = _prune_impressions(settings)
+    return {
+        "versions_retired": retired,
+        "snapshots_deleted": sorted(gone),
+        "run_folders_deleted": runs,
+        "impressions_deleted": pruned,
+    }
+
+
+def _prune_impressions(settings: Settings) -> dict[str, int]:
+    from components.feedback.store import FeedbackStore
+
+    store = FeedbackStore(settings.feedback_url)
+    try:
+        return store.prune_impressions(time.time() - 86_400 * settings.privacy.keep_impressions_days)
+    finally:
+        store.close()

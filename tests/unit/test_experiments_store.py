@@ -111,3 +111,31 @@ def test_one_running_experiment_per_model_and_state_changes_happen_once(store):
     assert ended["state"] in ("promoted", "stopped") and ended["decision"] == {"n": 1} and ended["decided_at"]
     store.create_experiment({**row, "experiment_id": "exp-d"})  # the model is free again
     assert {e["experiment_id"] for e in store.experiments(state="running")} == {"exp-c", "exp-d"}
+
+
+def test_retention_prunes_old_impressions_outside_experiments_and_keeps_the_rest(store):
+    day = 86_400.0
+    now = 1_800_000_000.0
+    shown = {**SHOWN, "arm": "champion", "user_id": "7", "item_ids": [11, 12]}
+    store.log_impressions(
+        [
+            {**shown, "recommendation_id": "old-plain", "created_at": now - 100 * day},
+            {**shown, "recommendation_id": "new-plain", "created_at": now - day},
+            {**shown, "recommendation_id": "old-exp", "experiment_id": "exp-9", "created_at": now - 100 * day},
+        ]
+    )
+    store.append(
+        [
+            FeedbackEvent("7", "11", "click", event_id=rec, recommendation_id=rec)
+            for rec in ("old-plain", "new-plain", "old-exp")
+        ]
+    )
+    assert store.attribution_counts()["attributed"] == 3
+
+    assert store.prune_impressions(now - 90 * day) == {"impressions": 1, "feedback_attributions": 1}
+    assert store.impression("old-plain") is None
+    assert store.impression("new-plain") is not None and store.impression("old-exp") is not None
+    assert store.attribution_counts()["attributed"] == 2
+    assert len(store.attribution_frame("exp-9")) == 1  # an experiment's evidence stays
+    assert store.count() == 3  # the feedback events themselves are not touched
+    assert store.prune_impressions(now - 90 * day) == {"impressions": 0, "feedback_attributions": 0}

@@ -7,6 +7,7 @@ catalogue. The default (64 components, each row scaled to unit length) must stay
 """
 
 import numpy as np
+import pytest
 
 from components.data.dataset import History, InteractionData
 from components.models import LMSASRec
@@ -66,3 +67,25 @@ def test_the_default_text_input_is_unchanged():
     np.testing.assert_allclose(text, expected, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(np.cov(text, rowvar=False), np.eye(dim), atol=1e-3)
+
+
+def test_items_without_text_are_represented_by_their_id_alone():
+    """A zero row (an item with no text) gets no text input, and does not shape the whitening."""
+    from components.models import LMContent
+
+    vectors = anisotropic_vectors()
+    bare = np.zeros(N_ITEMS, dtype=bool)
+    bare[::10] = True
+    vectors[bare] = 0.0
+    text = text_input({"text_dim": 8}, vectors)
+    assert not text[bare].any()
+    mean, projection = fit_whitening(vectors[~bare], 8)  # fitted on the items with text only
+    expected = (vectors[~bare] - mean) @ projection
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(text[~bare], expected, atol=1e-5)
+
+    content = LMContent({"whiten_dim": 8}).fit(catalogue_data(), vectors)
+    scores = content.score(catalogue_data().histories[:3])
+    assert np.isfinite(scores).all() and not scores[:, bare].any()  # no text: no match, score 0
+    with pytest.raises(ValueError, match="no item of this catalogue has any"):
+        LMContent().fit(catalogue_data(), np.zeros_like(vectors))

@@ -66,7 +66,7 @@ def test_good_snapshot_is_accepted(settings):
     snapshot = make_snapshot(settings)
     assert validate_snapshot(settings, snapshot) is snapshot
     result = json.loads((snapshot.path / "validation.json").read_text())
-    assert result["success"] is True and result["failed"] == [] and result["checks"] == 18
+    assert result["success"] is True and result["failed"] == [] and result["checks"] == 19
     assert result["snapshot_id"] == snapshot.snapshot_id
     assert snapshot.accepted and snapshot.require_accepted() is snapshot
     report = (snapshot.path / "report.html").read_text()
