@@ -1,7 +1,8 @@
 """Serving throughput: /recommend on the real champion, BentoML's trivial endpoint, bare Starlette.
 
-All three run in one run, each at 16 and 64 connections (then the scored ``/recommend`` once more
-with micro-batching off, for the ratio), with ``wrk`` as the load generator in
+All three run in one run, each at 16 and 64 connections (then ``/recommend`` once more with the
+impression log off, for its cost, and the scored one with micro-batching off, for that ratio), with
+``wrk`` as the load generator in
 its own process (``apt-get install -y wrk``). Then feedback ingestion: unique events posted as fast
 as possible, and the store counted afterwards (events in the store must equal 2xx responses, up to
 the requests still in flight when wrk stops).
@@ -27,7 +28,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from benchmarks.common import quiet_environment
+from benchmarks.common import cpu_model, quiet_environment, utc_minute
 
 quiet_environment()
 
@@ -218,6 +219,24 @@ def feedback_runs(bento: BentoServer, feedback_db: Path, item, args, results: di
         )
 
 
+def unlogged_runs(env: dict, work: Path, recommend: str, sweep: str, args, results: dict) -> None:
+    """/recommend, cached and scored, with the impression log off (``serving.impressions: off``): its cost."""
+    unlogged = BentoServer({**env, "LMRECSYS_SERVING__IMPRESSIONS": "off"}, work / "bento-unlogged", PROJECT_ROOT)
+    unlogged.wait_ready(timeout=300)
+    try:
+        scored = recommend.replace('"k": 10}', '"k": 10, "exclude_seen": false}')
+        targets = [("ranking cached", recommend, sweep), ("scored per request", scored, None)]
+        for connections in args.connections:
+            for kind, script, warm_up in targets:
+                run_wrk(f"{unlogged.base}/recommend", warm_up or script, connections, args.warm_up)
+                numbers = run_wrk(f"{unlogged.base}/recommend", script, connections, args.seconds)
+                name = f"/recommend (real champion, {kind}, impression log off)"
+                results["runs"].append({"target": name, "connections": connections, **numbers})
+                print_run(name, connections, numbers)
+    finally:
+        unlogged.stop()
+
+
 def unbatched_runs(env: dict, work: Path, recommend: str, args, results: dict) -> None:
     """The same scored requests with micro-batching off, right after."""
     unbatched = BentoServer({**env, "LMRECSYS_SERVING__BATCH_SCORING": "false"}, work / "bento-unbatched", PROJECT_ROOT)
@@ -262,7 +281,8 @@ def main() -> None:
     )
     memory_gib = round(psutil.virtual_memory().total / 2**30)
     results: dict = {
-        "machine": f"{psutil.cpu_count()}-core CPU, {memory_gib} GiB",
+        "machine": f"{cpu_model()}, {psutil.cpu_count()}-core CPU, {memory_gib} GiB",
+        "date": utc_minute(),
         "python": platform.python_version(),
         "runs": [],
     }
@@ -291,6 +311,7 @@ def main() -> None:
     finally:
         bento.stop()
         bare.stop()
+    unlogged_runs(env, work, recommend, sweep, args, results)
     if not args.skip_unbatched:
         unbatched_runs(env, work, recommend, args, results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
