@@ -340,6 +340,32 @@ def _start_online_experiment(settings: Settings, version: str) -> dict:
     return {"experiment_id": record["experiment_id"]}
 
 
+def decide_experiments(settings: Settings) -> list[dict]:
+    """Evaluate every running online experiment and act on its decision (promote the challenger with the
+    reason ``online experiment ID: …``, or stop), as ``lmrecsys experiments decide`` and a service with
+    ``experiments.auto_decide`` do; what the ``lm_recsys_experiments`` DAG runs where the service may not
+    write the registry (docs/experiments.md).
+
+    Returns one ``{experiment_id, decision, reason, changed}`` per running experiment, ``[]`` when none
+    runs (one query of the feedback store, no registry call). ``decision`` is ``promoted``, ``stopped`` or
+    ``continue``. Safe beside another decider (a replica deciding by itself, a human, an overlapping run):
+    acting holds the registry's promotion lock and re-reads the experiment under it, so a decision is
+    made once, and the one that comes second reports the state it found with ``changed: False``.
+    """
+    from components.experiments import evaluate, list_experiments
+
+    decisions = []
+    for experiment in (e for e in list_experiments(settings) if e["state"] == "running"):
+        outcome = evaluate(settings, experiment)["decision"]
+        changed = bool(outcome.get("changed"))
+        decision = outcome.get("state", outcome["action"])
+        reason = outcome["reason"] if changed or "state" not in outcome else f"already {decision}; nothing was changed"
+        decisions.append(
+            {"experiment_id": experiment["experiment_id"], "decision": decision, "reason": reason, "changed": changed}
+        )
+    return decisions
+
+
 def _purge(settings: Settings) -> dict:
     """The erasure purge and retention after a promotion; a failure is logged and retried after the next one."""
     from components.privacy.purge import purge

@@ -211,6 +211,9 @@ class ExperimentSettings(BaseModel):
     """How often the service re-reads the running experiment and evaluates its decision."""
     auto_decide: bool = True
     """The service decides by itself (promote or stop) as soon as the test or a guardrail says so."""
+    decide_interval_s: float = Field(default=300.0, gt=0)
+    """How often the ``lm_recsys_experiments`` DAG evaluates the running experiment and acts on its decision
+    (read when the DAG file is parsed): the decider where the service may not write the registry."""
     default_share: float = Field(default=0.5, gt=0, lt=1)
     default_mode: Literal["split", "interleave"] = "split"
     default_max_days: float = Field(default=14.0, gt=0)

@@ -26,6 +26,8 @@ EXPECTED_PIPELINE = {
     "promote": {"register"},
 }
 EXPECTED_WATCH = {"check_feedback": set()}
+EXPECTED_EXPERIMENTS = {"decide": set()}
+DAG_IDS = ["lm_recsys_pipeline", "lm_recsys_feedback_watch", "lm_recsys_experiments"]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,7 @@ def test_file_name_matches_dag_id(dag_bag):
     assert {p.stem for p in DAGS.glob("*.py")} == set(dag_bag.dags)
 
 
-@pytest.mark.parametrize("dag_id", ["lm_recsys_pipeline", "lm_recsys_feedback_watch"])
+@pytest.mark.parametrize("dag_id", DAG_IDS)
 def test_docs_tags_retries_and_no_overlap(dag_bag, dag_id):
     dag = dag_bag.dags[dag_id]
     assert "lm-recsys" in dag.tags and len(dag.tags) >= 2
@@ -87,7 +89,12 @@ def test_long_pipeline_tasks_have_timeouts(dag_bag):
 
 
 @pytest.mark.parametrize(
-    ("dag_id", "expected"), [("lm_recsys_pipeline", EXPECTED_PIPELINE), ("lm_recsys_feedback_watch", EXPECTED_WATCH)]
+    ("dag_id", "expected"),
+    [
+        ("lm_recsys_pipeline", EXPECTED_PIPELINE),
+        ("lm_recsys_feedback_watch", EXPECTED_WATCH),
+        ("lm_recsys_experiments", EXPECTED_EXPERIMENTS),
+    ],
 )
 def test_task_graph(dag_bag, dag_id, expected):
     dag = dag_bag.dags[dag_id]
@@ -108,6 +115,19 @@ def test_pipeline_runs_on_feedback_or_schedule(dag_bag):
     outlets = {asset.name for asset in watch.get_task("check_feedback").outlets}
     assert outlets == {"lmrecsys_feedback"}
     assert "lmrecsys_feedback" in repr(pipeline.timetable.asset_condition)
+
+
+def test_experiments_are_decided_on_their_own_schedule(dag_bag):
+    """Every ``experiments.decide_interval_s`` (300 s), never two runs at once, no catch-up of missed
+    intervals, and no asset: deciding does not start or wait for the pipeline."""
+    import datetime
+
+    dag = dag_bag.dags["lm_recsys_experiments"]
+    assert type(dag.timetable).__name__ == "DeltaTriggerTimetable"
+    assert dag.timetable.delta == datetime.timedelta(seconds=300)
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    decide = dag.get_task("decide")
+    assert decide.execution_timeout is not None and not decide.outlets
 
 
 @pytest.mark.parametrize("now", ["2026-11-28T00:30:00+00:00", "2026-11-28T01:39:00+00:00", "2026-11-28T13:00:00+00:00"])
@@ -139,12 +159,31 @@ def test_schedule_and_watch_interval_come_from_settings():
         "def load(name):\n"
         f"    spec = importlib.util.spec_from_file_location(name, {str(DAGS)!r} + '/' + name + '.py')\n"
         "    module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); return module\n"
-        "print(load('lm_recsys_pipeline').SCHEDULE, load('lm_recsys_feedback_watch').INTERVAL_S)\n"
+        "print(load('lm_recsys_pipeline').SCHEDULE, load('lm_recsys_feedback_watch').INTERVAL_S,"
+        " load('lm_recsys_experiments').INTERVAL_S)\n"
     )
-    env = {**os.environ, "LMRECSYS_AIRFLOW__PIPELINE_CRON": "15 3 * * 1", "LMRECSYS_AIRFLOW__WATCH_INTERVAL_S": "7.5"}
+    env = {
+        **os.environ,
+        "LMRECSYS_AIRFLOW__PIPELINE_CRON": "15 3 * * 1",
+        "LMRECSYS_AIRFLOW__WATCH_INTERVAL_S": "7.5",
+        "LMRECSYS_EXPERIMENTS__DECIDE_INTERVAL_S": "90",
+    }
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["15", "3", "*", "*", "1", "7.5"]
+    assert done.stdout.split() == ["15", "3", "*", "*", "1", "7.5", "90.0"]
     bad = {**env, "LMRECSYS_AIRFLOW__WATCH_INTERVAL_S": "-1"}
     failed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=bad)
     assert failed.returncode != 0 and "watch_interval_s" in failed.stderr
+
+
+def test_a_bad_decide_interval_stops_the_experiments_dag_file(dag_bag, monkeypatch):
+    """Parsed in this process (Airflow is loaded already): a non-positive interval is an import error
+    naming the setting, not a DAG that runs all the time."""
+    import importlib.util
+
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("LMRECSYS_EXPERIMENTS__DECIDE_INTERVAL_S", "0")
+    spec = importlib.util.spec_from_file_location("bad_interval", DAGS / "lm_recsys_experiments.py")
+    with pytest.raises(ValidationError, match="decide_interval_s"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))

@@ -297,6 +297,9 @@ def test_service_environments_parse_as_settings(services, example_env, monkeypat
         assert str(settings.root) == "/data"
         if name == "serving":
             assert settings.serving.production, "the deployed service must run in production mode"
+            assert not settings.experiments.auto_decide, "serving may not write the registry, so it must not decide"
+        else:  # the workers run lm_recsys_experiments, whose schedule the dag-processor reads from the same block
+            assert settings.experiments.decide_interval_s == 300.0
     assert services["serving"].get("environment", {}).get("LMRECSYS_SERVING__ADMIN_TOKEN")
     assert ":?" in services["serving"]["environment"]["LMRECSYS_SERVING__CLIENT_KEYS"]  # production mode needs keys
     assert ":?" in services["serving"]["environment"]["LMRECSYS_PRIVACY__ERASURE_KEY"]

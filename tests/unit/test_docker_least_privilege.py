@@ -103,6 +103,21 @@ def test_serving_may_only_read_the_registry():
     assert set(module.RESOURCE_TYPES) == {"experiment", "registered_model"}
 
 
+def test_online_experiments_are_decided_where_the_registry_may_be_written(services, example_env):
+    """Serving (READ on the registry) serves both arms but never acts on a decision; the workers, which
+    sign in as the MANAGE user, decide through the lm_recsys_experiments DAG."""
+    serving = service_env(services["serving"], example_env)
+    assert serving["LMRECSYS_EXPERIMENTS__AUTO_DECIDE"] == "false"
+    assert serving["MLFLOW_TRACKING_USERNAME"] == example_env["MLFLOW_SERVING_USER"]  # the READ user
+    assert (docker_files.PROJECT_ROOT / "dags" / "lm_recsys_experiments.py").is_file()
+    interval = example_env["LMRECSYS_EXPERIMENTS__DECIDE_INTERVAL_S"]
+    for name, service in services.items():
+        if command_args(service)[:1] == ["airflow"]:  # the dag-processor reads the schedule, workers run it
+            env = service_env(service, example_env)
+            assert env["LMRECSYS_EXPERIMENTS__DECIDE_INTERVAL_S"] == interval, name
+            assert env["MLFLOW_TRACKING_USERNAME"] == example_env["MLFLOW_PIPELINE_USER"], name  # the MANAGE user
+
+
 def test_services_wait_for_their_users_roles_and_tables(services):
     for name in REGISTRY_CLIENTS:
         needs = services[name]["depends_on"]
