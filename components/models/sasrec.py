@@ -444,8 +444,7 @@ class LMSASRec(SASRec):
         with_text = has_text(item_vectors)
         if getattr(self, "whitening", None) is None:  # a warm start brings the earlier model's
             self.whitening = fit_whitening(item_vectors[with_text], self.config.text_dim)
-        mean, projection = self.whitening
-        text = ((item_vectors - mean) @ projection).astype(np.float32)
+        text = ((item_vectors - self.whitening[0]) @ self.whitening[1]).astype(np.float32)
         text = normalise_rows(text) if self.config.normalise_text else text
         text[~with_text] = 0.0  # an item with no text: its ID embedding alone represents it
         return text
