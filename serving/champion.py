@@ -114,7 +114,7 @@ class Champion:
             if self.on_load is not None:
                 self.on_load(engine)
             self.loaded = Loaded(engine, version, time.time())  # one assignment: requests see old or new, never half
-            # The model's many long-lived objects (histories, catalogue) would make every full garbage
+            # The model's many long-lived objects (the catalogue and its index) would make every full garbage
             # collection scan them, and those pauses set the tail latency. Freezing moves everything alive
             # now out of the collector's view (an old model, once unreferenced, is still freed by
             # reference counting).

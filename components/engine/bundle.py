@@ -2,14 +2,16 @@
 
 ``bundle.json`` (metadata: model name, snapshot, watermark, encoder), ``model/`` (and
 ``model_val/``, the validation-side fit the gate re-scores), ``catalogue.parquet``,
-``histories.parquet``, ``popularity.npy`` and ``text_vectors.npy``. It is written atomically, and
-it is what the MLflow model version carries as its artifact.
+``histories/`` (every user's training history as a per-user index of ``.npy`` columns, opened
+memory-mapped and read one user at a time: ``components.engine.history_index``),
+``popularity.npy`` and ``text_vectors.npy``. It is written atomically, and it is what the MLflow
+model version carries as its artifact. Bundles written before the index carry
+``histories.parquet`` (one row per interaction) instead; :func:`read_histories` reads both.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,8 @@ import pandas as pd
 
 from components.data.atomic import atomic_dir
 from components.data.columns import CATEGORIES_COL, ITEM_COL, TITLE_COL
-from components.data.dataset import Catalogue, History, InteractionData
+from components.data.dataset import Catalogue, InteractionData
+from components.engine.history_index import INDEX_DIR, HistoryIndex, open_histories, write_history_index
 from components.models import Recommender
 
 
@@ -47,14 +50,8 @@ def _write_contents(folder: Path, model, data: InteractionData, text_vectors, me
     pd.DataFrame(
         {ITEM_COL: catalogue.item_ids, TITLE_COL: catalogue.titles, CATEGORIES_COL: catalogue.categories}
     ).to_parquet(folder / "catalogue.parquet", index=False)
-    rows = [
-        (user, int(i), e, float(v), int(t))
-        for user, h in zip(data.user_ids, data.histories)
-        for i, e, v, t in zip(h.items, h.events, h.values, h.timestamps)
-    ]
-    pd.DataFrame(rows, columns=["user_id", "item_index", "event", "value", "timestamp"]).to_parquet(
-        folder / "histories.parquet", index=False
-    )
+    id_type = meta.get("id_type", "int")
+    write_history_index(folder / INDEX_DIR, data.user_ids, data.histories, id_type, n_items=len(catalogue))
     np.save(folder / "popularity.npy", data.item_counts().astype(np.float32))
     if text_vectors is not None:
         np.save(folder / "text_vectors.npy", text_vectors.astype(np.float32))
@@ -71,18 +68,9 @@ def read_catalogue(folder: Path) -> Catalogue:
     )
 
 
-def read_histories(folder: Path, normalise_id: Callable) -> dict:
-    """Every user's training history, keyed by ``normalise_id(user_id)``."""
-    frame = pd.read_parquet(Path(folder) / "histories.parquet")
-    histories = {}
-    users = frame["user_id"].to_numpy()
-    if len(users) == 0:
-        return histories
-    boundaries = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
-    items, events = frame["item_index"].to_numpy(), frame["event"].to_numpy(dtype=object)
-    values, stamps = frame["value"].to_numpy(), frame["timestamp"].to_numpy()
-    for start, stop in zip(boundaries[:-1], boundaries[1:]):
-        histories[normalise_id(users[start])] = History(
-            items[start:stop], events[start:stop].tolist(), values[start:stop], stamps[start:stop]
-        )
-    return histories
+def read_histories(folder: Path, id_type: str) -> HistoryIndex:
+    """Every user's training history, keyed by the normalised user id (``int`` or ``str``), read
+    lazily: the bundle's ``histories/`` index memory-mapped, or an older bundle's
+    ``histories.parquet`` in compact columns. Raises ``HistoryIndexError`` (a ``ValueError``)
+    naming the file when neither can be read."""
+    return open_histories(Path(folder), id_type)

@@ -1,7 +1,9 @@
 """The serving engine: everything a fitted recommender needs to answer requests fast.
 
 It loads a bundle folder (``components.engine.bundle``) and answers from memory; the MLflow
-pyfunc wraps it, and the BentoML service calls it directly (no pandas on the hot path).
+pyfunc wraps it, and the BentoML service calls it directly (no pandas on the hot path). The users'
+histories stay on disk in the bundle's memory-mapped index (``components.engine.history_index``):
+loading reads no user's history, and a request reads only its own user's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from components.data.dataset import History
 from components.data.events import NEGATIVE_EVENTS, POSITIVE_EVENTS, POSITIVE_RATING
 from components.engine.bundle import read_catalogue, read_histories
+from components.engine.history_index import HistoryIndex
 from components.evaluation.metrics import top_k
 from components.models import Recommender, load_model
 from components.settings import ServingSettings
@@ -65,9 +68,9 @@ class ServingEngine:
         started = time.perf_counter()
         self.folder = Path(folder)
         self.meta = json.loads((self.folder / "bundle.json").read_text())
+        self.id_type = self.meta.get("id_type", "int")
         self.model = load_model(self.folder / "model")
         self.catalogue = read_catalogue(self.folder)
-        self.id_type = self.meta.get("id_type", "int")
         self.popularity = np.load(self.folder / "popularity.npy")
         vectors_path = self.folder / "text_vectors.npy"
         self.text_vectors = np.load(vectors_path) if vectors_path.exists() else None
@@ -84,8 +87,8 @@ class ServingEngine:
             self._validation_model = load_model(folder) if (folder / "model.json").exists() else self.model
         return self._validation_model
 
-    def _load_histories(self) -> dict:
-        return read_histories(self.folder, self.normalise_id)
+    def _load_histories(self) -> HistoryIndex:
+        return read_histories(self.folder, self.id_type)
 
     # -- ids
     def normalise_id(self, value):
@@ -107,11 +110,10 @@ class ServingEngine:
     # -- histories
     def history_for(self, user_id, recent_events: list[tuple] = ()) -> History | None:
         """The user's training history plus events logged since training (item_id, event, value, ts)."""
-        base = self.histories.get(user_id)
-        if not recent_events:  # the common case: no copying, just the newest MAX_HISTORY events
-            if base is None:
-                return None
-            return base if len(base) <= MAX_HISTORY else base.tail(MAX_HISTORY)
+        # Only the newest MAX_HISTORY events are ever used, so only those are read from the index.
+        base = self.histories.get(user_id, newest=MAX_HISTORY)
+        if not recent_events:  # the common case
+            return base
         extra = [(self.item_index(item), event, value, ts) for item, event, value, ts in recent_events]
         extra = [e for e in extra if e[0] is not None]
         disliked = {i for i, event, _, _ in extra if event in NEGATIVE_EVENTS}
@@ -242,12 +244,12 @@ class ServingEngine:
         return [Recommendation._make(r) for r in ranked[:k]]
 
     def forget_users(self, is_forgotten) -> list:
-        """Drop from memory the histories and cached rankings of users for whom ``is_forgotten(user)`` holds
-        (an erasure: the bundle on disk is purged later); returns the users dropped."""
+        """Stop serving the histories, and drop the cached rankings, of users for whom ``is_forgotten(user)``
+        holds (an erasure: the bundle's read-only index keeps a set of dropped users on top; the bundle on
+        disk is purged later); returns the users dropped. Reads every user id once, no history."""
+        gone = [user for user in self.histories if is_forgotten(user)]
         with self._lock:
-            gone = [user for user in self.histories if is_forgotten(user)]
-            for user in gone:
-                del self.histories[user]
+            self.histories.drop(gone)
             for user in [u for u in list(self._ranked) if is_forgotten(u)]:
                 self._ranked.pop(user, None)
         return gone

@@ -1,10 +1,10 @@
 """``lmrecsys users audit``: every place the platform keeps that still holds a user.
 
 The places: the feedback store (events, held-back events, impressions and their attributions), snapshots
-and quarantined snapshots, and every Parquet file with a ``user_id`` column under the data root (run
-folders, serving bundles) and under a local MLflow artifact root (the artifacts of runs and model
-versions). With a tracking server, each registered version's bundle is downloaded and read. A running
-service can be asked too (``service_url``), through its admin audit endpoint.
+and quarantined snapshots, every Parquet file with a ``user_id`` column and every bundle's history index
+(``histories/``) under the data root (run folders, serving bundles) and under a local MLflow artifact
+root (the artifacts of runs and model versions). With a tracking server, each registered version's
+bundle is downloaded and read. A running service can be asked too (``service_url``), through its admin audit endpoint.
 """
 
 from __future__ import annotations
@@ -31,7 +31,19 @@ def _parquet_holds(path: Path, user_id: str) -> int:
     return int((users.astype(str) == user_id).sum())
 
 
+def _index_holds(folder: Path, user_id: str) -> int:
+    """Interactions of the user in a bundle's history index (0 when it cannot be read)."""
+    from components.engine.history_index import HistoryIndex
+
+    try:
+        return HistoryIndex.open(folder).rows_of_text(user_id)
+    except ValueError:
+        return 0
+
+
 def _scan_folder(root: Path, user_id: str, skip: tuple[Path, ...] = ()) -> list[dict]:
+    from components.engine.history_index import find_history_indexes
+
     found = []
     if not root.exists():
         return found
@@ -41,6 +53,12 @@ def _scan_folder(root: Path, user_id: str, skip: tuple[Path, ...] = ()) -> list[
         rows = _parquet_holds(path, user_id)
         if rows:
             found.append({"place": "file", "path": str(path), "rows": rows})
+    for folder in find_history_indexes(root):
+        if any(folder.is_relative_to(s) for s in skip):
+            continue
+        rows = _index_holds(folder, user_id)
+        if rows:
+            found.append({"place": "file", "path": str(folder), "rows": rows})
     return found
 
 
@@ -78,7 +96,10 @@ def _registry_places(settings: Settings, user_id: str) -> list[dict]:
                 )
             except Exception:  # a deleted or unreadable artifact holds nothing we can read
                 continue
+            from components.engine.history_index import find_history_indexes
+
             rows = sum(_parquet_holds(p, user_id) for p in Path(local).rglob("*.parquet"))
+            rows += sum(_index_holds(folder, user_id) for folder in find_history_indexes(Path(local)))
         if rows:
             found.append({"place": "mlflow model version", "version": str(version.version), "rows": rows})
     return found

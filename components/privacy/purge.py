@@ -2,10 +2,11 @@
 
 For the requests in state ``serving-clean`` (and for retention, see ``retention.py``):
 
-1. **Model versions.** Every version whose bundle holds a forgotten user (its ``histories.parquet`` is
-   the data it trained on) is *retired*: tagged ``retired=erasure`` with the time, its logged-model
-   artifacts (bundle, weights, input example) deleted from the artifact store, and any alias but
-   ``champion`` removed. Rollback skips retired versions; ``lmrecsys models list`` shows them.
+1. **Model versions.** Every version whose bundle holds a forgotten user (its history index
+   ``histories/``, or ``histories.parquet`` in bundles written before it, is the data it trained on)
+   is *retired*: tagged ``retired=erasure`` with the time, its logged-model artifacts (bundle,
+   weights, input example) deleted from the artifact store, and any alias but ``champion`` removed.
+   Rollback skips retired versions; ``lmrecsys models list`` shows them.
 2. **Run folders** under ``runs/`` whose snapshot held a forgotten user, or whose files do, are deleted.
 3. **Snapshots.** A quarantined snapshot that holds one is deleted. An accepted (or unvalidated) one is
    rewritten without the users' rows: it gets a new id (its content changed), keeps its place in time,
@@ -45,6 +46,26 @@ def _holds(forgetter: Forgetter, path: Path) -> bool:
     return bool(forgetter.mask(users).any())
 
 
+def _index_holds(forgetter: Forgetter, folder: Path) -> bool:
+    """Whether a bundle's history index (``components.engine.history_index``) holds a forgotten user."""
+    from components.engine.history_index import HistoryIndex
+
+    try:
+        users = HistoryIndex.open(folder).user_ids()
+    except ValueError:  # an unreadable index is reported by the audit, not guessed at here
+        return False
+    return bool(forgetter.mask(pd.Series(users.tolist(), dtype=object)).any())
+
+
+def _folder_holds(forgetter: Forgetter, root: Path, pattern: str = "histories.parquet") -> bool:
+    """Whether any file matching ``pattern`` or any history index under ``root`` holds a forgotten user."""
+    from components.engine.history_index import find_history_indexes
+
+    return any(_holds(forgetter, p) for p in root.rglob(pattern)) or any(
+        _index_holds(forgetter, folder) for folder in find_history_indexes(root)
+    )
+
+
 def _retire_versions(settings: Settings, forgetter: Forgetter, reason: str) -> list[str]:
     """Retire every non-retired version whose bundle holds a forgotten user; returns their numbers."""
     import tempfile
@@ -67,7 +88,7 @@ def _retire_versions(settings: Settings, forgetter: Forgetter, reason: str) -> l
             except Exception as exc:  # no readable artifact: nothing of the user can be served from it
                 log.warning("version %s: artifacts unreadable (%s); leaving it as it is", version.version, exc)
                 continue
-            holds = any(_holds(forgetter, p) for p in local.rglob("histories.parquet"))
+            holds = _folder_holds(forgetter, local)
         if not holds:
             continue
         if str(version.version) == str(champion):
@@ -111,7 +132,7 @@ def _delete_runs(settings: Settings, forgetter: Forgetter, tainted_ids: set[str]
     for run in sorted(p for p in settings.runs_dir.iterdir() if p.is_dir()):
         meta = run / "train.json"
         snapshot_id = json.loads(meta.read_text()).get("snapshot_id") if meta.exists() else None
-        if snapshot_id in tainted_ids or any(_holds(forgetter, p) for p in run.rglob("*.parquet")):
+        if snapshot_id in tainted_ids or _folder_holds(forgetter, run, "*.parquet"):
             shutil.rmtree(run)
             deleted.append(run.name)
     return deleted

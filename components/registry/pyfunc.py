@@ -99,8 +99,13 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
 
 def _input_example(bundle_dir: Path) -> pd.DataFrame:
     """One request for the bundle's first user with a history (user "0" for an empty bundle)."""
-    users = pd.read_parquet(Path(bundle_dir) / "histories.parquet", columns=["user_id"])["user_id"]
-    return pd.DataFrame([{"user_id": str(users.iloc[0]) if len(users) else "0", "k": EXAMPLE_K}])
+    import json
+
+    from components.engine.bundle import read_histories
+
+    id_type = json.loads((Path(bundle_dir) / "bundle.json").read_text()).get("id_type", "int")
+    user = next(iter(read_histories(bundle_dir, id_type)), None)  # reads one user id, no history
+    return pd.DataFrame([{"user_id": str(user) if user is not None else "0", "k": EXAMPLE_K}])
 
 
 def log_bundle_model(bundle_dir: Path, registered_name: str) -> tuple[str, str]:

@@ -114,10 +114,10 @@ def test_a_missing_artifact_is_never_promoted(settings, evaluated_run):
     client = MlflowClient(settings.tracking_uri)
     model_id = client.get_model_version(settings.registry.model_name, broken["version"]).source.rsplit("/", 1)[-1]
     bundle = Path(unquote(urlparse(client.get_logged_model(model_id).artifact_location).path)) / "artifacts" / "bundle"
-    (bundle / "histories.parquet").unlink()
+    (bundle / "histories" / "items.npy").unlink()
     decision = pipeline.stage_promote(settings, broken)
     assert decision["decision"] == "rejected", decision
-    assert decision["reason"].startswith("smoke test failed") and "histories.parquet" in decision["reason"]
+    assert decision["reason"].startswith("smoke test failed") and "items.npy" in decision["reason"]
     assert alias(settings) == champion["version"]
     assert alias(settings, CHALLENGER) == broken["version"]
     tags = client.get_model_version(settings.registry.model_name, broken["version"]).tags

@@ -59,7 +59,8 @@ def test_bundle_layout_and_metadata(bundle, engine, data):
     for name in (
         "bundle.json",
         "catalogue.parquet",
-        "histories.parquet",
+        "histories/index.json",
+        "histories/users.npy",
         "popularity.npy",
         "text_vectors.npy",
         "model/model.json",
