@@ -293,7 +293,8 @@ class ServingEngine:
         verb = "liked" if liked.any() else "watched"
         similarities = self.text_vectors[recent] @ self.text_vectors[indexes].T
         best = recent[np.argmax(similarities, axis=0)]
-        return [f"because you {verb} {self.catalogue.titles[b]}" for b in best]
+        titles, ids = self.catalogue.titles, self.catalogue.item_ids  # an untitled item is named by its id
+        return [f"because you {verb} {titles[b] or ids[b]}" for b in best]
 
     def warm_up(self) -> None:
         """Answer one request of each kind so the first real requests are not slower."""
