@@ -3,8 +3,10 @@
 A real pipeline run (ml-latest-small, first 60 users) registers a champion; ``bentoml serve``
 serves it; Debian's Chromium, driven by Playwright, opens /ui and uses it like a person: pick a
 user, read the recommendations and their explanations, search by free text, dislike and like
-items and watch the recommendations change. Every check compares what the page shows with what
-the service and the feedback store hold.
+items and watch the recommendations change; then start an A/A online experiment (a second version
+of the champion's logged model), send it traffic and watch the experiment panel, until the
+experiment is stopped. Every check compares what the page shows with what the service and the
+feedback store hold.
 
 Needs ``/usr/bin/chromium`` (``apt-get install chromium``) and the ``playwright`` Python package;
 Playwright's own browser downloads are never used.
@@ -12,6 +14,7 @@ Playwright's own browser downloads are never used.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,7 +25,7 @@ import pytest
 from components.feedback.store import FeedbackStore
 from components.pipeline import run_pipeline
 from components.settings import load_settings
-from tests.harness import BentoServer
+from tests.harness import BentoServer, wait_for
 
 CHROMIUM = Path(os.environ.get("LMRECSYS_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -232,3 +235,151 @@ def test_history_section_shows_the_users_newest_interactions(page, served):
     )
     expect(page.locator("#history > li .when").first).to_contain_text("like")
     assert page.script_errors == []
+
+
+def _aa_copy_of_the_champion(settings) -> str:
+    """Register the champion's logged model once more: a second version with the same bundle (an A/A test)."""
+    from components.registry import configure
+
+    client = configure(settings)  # also points MLflow's global URI here, through which the source resolves
+    name = settings.registry.model_name
+    champion = client.get_model_version_by_alias(name, "champion")
+    copy = client.create_model_version(name, champion.source, run_id=champion.run_id, tags=dict(champion.tags))
+    return str(copy.version)
+
+
+def _cli(settings, *args: str) -> str:
+    from typer.testing import CliRunner
+
+    from components.cli import app
+
+    done = CliRunner().invoke(app, list(args), env={"LMRECSYS_DATA_ROOT": str(settings.data_root)})
+    assert done.exit_code == 0, done.output
+    return done.stdout
+
+
+def _panel_rows(page) -> dict[str, list[str]]:
+    rows = page.locator("#experiment-rows > tr").evaluate_all(
+        "rows => rows.map(r => Array.from(r.cells, c => c.textContent))"
+    )
+    return {row[0]: row for row in rows}
+
+
+def test_the_experiment_panel_shows_a_running_experiment_and_its_stop(browser_context, served):
+    import requests
+
+    server, settings = served
+    champion = requests.get(f"{server.base}/info", timeout=30).json()["model_version"]
+    challenger = _aa_copy_of_the_champion(settings)
+    started = json.loads(
+        _cli(settings, "experiments", "start", "--challenger", challenger, "--no-smoke-test", "--json")
+    )
+    exp_id = started["experiment_id"]
+    assert started["champion_version"] == champion and started["challenger_version"] == challenger
+
+    def current() -> dict:
+        answer = requests.get(f"{server.base}/experiments/current", timeout=30)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    wait_for(
+        lambda: current()["experiment"]["experiment_id"] == exp_id and current()["served"]["challenger_loaded"],
+        60,
+        what="the service to load the challenger",
+    )
+
+    # real traffic: users until each arm has answered three; per arm two answers get a like, one a dislike
+    served_by = {"champion": [], "challenger": []}
+    for user_id in range(20, 61):
+        answer = server.post("/recommend", {"user_id": user_id, "k": 10}).json()
+        assert answer["experiment_id"] == exp_id and answer["recommendation_id"], answer
+        assert answer["model_version"] == (challenger if answer["arm"] == "challenger" else champion)
+        if len(served_by[answer["arm"]]) < 3:
+            served_by[answer["arm"]].append(answer)
+        if min(len(arm) for arm in served_by.values()) == 3:
+            break
+    assert min(len(arm) for arm in served_by.values()) == 3, "both arms answer a split experiment"
+    for answers in served_by.values():
+        for index, answer in enumerate(answers):
+            events = [("like", 1)] * (index < 2) + [("dislike", 4)] * (index == 0)  # not all alike: a real spread
+            for event, position in events:
+                sent = server.post(
+                    "/feedback",
+                    {
+                        "user_id": answer["user_id"],
+                        "item_id": answer["items"][position]["item_id"],
+                        "event": event,
+                        "recommendation_id": answer["recommendation_id"],
+                        "position": position,
+                    },
+                )
+                assert sent.status_code == 200, sent.text
+
+    # the page, with its clock under the test's control so its 10-second refresh can be run at once
+    tab = browser_context.new_page()
+    tab.clock.install()
+    errors = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        tab.goto(f"{server.base}/ui")
+        expect(tab.locator("#source")).to_contain_text("user 1:", timeout=TIMEOUT_MS)  # one more impression
+        tab.clock.fast_forward(10_000)  # the panel's refresh, after the page's own /recommend
+        status = tab.locator("#experiment-status")
+        expect(status).to_contain_text(
+            f"{exp_id} (running): version {challenger} against champion {champion}", timeout=TIMEOUT_MS
+        )
+        expect(status).to_contain_text("split, 50% of users to the challenger, metric like_rate")
+
+        store = FeedbackStore(settings.feedback_url)
+        try:
+            impressions = store.impression_frame(exp_id)
+            attributions = store.attribution_frame(exp_id)
+        finally:
+            store.close()
+        stored = impressions.groupby("arm").size().to_dict()
+        liked = attributions[attributions["event"] == "like"].groupby("arm").size().to_dict()
+        assert liked == {"champion": 2, "challenger": 2}, liked
+        figures = current()
+        arms = figures["stats"]["arms"]
+        for arm in ("champion", "challenger"):
+            assert arms[arm]["impressions"] == stored[arm] and arms[arm]["positive_events"] == 2
+            assert arms[arm]["negative_events"] == 1
+            expect(tab.locator(f"#experiment-rows > tr.arm-{arm} > td").nth(2)).to_have_text(str(stored[arm]))
+        rows = _panel_rows(tab)
+        assert sorted(rows) == ["challenger", "champion"]
+        for arm, version in (("champion", champion), ("challenger", challenger)):
+            assert rows[arm][1:4] == [version, str(stored[arm]), "2"], rows[arm]
+            assert float(rows[arm][4]) == pytest.approx(arms[arm]["rate"], abs=1e-4)
+            low, high = arms[arm]["interval"]
+            assert rows[arm][5] == f"[{low:.4f}, {high:.4f}]" and low < arms[arm]["rate"] < high, rows[arm]
+            assert rows[arm][6] == "0" and float(rows[arm][7]) == pytest.approx(arms[arm]["p99_ms"], abs=0.06)
+
+        # the plot: a band and a line per arm, one point per checkpoint of the series at which the arm had traffic
+        plot = tab.locator("#experiment-plot")
+        expect(plot).to_be_visible()
+        for arm in ("champion", "challenger"):
+            checkpoints = sum(1 for point in figures["stats"]["series"] if point["arms"][arm]["impressions"] > 0)
+            assert checkpoints >= 2, figures["stats"]["series"]
+            line = plot.locator(f'polyline[data-arm="{arm}"]')
+            expect(line).to_have_count(1)
+            assert len(line.get_attribute("points").split()) == checkpoints
+            expect(plot.locator(f'polygon[data-arm="{arm}"]')).to_have_count(1)
+        box = plot.bounding_box()
+        assert box["width"] > 100 and box["height"] > 50, box
+        decision = tab.locator("#experiment-decision")
+        expect(decision).to_contain_text("now: continue (")
+        p_value = figures["stats"]["test"]["always_valid_p"]
+        expect(decision).to_contain_text(f"always-valid p {p_value:.4f}")
+
+        # stop it by hand: the next refresh shows the stopped state and the reason; the champion stays
+        said = _cli(settings, "experiments", "stop", exp_id, "--reason", "panel check done")
+        assert f"{exp_id} stopped" in said
+        tab.clock.fast_forward(10_000)
+        expect(status).to_contain_text(f"{exp_id} (stopped)", timeout=TIMEOUT_MS)
+        expect(decision).to_contain_text(f"decision: stopped: online experiment {exp_id}: stopped by a human")
+        expect(decision).to_contain_text("panel check done")
+        assert current()["experiment"]["state"] == "stopped"
+        assert requests.get(f"{server.base}/info", timeout=30).json()["model_version"] == champion
+        assert errors == []
+    finally:
+        tab.close()

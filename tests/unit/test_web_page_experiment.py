@@ -29,7 +29,7 @@ class El {
   append(...c) { this.children.push(...c); }
   replaceChildren(...c) { this.children = c; }
   setAttribute(k, v) { this.attrs[k] = v; }
-  addEventListener() {}
+  addEventListener(type, handler) { this.attrs["on" + type] = handler; }
   querySelectorAll() { return []; }
 }
 const els = {};
@@ -39,13 +39,20 @@ global.sessionStorage = {getItem: () => null, setItem() {}};
 global.setInterval = () => 0;
 const payload = JSON.parse(require("fs").readFileSync(process.argv[2], "utf8"));
 const answer = (path) => (path === "/info" ? {ready: false} : payload);
-global.fetch = async (path) => ({ok: true, status: 200, json: async () => answer(path)});
+let panelFetches = 0;
+global.fetch = async (path) => {
+  if (path === "/experiments/current") panelFetches += 1;
+  return {ok: true, status: 200, json: async () => answer(path)};
+};
 vm.runInThisContext(require("fs").readFileSync(process.argv[3], "utf8"));
+let beforeKey = null;
+setTimeout(() => { beforeKey = panelFetches; els["key-form"].attrs.onsubmit({preventDefault() {}}); }, 20);
 setTimeout(() => {
   const rows = els["experiment-rows"].children.map((r) => r.children.map((c) => c.textContent));
   const plot = els["experiment-plot"];
   console.log(JSON.stringify({status: els["experiment-status"].textContent, rows, hidden: plot.hidden,
-    shapes: plot.children.map((c) => [c.tag, c.attrs["data-arm"]]), decision: els["experiment-decision"].textContent}));
+    shapes: plot.children.map((c) => [c.tag, c.attrs["data-arm"]]), decision: els["experiment-decision"].textContent,
+    fetches: [beforeKey, panelFetches]}));
 }, 50);
 """
 
@@ -85,19 +92,9 @@ def test_the_experiment_panel_shows_arms_intervals_a_plot_and_the_decision(tmp_p
     }
     stats = experiment_stats(experiment, impressions, attributions, load_settings().experiments)
     answer = {"experiment": experiment, "stats": stats, "decision": {"action": "ended", "reason": ""}}
-    (tmp_path / "answer.json").write_text(json.dumps(answer, default=float))
-    page = PAGE.read_text()
-    (tmp_path / "page.js").write_text(page[page.index("<script>") + 8 : page.index("</script>")])
-    (tmp_path / "shim.js").write_text(SHIM)
-    done = subprocess.run(
-        [NODE, str(tmp_path / "shim.js"), str(tmp_path / "answer.json"), str(tmp_path / "page.js")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    shown = json.loads(done.stdout.strip().splitlines()[-1])
+    shown = _render(tmp_path, answer)
     assert shown["status"].startswith("exp-panel (promoted): version 2 against champion 1, split, 50% of users")
+    assert shown["fetches"] == [1, 2], "entering an API key reloads the panel at once"
     champion, challenger = shown["rows"]
     assert champion[:3] == ["champion", "1", "200"] and challenger[:3] == ["challenger", "2", "200"]
     assert float(challenger[4]) == pytest.approx(stats["arms"]["challenger"]["rate"], abs=1e-4)
@@ -110,3 +107,24 @@ def test_the_experiment_panel_shows_arms_intervals_a_plot_and_the_decision(tmp_p
         ["polyline", "challenger"],
     ]
     assert "decision: promoted: online experiment exp-panel" in shown["decision"]
+
+    # interleaving has no share of users: every list shows both rankings
+    interleaved = _render(tmp_path, {**answer, "experiment": {**experiment, "mode": "interleave"}})
+    assert "interleave, every list mixes both rankings, metric like_rate" in interleaved["status"]
+    assert "% of users" not in interleaved["status"]
+
+
+def _render(tmp_path: Path, answer: dict) -> dict:
+    """What the panel shows for ``answer`` (the body of ``GET /experiments/current``)."""
+    (tmp_path / "answer.json").write_text(json.dumps(answer, default=float))
+    page = PAGE.read_text()
+    (tmp_path / "page.js").write_text(page[page.index("<script>") + 8 : page.index("</script>")])
+    (tmp_path / "shim.js").write_text(SHIM)
+    done = subprocess.run(
+        [NODE, str(tmp_path / "shim.js"), str(tmp_path / "answer.json"), str(tmp_path / "page.js")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
