@@ -49,7 +49,10 @@ def mixture_test(difference: float, variance: float, tau: float, alpha: float) -
 def _arm_figures(outcomes: np.ndarray, negatives: int, errors: int, latencies: np.ndarray, tau: float, alpha):
     n = len(outcomes)
     mean = float(outcomes.mean()) if n else 0.0
-    var = float(outcomes.var(ddof=1)) if n > 1 else 0.25
+    # the sample variance, floored by the smoothed Bernoulli one ((x + 1) / (n + 2)): three likes out of
+    # three impressions are not certainty, and a zero variance would give a zero-width interval
+    smoothed = (float(outcomes.sum()) + 1) / (n + 2)
+    var = max(float(outcomes.var(ddof=1)) if n > 1 else 0.25, smoothed * (1 - smoothed))
     interval = mixture_test(0.0, var / n if n else 1.0, tau, alpha)["interval"] if n else [None, None]
     return {
         "impressions": n,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -276,3 +277,25 @@ def test_with_online_promotion_the_gate_sends_its_winner_to_an_experiment(regist
     assert experiment["created_by"] == "pipeline"
     assert "already running" in _start_online_experiment(settings, challenger)["experiment_error"]
     stop_experiment(settings, experiment["experiment_id"], "test done")
+
+
+def test_a_small_arm_with_one_outcome_is_not_shown_as_certain():
+    """Three likes out of three impressions: the smoothed variance floor keeps the interval wide."""
+    from components.experiments.stats import split_stats
+
+    impressions = pd.DataFrame(
+        {
+            "recommendation_id": [f"r{i}" for i in range(6)],
+            "arm": ["champion"] * 3 + ["challenger"] * 3,
+            "error": [0] * 6,
+            "latency_ms": [1.0] * 6,
+        }
+    )
+    attributions = pd.DataFrame({"recommendation_id": ["r3", "r4", "r5"], "event": ["like"] * 3})
+    stats = split_stats(impressions, attributions, ("like",), ("dislike",), tau=1.0, alpha=0.05)
+    challenger, champion = stats["arms"]["challenger"], stats["arms"]["champion"]
+    assert challenger["rate"] == 1.0 and champion["rate"] == 0.0
+    for arm in (challenger, champion):
+        low, high = arm["interval"]
+        assert high - low > 0.5, arm["interval"]  # no zero-width interval from a zero sample variance
+    assert not stats["test"]["significant"]  # 3 against 3 decides nothing
