@@ -51,13 +51,14 @@ def reduced_env(data_root: Path, source: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def reduced_settings(data_root: Path, source: Path):
+def reduced_settings(data_root: Path, source: Path, **train):
+    """The settings of :func:`reduced_env` (``train`` adds train options, e.g. ``candidates``)."""
     from components.settings import load_settings
 
     return load_settings(
         data_root=data_root,
         ingest={"source": str(source), "max_users": REDUCED_USERS},
-        train={"bootstrap_samples": BOOTSTRAP_SAMPLES},
+        train={"bootstrap_samples": BOOTSTRAP_SAMPLES, **train},
         embed={"precision": PRECISION},
     )
 
@@ -94,6 +95,28 @@ def seed_embedding_cache(reference_cache: Path, data_root: Path, *, leave_out_ev
         vectors=np.stack([table[k] for k in kept]).astype(np.float32),
     )
     return len(keys) - len(kept)
+
+
+def train_reference(reference_run: dict, data_root: Path, settings) -> dict:
+    """The train and evaluate stages in this process, with ``settings``, on the reference's snapshot.
+
+    For a stack test whose candidates differ from the reference's: ingest, validation and
+    embedding do not depend on the train settings, so the reference's snapshot and item vectors
+    are copied into ``data_root`` (which ``settings`` must point at) instead of being made again.
+    Returns the run's report.json.
+    """
+    import json
+
+    from components.pipeline import stage_evaluate, stage_train
+
+    snapshot_id = reference_run["report"]["snapshot_id"]
+    source_root = reference_run["data_root"]
+    shutil.copytree(source_root / "snapshots" / snapshot_id, settings.snapshots_dir / snapshot_id)
+    vectors = next((source_root / "embeddings" / snapshot_id).iterdir())
+    embeddings_dir = settings.embeddings_dir / snapshot_id / vectors.name
+    shutil.copytree(vectors, embeddings_dir)
+    run_dir = stage_train(settings, snapshot_id, str(embeddings_dir), "reference")
+    return json.loads(Path(stage_evaluate(settings, run_dir)).read_text())
 
 
 def copy_source(movielens_dir: Path, target: Path) -> Path:
