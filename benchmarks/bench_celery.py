@@ -13,7 +13,7 @@ serving epochs (``train.model_configs``): their per-epoch cost is reported, so t
 can be read from it. Usage:
 
     .venv/bin/python -m benchmarks.bench_celery [--scale 10] [--workers 1,2] [--max-epochs 1]
-        [--serve-epochs 1] [--workload DIR] [--max-users N] [--workdir DIR] [--json out.json]
+        [--serve-epochs 0] [--workload DIR] [--max-users N] [--workdir DIR] [--json out.json]
 
 Needs PostgreSQL (``--pg-admin-url``, default trust auth on 127.0.0.1:5432) and Redis
 (``--redis-url``, default database 6 on 127.0.0.1:6379, flushed before and after each run).
@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workload", type=Path, default=None, help="an existing benchmarks.workload folder")
     parser.add_argument("--workers", type=parse_workers, default=[1, 2], help="worker counts, run in order (1,2)")
     parser.add_argument("--max-epochs", type=int, default=1, help="evaluation epochs of sequential candidates")
-    parser.add_argument("--serve-epochs", type=int, default=1, help="serving epochs of sequential candidates")
+    parser.add_argument("--serve-epochs", type=int, default=0, help="serving epochs of sequential candidates")
     parser.add_argument("--max-users", type=int, default=None, help="ingest only the first N users (smoke runs)")
     parser.add_argument("--candidates", default=None, help="comma-separated candidates (default: the defaults)")
     parser.add_argument("--shards", type=int, default=2, help="embedding shards (mapped embed_shard tasks)")
