@@ -1,8 +1,8 @@
 """Serving throughput: /recommend on the real champion, BentoML's trivial endpoint, bare Starlette.
 
-All three run in one run, each at 16 and 64 connections (then ``/recommend`` once more with the
-impression log off, for its cost, and the scored one with micro-batching off, for that ratio), with
-``wrk`` as the load generator in
+All three run in one run, each at 16 and 64 connections (then ``/recommend`` alternated with a
+second service whose impression log is off, for the log's cost, and the scored one with
+micro-batching off, for that ratio), with ``wrk`` as the load generator in
 its own process (``apt-get install -y wrk``). Then feedback ingestion: unique events posted as fast
 as possible, and the store counted afterwards (events in the store must equal 2xx responses, up to
 the requests still in flight when wrk stops).
@@ -166,6 +166,7 @@ def parse_args() -> argparse.Namespace:
         help="/recommend picks user ids uniformly from 1..USERS (610 in ml-latest-small)",
     )
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--ab-rounds", type=int, default=3, help="alternations of the impression-log A/B")
     parser.add_argument("--skip-unbatched", action="store_true", help="skip the scored run with micro-batching off")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "serving.json")
     return parser.parse_args()
@@ -219,20 +220,41 @@ def feedback_runs(bento: BentoServer, feedback_db: Path, item, args, results: di
         )
 
 
-def unlogged_runs(env: dict, work: Path, recommend: str, sweep: str, args, results: dict) -> None:
-    """/recommend, cached and scored, with the impression log off (``serving.impressions: off``): its cost."""
-    unlogged = BentoServer({**env, "LMRECSYS_SERVING__IMPRESSIONS": "off"}, work / "bento-unlogged", PROJECT_ROOT)
+def impression_ab_runs(bento: BentoServer, env: dict, work: Path, recommend: str, sweep: str, args, results) -> None:
+    """The impression log's cost: a second service with ``serving.impressions: off`` beside the first, and
+    /recommend (cached, then scored) alternated between the two, ``--ab-rounds`` times at 16 connections, so
+    both see the same load; the medians and their ratio go into the results."""
+    import statistics
+
+    off_env = {**env, "LMRECSYS_SERVING__IMPRESSIONS": "off", "LMRECSYS_FEEDBACK__URL": f"sqlite:///{work}/ab-off.db"}
+    unlogged = BentoServer(off_env, work / "bento-unlogged", PROJECT_ROOT)
     unlogged.wait_ready(timeout=300)
     try:
         scored = recommend.replace('"k": 10}', '"k": 10, "exclude_seen": false}')
-        targets = [("ranking cached", recommend, sweep), ("scored per request", scored, None)]
-        for connections in args.connections:
-            for kind, script, warm_up in targets:
-                run_wrk(f"{unlogged.base}/recommend", warm_up or script, connections, args.warm_up)
-                numbers = run_wrk(f"{unlogged.base}/recommend", script, connections, args.seconds)
-                name = f"/recommend (real champion, {kind}, impression log off)"
-                results["runs"].append({"target": name, "connections": connections, **numbers})
-                print_run(name, connections, numbers)
+        servers = {"on": bento, "off": unlogged}
+        for server in servers.values():
+            run_wrk(f"{server.base}/recommend", sweep, 16, args.warm_up)
+        seen: dict = {}
+        for _ in range(args.ab_rounds):
+            for kind, script in (("ranking cached", recommend), ("scored per request", scored)):
+                for log_mode, server in servers.items():
+                    numbers = run_wrk(f"{server.base}/recommend", script, 16, args.seconds)
+                    seen.setdefault((kind, log_mode), []).append(numbers)
+                    print_run(f"/recommend ({kind}, impression log {log_mode})", 16, numbers)
+        summary = {}
+        for kind in ("ranking cached", "scored per request"):
+            on = statistics.median(n["rps"] for n in seen[(kind, "on")])
+            off = statistics.median(n["rps"] for n in seen[(kind, "off")])
+            p99 = {m: statistics.median(n["p99_ms"] for n in seen[(kind, m)]) for m in ("on", "off")}
+            summary[kind] = {
+                "rps_on": on,
+                "rps_off": off,
+                "ratio": on / off,
+                "p99_on": p99["on"],
+                "p99_off": p99["off"],
+            }
+            print(f"impression log, {kind}: {on:.0f} vs {off:.0f} req/s ({on / off:.2f}x), p99 {p99}", flush=True)
+        results["impression_log_ab"] = {"rounds": args.ab_rounds, "connections": 16, "summary": summary}
     finally:
         unlogged.stop()
 
@@ -300,6 +322,7 @@ def main() -> None:
         recommend = RECOMMEND_LUA.replace("%USERS%", str(args.users))
         sweep = SWEEP_LUA.replace("%USERS%", str(args.users)).replace("%%", "%")
         throughput_runs(bento, bare_port, recommend, sweep, args, results)
+        impression_ab_runs(bento, env, work, recommend, sweep, args, results)
         results["rss_mb_worker"], results["rss_mb_tree"] = tree_rss_mb(bento)
         feedback_runs(bento, feedback_db, item, args, results)
         results["rss_mb_worker_after_feedback"], results["rss_mb_tree_after_feedback"] = tree_rss_mb(bento)
@@ -311,7 +334,6 @@ def main() -> None:
     finally:
         bento.stop()
         bare.stop()
-    unlogged_runs(env, work, recommend, sweep, args, results)
     if not args.skip_unbatched:
         unbatched_runs(env, work, recommend, args, results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
