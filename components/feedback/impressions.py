@@ -97,6 +97,28 @@ IMPRESSION_FIELDS = tuple(c.name for c in impressions.columns)
 _imp, _att, _exp, _dec = impressions.c, feedback_attributions.c, experiments.c, experiment_decisions.c
 
 
+_SQLITE_INSERT = (
+    f"INSERT INTO impressions ({', '.join(IMPRESSION_FIELDS)}) VALUES ({', '.join('?' * len(IMPRESSION_FIELDS))})"
+)
+
+
+def _sqlite_insert(driver, params: list[tuple]) -> None:
+    """Impression rows in one ``BEGIN IMMEDIATE`` transaction on the driver connection (in autocommit mode
+    between transactions), committed with ``synchronous=NORMAL`` and the connection set back to FULL."""
+    driver.execute("PRAGMA synchronous=NORMAL")
+    try:
+        driver.execute("BEGIN IMMEDIATE")
+        try:
+            driver.executemany(_SQLITE_INSERT, params)
+            driver.execute("COMMIT")
+        except BaseException:
+            if driver.in_transaction:  # SQLite may have rolled back by itself (a full disk)
+                driver.execute("ROLLBACK")
+            raise
+    finally:
+        driver.execute("PRAGMA synchronous=FULL")
+
+
 class ExperimentConflict(LmRecsysError):
     """An experiment cannot start or change state (one is already running, or it has ended)."""
 
@@ -139,33 +161,26 @@ class ImpressionLog:
         keep the full fsync. This halves the cost of the log that every answer pays."""
         if not rows:
             return []
+        now = time.time()
         params = []
         for row in rows:
             teams = row.get("teams")
-            params.append(
-                {
-                    **{name: row.get(name) for name in IMPRESSION_FIELDS},
-                    "item_ids": json.dumps([str(i) for i in row.get("item_ids") or []]),
-                    "teams": json.dumps(list(teams)) if teams else None,
-                    "error": int(bool(row.get("error"))),
-                    "created_at": float(row.get("created_at") or time.time()),
-                }
+            values = dict(
+                row,
+                item_ids=json.dumps([str(i) for i in row.get("item_ids") or []]),
+                teams=json.dumps(list(teams)) if teams else None,
+                error=int(bool(row.get("error"))),
+                created_at=float(row.get("created_at") or now),
             )
+            params.append(tuple(values.get(name) for name in IMPRESSION_FIELDS))
         with self._connection(write=True) as conn:
-            # SQLite: set on the driver connection, outside SQLAlchemy's transaction (the driver is in
-            # autocommit mode between transactions), and set back for the next user of the connection
-            driver = None if self.is_postgres else conn.connection.driver_connection
-            if driver is not None:
-                driver.execute("PRAGMA synchronous=NORMAL")
-            try:
+            if self.is_postgres:
                 with conn.begin():
-                    if self.is_postgres:
-                        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-                    conn.execute(impressions.insert(), params)
-            finally:
-                if driver is not None:
-                    driver.execute("PRAGMA synchronous=FULL")
-        return [(p["recommendation_id"], True) for p in params]
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                    conn.execute(impressions.insert(), [dict(zip(IMPRESSION_FIELDS, p)) for p in params])
+            else:  # every answer pays this: one driver transaction, no statement compiled per call
+                _sqlite_insert(conn.connection.driver_connection, params)
+        return [(p[IMPRESSION_FIELDS.index("recommendation_id")], True) for p in params]
 
     def _attribute(self, conn: sa.Connection, written: list[tuple[tuple, str, Any]]) -> None:
         """Inside ``append``'s transaction: one attribution row per newly written event naming a recommendation."""

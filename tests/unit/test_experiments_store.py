@@ -139,3 +139,16 @@ def test_retention_prunes_old_impressions_outside_experiments_and_keeps_the_rest
     assert len(store.attribution_frame("exp-9")) == 1  # an experiment's evidence stays
     assert store.count() == 3  # the feedback events themselves are not touched
     assert store.prune_impressions(now - 90 * day) == {"impressions": 0, "feedback_attributions": 0}
+
+
+def test_a_failed_impression_group_writes_nothing_and_leaves_the_connection_as_it_was(store):
+    shown = {**SHOWN, "arm": "champion", "user_id": "7", "item_ids": [11]}
+    store.log_impressions([{**shown, "recommendation_id": "first"}])
+    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+        store.log_impressions([{**shown, "recommendation_id": "second"}, {**shown, "recommendation_id": "first"}])
+    assert store.impression("second") is None  # the group is one transaction
+    assert store.log_impressions([{**shown, "recommendation_id": "third"}]) == [("third", True)]
+    assert store.impression("third")["user_id"] == "7"
+    if not store.is_postgres:  # the pooled connection is back to the full fsync feedback relies on
+        with store._connection() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 2  # FULL
