@@ -4,16 +4,13 @@ bad input, and the decision acting through a real MLflow registry (SQLite) and f
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from components.engine import write_bundle
 from components.errors import LmRecsysError
 from components.experiments import (
     CHALLENGER,
@@ -28,12 +25,11 @@ from components.experiments import (
     stop_experiment,
     team_draft,
 )
-from components.feedback.store import FeedbackEvent, FeedbackStore
-from components.models import LMContent
-from components.registry import champion_history, configure, get_alias_version, log_bundle_model
+from components.feedback.store import FeedbackStore
+from components.registry import champion_history, configure, get_alias_version
 from components.settings import load_settings
 from tests.harness import restored_mlflow_state
-from tests.unit._model_fixtures import cluster_vectors, tiny_data
+from tests.unit._experiment_fixtures import fill, register_copies
 
 
 def test_the_split_is_stable_and_follows_the_share():
@@ -90,49 +86,11 @@ def registry(tmp_path_factory):
         root = tmp_path_factory.mktemp("experiments")
         settings = load_settings(data_root=root, experiments={"min_impressions": 50})
         client = configure(settings)
-        data = tiny_data()
-        model = LMContent({"whiten_dim": None}).fit(data, cluster_vectors())
-        bundle = write_bundle(
-            root / "bundle", model, data, cluster_vectors(), {"model_name": "lm_content", "id_type": "int"}
-        )
-        uris = []
-        for _ in range(3):
-            with mlflow.start_run():
-                uris.append(log_bundle_model(bundle, settings.registry.model_name)[1])
-        client.set_registered_model_alias(settings.registry.model_name, "champion", "1")
+        uris = register_copies(settings, 3)
         location = client.get_logged_model(uris[2].rsplit("/", 1)[-1]).artifact_location
         changed = Path(location.removeprefix("file://")) / "artifacts" / "bundle" / "popularity.npy"
         np.save(changed, np.load(changed)[::-1].copy())
         yield settings
-
-
-def _fill(settings, experiment: dict, rates: dict[str, float], per_arm: int, seed: int = 0) -> None:
-    """Impressions and the simulated users' likes, as serving and the feedback endpoint write them."""
-    rng = np.random.default_rng(seed)
-    store = FeedbackStore(settings.feedback_url)
-    try:
-        for arm, rate in rates.items():
-            rows, events = [], []
-            for i in range(per_arm):
-                rec_id, user = f"rec-{uuid.uuid4().hex}", f"{arm}-{seed}-{i}"
-                rows.append(
-                    {
-                        "recommendation_id": rec_id,
-                        "experiment_id": experiment["experiment_id"],
-                        "arm": arm,
-                        "model_version": experiment[f"{arm}_version"],
-                        "user_id": user,
-                        "endpoint": "recommend",
-                        "item_ids": ["10", "11", "12"],
-                        "latency_ms": 3.0 + rng.random(),
-                    }
-                )
-                if rng.random() < rate:
-                    events.append(FeedbackEvent(user, "11", "like", recommendation_id=rec_id, position=1))
-            store.log_impressions(rows)
-            store.append(events)
-    finally:
-        store.close()
 
 
 def test_starting_refuses_bad_input_and_changes_nothing(registry):
@@ -162,10 +120,10 @@ def test_a_better_challenger_is_promoted_through_the_registry(registry):
     with pytest.raises(LmRecsysError, match=f"{experiment['experiment_id']} is already running"):
         start_experiment(settings, "2", smoke=False)
     assert len(list_experiments(settings)) == 1
-    _fill(settings, experiment, {CHAMPION: 0.05, CHALLENGER: 0.05}, 30)
+    fill(settings, experiment, {CHAMPION: 0.05, CHALLENGER: 0.05}, 30)
     waiting = evaluate(settings, experiment)
     assert waiting["decision"]["action"] == "continue"  # too few impressions to decide
-    _fill(settings, experiment, {CHAMPION: 0.05, CHALLENGER: 0.45}, 300, seed=1)
+    fill(settings, experiment, {CHAMPION: 0.05, CHALLENGER: 0.45}, 300, seed=1)
     result = evaluate(settings, experiment)
     assert result["decision"]["action"] == "promote" and result["decision"]["state"] == "promoted", result["decision"]
     client = configure(settings)
@@ -187,7 +145,7 @@ def test_a_better_challenger_is_promoted_through_the_registry(registry):
 
     # now version 1 challenges version 2 and is worse: stopped, the champion stays
     worse = start_experiment(settings, "1", smoke=False)
-    _fill(settings, worse, {CHAMPION: 0.45, CHALLENGER: 0.05}, 300, seed=2)
+    fill(settings, worse, {CHAMPION: 0.45, CHALLENGER: 0.05}, 300, seed=2)
     result = evaluate(settings, worse)
     assert result["decision"]["state"] == "stopped" and "worse" in result["decision"]["reason"]
     assert str(get_alias_version(client, "recommender", "champion").version) == "2"
@@ -207,7 +165,7 @@ def test_a_better_challenger_is_promoted_through_the_registry(registry):
 def test_a_challenger_that_errors_breaks_the_guardrail(registry):
     settings = registry
     experiment = start_experiment(settings, "1", smoke=False)
-    _fill(settings, experiment, {CHAMPION: 0.1, CHALLENGER: 0.1}, 20)
+    fill(settings, experiment, {CHAMPION: 0.1, CHALLENGER: 0.1}, 20)
     store = FeedbackStore(settings.feedback_url)
     try:
         store.log_impressions(

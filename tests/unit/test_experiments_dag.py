@@ -7,22 +7,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-import uuid
 from pathlib import Path
 
-import mlflow
-import numpy as np
 import pytest
 
-from components.engine import write_bundle
 from components.experiments import CHALLENGER, CHAMPION, evaluate, get_experiment, start_experiment, stop_experiment
-from components.feedback.store import FeedbackEvent, FeedbackStore
-from components.models import LMContent
 from components.pipeline import decide_experiments
-from components.registry import champion_history, configure, get_alias_version, log_bundle_model
+from components.registry import champion_history, configure, get_alias_version
 from components.settings import load_settings
 from tests.harness import restored_mlflow_state
-from tests.unit._model_fixtures import cluster_vectors, tiny_data
+from tests.unit._experiment_fixtures import fill, register_copies
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "lm_recsys_experiments.py"
 MIN_IMPRESSIONS = 50
@@ -34,16 +28,7 @@ def registry(tmp_path_factory):
     with restored_mlflow_state():
         root = tmp_path_factory.mktemp("experiments-dag")
         settings = load_settings(data_root=root, experiments={"min_impressions": MIN_IMPRESSIONS})
-        configure(settings)
-        data = tiny_data()
-        model = LMContent({"whiten_dim": None}).fit(data, cluster_vectors())
-        bundle = write_bundle(
-            root / "bundle", model, data, cluster_vectors(), {"model_name": "lm_content", "id_type": "int"}
-        )
-        for _ in range(2):
-            with mlflow.start_run():
-                log_bundle_model(bundle, settings.registry.model_name)
-        configure(settings).set_registered_model_alias(settings.registry.model_name, "champion", "1")
+        register_copies(settings, 2)
         yield settings
 
 
@@ -63,35 +48,6 @@ def worker_env(registry, monkeypatch):
     monkeypatch.setenv("LMRECSYS_DATA_ROOT", str(registry.data_root))
     monkeypatch.setenv("LMRECSYS_EXPERIMENTS__MIN_IMPRESSIONS", str(MIN_IMPRESSIONS))
     return registry
-
-
-def _fill(settings, experiment: dict, rates: dict[str, float], per_arm: int, seed: int) -> None:
-    """Impressions and the users' likes, as serving and its feedback endpoint write them."""
-    rng = np.random.default_rng(seed)
-    store = FeedbackStore(settings.feedback_url)
-    try:
-        for arm, rate in rates.items():
-            rows, events = [], []
-            for i in range(per_arm):
-                rec_id, user = f"rec-{uuid.uuid4().hex}", f"{arm}-{seed}-{i}"
-                rows.append(
-                    {
-                        "recommendation_id": rec_id,
-                        "experiment_id": experiment["experiment_id"],
-                        "arm": arm,
-                        "model_version": experiment[f"{arm}_version"],
-                        "user_id": user,
-                        "endpoint": "recommend",
-                        "item_ids": ["10", "11", "12"],
-                        "latency_ms": 3.0 + rng.random(),
-                    }
-                )
-                if rng.random() < rate:
-                    events.append(FeedbackEvent(user, "11", "like", recommendation_id=rec_id, position=1))
-            store.log_impressions(rows)
-            store.append(events)
-    finally:
-        store.close()
 
 
 def _log(settings) -> list[tuple]:
@@ -118,7 +74,7 @@ def test_an_undecided_experiment_is_left_running(worker_env, decide_task):
     exp_id = experiment["experiment_id"]
     try:
         history = _log(settings)
-        _fill(settings, experiment, {CHAMPION: 0.05, CHALLENGER: 0.45}, MIN_IMPRESSIONS - 20, seed=0)
+        fill(settings, experiment, {CHAMPION: 0.05, CHALLENGER: 0.45}, MIN_IMPRESSIONS - 20, seed=0)
         [decision] = decide_task()  # a clear difference, but too few impressions per arm to decide
         assert decision["experiment_id"] == exp_id and decision["decision"] == "continue", decision
         assert decision["changed"] is False and "decisive units" in decision["reason"]
@@ -135,7 +91,7 @@ def test_the_task_decides_once_beside_the_service_deciding_at_the_same_moment(wo
     settings = worker_env
     experiment = start_experiment(settings, "2", smoke=False)
     exp_id = experiment["experiment_id"]
-    _fill(settings, experiment, {CHAMPION: 0.05, CHALLENGER: 0.45}, 300, seed=1)
+    fill(settings, experiment, {CHAMPION: 0.05, CHALLENGER: 0.45}, 300, seed=1)
     history = _log(settings)
 
     # The DAG's task and a service replica with auto_decide (Arms._decide calls evaluate) act together.
