@@ -38,9 +38,11 @@ def _failed(result) -> bool:
 class Arms:
     """The running experiment as this replica serves it, and the impression writer."""
 
-    def __init__(self, settings, store, champion, health=None, on_load=None) -> None:
+    def __init__(self, settings, store, champion, health=None, on_load=None, forgotten=None) -> None:
         self.settings, self.store, self.champion = settings, store, champion
         self.on_load = on_load
+        self.forgotten = forgotten
+        """``forgotten(unit)``: is this user forgotten? Their impressions are logged without their id."""
         """Runs for a newly loaded challenger engine (the service drops forgotten users from its memory)."""
         self.writer = FeedbackWriter(store, health=health, method="log_impressions")
         self.running: dict | None = None
@@ -197,7 +199,8 @@ class Arms:
         from serving.schemas import error
 
         exp_id = experiment["experiment_id"] if experiment is not None else None
-        base = {"experiment_id": exp_id, "user_id": None if unit is None else str(unit), "endpoint": endpoint}
+        anonymous = unit is None or (self.forgotten is not None and self.forgotten(unit))
+        base = {"experiment_id": exp_id, "user_id": None if anonymous else str(unit), "endpoint": endpoint}
         rows = [
             {
                 **base,

@@ -80,7 +80,9 @@ class RecommenderService:
         self.fast_lane = settings.serving.fast_lane
         self.batcher = ScoringBatcher(settings.serving.max_batch) if settings.serving.batch_scoring else None
         self.champion = Champion(settings, on_load=self._refresh_recent)
-        self.arms = Arms(settings, self.store, self.champion, self.health, on_load=self.forgotten.apply)  # experiments
+        self.arms = Arms(
+            settings, self.store, self.champion, self.health, on_load=self.forgotten.apply, forgotten=self.forgotten.has
+        )  # experiments
         self._stop = threading.Event()
         safely(self.accepted.refresh)
         self.champion.reload()

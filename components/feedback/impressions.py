@@ -245,6 +245,17 @@ class ImpressionLog:
             ).rowcount
         return {"impressions": int(gone), "feedback_attributions": int(attributions)}
 
+    def impression_user_ids(self) -> list[str]:
+        """Every user (or session) id the impressions and attributions hold."""
+        shown = sa.select(_imp.user_id).where(_imp.user_id.is_not(None))
+        credited = sa.select(_att.user_id)
+        return sorted({row[0] for row in self._rows(sa.union(shown, credited))})
+
+    def forget_impressions(self, user_ids: list[str]) -> int:
+        """Delete these users' impressions and attributions in one transaction; returns the rows deleted."""
+        with self._transaction() as conn:
+            return sum(self._forget_impressions(conn, user) for user in user_ids)
+
     @staticmethod
     def _forget_impressions(conn: sa.Connection, user_id: str) -> int:
         """Inside ``forget``'s transaction: delete the user's impressions and attributions."""

@@ -178,6 +178,17 @@ def rewrite_snapshot(snapshot: Snapshot, forgetter: Forgetter, reason: str) -> S
     return new
 
 
+def _purge_impressions(settings: Settings, forgetter: Forgetter) -> int:
+    """Impressions served to a forgotten user after the erasure but before the replica applied it."""
+    store = FeedbackStore(settings.feedback_url)
+    try:
+        users = store.impression_user_ids()
+        held = [u for u, hit in zip(users, forgetter.mask(pd.Series(users, dtype=object))) if hit]
+        return store.forget_impressions(held) if held else 0
+    finally:
+        store.close()
+
+
 def purge(settings: Settings, reason: str = "erasure") -> dict:
     """Purge older artifacts of every ``serving-clean`` request; returns what was done."""
     store = FeedbackStore(settings.feedback_url)
@@ -191,6 +202,7 @@ def purge(settings: Settings, reason: str = "erasure") -> dict:
     retired = _retire_versions(settings, forgetter, reason)
     tainted = _tainted_snapshots(settings, forgetter)
     runs = _delete_runs(settings, forgetter, {s.snapshot_id for s in tainted})
+    impressions = _purge_impressions(settings, forgetter)
     rewritten, deleted = {}, []
     for snapshot in tainted:
         if snapshot.path.parent == settings.quarantine_dir:
@@ -204,6 +216,7 @@ def purge(settings: Settings, reason: str = "erasure") -> dict:
         "run_folders_deleted": runs,
         "snapshots_rewritten": rewritten,
         "quarantined_snapshots_deleted": deleted,
+        "impression_rows_deleted": impressions,
         "at": time.time(),
     }
     store = FeedbackStore(settings.feedback_url)

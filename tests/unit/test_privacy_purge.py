@@ -1,5 +1,6 @@
 """The purge's snapshot rewrite when the rewritten snapshot equals one already there: the existing one is
-kept as it is (its time and validation) and records the rewrite; the old folder goes."""
+kept as it is (its time and validation) and records the rewrite; the old folder goes. An impression
+served to the user after the erasure, before a replica applied it, goes too."""
 
 from __future__ import annotations
 
@@ -25,11 +26,26 @@ def test_a_rewrite_equal_to_an_existing_snapshot_is_recorded_on_that_snapshot(se
     before = second.manifest
     store = FeedbackStore(settings.feedback_url)
     try:
+        shown = {"arm": "champion", "model_version": "1", "endpoint": "recommend", "item_ids": [1], "latency_ms": 1.0}
+        store.log_impressions(  # user 2 served between the erasure and the replica's refresh
+            [
+                {**shown, "recommendation_id": "late", "user_id": "2"},
+                {**shown, "recommendation_id": "kept", "user_id": "3"},
+            ]
+        )
         store.set_erasure_state(store.erasures()["user_key"], "serving-clean")  # as after the erasure's promotion
     finally:
         store.close()
 
     result = purge(settings)
+
+    store = FeedbackStore(settings.feedback_url)
+    try:
+        assert result["impression_rows_deleted"] == 1
+        assert store.impression("late") is None and store.impression("kept") is not None
+        assert store.user_impression_counts("2") == {"impressions": 0, "feedback_attributions": 0}
+    finally:
+        store.close()
 
     assert result["snapshots_rewritten"] == {first.snapshot_id: second.snapshot_id}
     assert not first.path.exists()
