@@ -162,25 +162,24 @@ class ImpressionLog:
         if not rows:
             return []
         now = time.time()
-        params = []
-        for row in rows:
-            teams = row.get("teams")
-            values = dict(
-                row,
-                item_ids=json.dumps([str(i) for i in row.get("item_ids") or []]),
-                teams=json.dumps(list(teams)) if teams else None,
-                error=int(bool(row.get("error"))),
-                created_at=float(row.get("created_at") or now),
-            )
-            params.append(tuple(values.get(name) for name in IMPRESSION_FIELDS))
+        params = [
+            {
+                **{name: row.get(name) for name in IMPRESSION_FIELDS},
+                "item_ids": json.dumps([str(i) for i in row.get("item_ids") or []]),
+                "teams": json.dumps(list(row["teams"])) if row.get("teams") else None,
+                "error": int(bool(row.get("error"))),
+                "created_at": float(row.get("created_at") or now),
+            }
+            for row in rows
+        ]
         with self._connection(write=True) as conn:
             if self.is_postgres:
                 with conn.begin():
                     conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-                    conn.execute(impressions.insert(), [dict(zip(IMPRESSION_FIELDS, p)) for p in params])
+                    conn.execute(impressions.insert(), params)
             else:  # every answer pays this: one driver transaction, no statement compiled per call
-                _sqlite_insert(conn.connection.driver_connection, params)
-        return [(p[IMPRESSION_FIELDS.index("recommendation_id")], True) for p in params]
+                _sqlite_insert(conn.connection.driver_connection, [tuple(p.values()) for p in params])
+        return [(p["recommendation_id"], True) for p in params]
 
     def _attribute(self, conn: sa.Connection, written: list[tuple[tuple, str, Any]]) -> None:
         """Inside ``append``'s transaction: one attribution row per newly written event naming a recommendation."""
