@@ -73,21 +73,6 @@ end
 """
 """Any user of the workload; ``exclude_seen: false`` is a request the ranking cache cannot answer."""
 
-FEEDBACK_LUA = """
-local n = 0
-local threads = 0
-setup = function(thread)
-  threads = threads + 1
-  thread:set("tid", "%RUN%-" .. threads)
-end
-request = function()
-  n = n + 1
-  local body = string.format('{"user_id": "u-%d", "item_id": "%ITEM%", "event": "view", "event_id": "scale-%s-%d"}',
-    (n % %BASE%) + 1, tid, n)
-  return wrk.format("POST", "/feedback", {["Content-Type"] = "application/json"}, body)
-end
-"""
-
 
 class ScaleError(Exception):
     """A benchmark that cannot run as asked; the message names the problem."""
@@ -340,7 +325,7 @@ def folder_bytes(path: Path) -> int:
 
 def serving_figures(scale: int, env: dict, logs: Path, run_dir: Path, seconds: int, connections: int) -> dict:
     """Engine load, bundle size, ``bentoml serve`` start-up and RSS, /recommend and /feedback under wrk."""
-    from benchmarks.bench_serving import run_wrk, tree_rss_mb
+    from benchmarks.bench_serving import feedback_script, run_wrk, tree_rss_mb
     from components.feedback.store import FeedbackStore
     from devtools.stack import BentoServer
 
@@ -366,8 +351,8 @@ def serving_figures(scale: int, env: dict, logs: Path, run_dir: Path, seconds: i
         out["recommend_scored"] = run_wrk(f"{bento.base}/recommend", scored, connections, seconds)
         store = FeedbackStore(f"sqlite:///{root / 'feedback.db'}")
         before = store.count()
-        script = FEEDBACK_LUA.replace("%ITEM%", str(item)).replace("%BASE%", str(base_users))
-        script = script.replace("%RUN%", f"x{scale}-{os.getpid()}-{int(time.time())}")
+        run = f"x{scale}-{os.getpid()}-{int(time.time())}"
+        script = feedback_script(json.dumps(str(item)), run, base_users, user_format='"u-%d"')
         feedback = run_wrk(f"{bento.base}/feedback", script, connections, seconds)
         time.sleep(1)
         feedback["stored"] = store.count() - before

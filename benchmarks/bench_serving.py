@@ -71,11 +71,20 @@ setup = function(thread)
 end
 request = function()
   counter = counter + 1
-  local body = string.format('{"user_id": %d, "item_id": %d, "event": "view", "event_id": "bench-%s-%d"}',
-    (counter %% 600) + 1, %ITEM%, tid, counter)
+  local body = string.format('{"user_id": %USER%, "item_id": %ITEM%, "event": "view", "event_id": "bench-%s-%d"}',
+    (counter %% %USERS%) + 1, tid, counter)
   return wrk.format("POST", "/feedback", {["Content-Type"] = "application/json"}, body)
 end
 """
+
+
+def feedback_script(item: str, run: str, users: int, user_format: str = "%d") -> str:
+    """wrk script posting unique ``view`` events (ids ``bench-RUN-THREAD-N``) of users 1..``users`` on
+    ``item`` (a JSON literal: ``5`` or ``"bk-5"``); ``user_format`` is the Lua format of a user id's JSON
+    (``%d``, or ``"u-%d"`` for string ids)."""
+    script = FEEDBACK_LUA.replace("%USER%", user_format).replace("%ITEM%", item).replace("%USERS%", str(users))
+    return script.replace("%RUN%", run).replace("%%", "%")
+
 
 PING_LUA = """
 wrk.method = "POST"
@@ -205,7 +214,7 @@ def feedback_runs(bento: BentoServer, feedback_db: Path, item, args, results: di
     for connections in args.connections:
         before = store.count()
         run = f"c{connections}-{os.getpid()}-{int(time.time())}"
-        script = FEEDBACK_LUA.replace("%ITEM%", str(item)).replace("%RUN%", run).replace("%%", "%")
+        script = feedback_script(str(item), run, 600)
         numbers = run_wrk(f"{bento.base}/feedback", script, connections, args.seconds)
         time.sleep(1)
         stored = store.count() - before
