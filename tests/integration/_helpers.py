@@ -25,8 +25,11 @@ REDUCED_USERS = 40
 BOOTSTRAP_SAMPLES = 100
 
 
-REDIS_DB = 5
-"""A Redis database of its own, so flushing it cannot touch another user of the server."""
+REDIS_DBS = (5, *range(7, 16))
+"""The Redis databases a test may claim as its Celery broker (database 6 is the Celery benchmark's)."""
+REDIS_CLAIM_KEY = "lmrecsys:test-broker-claim"
+"""Set (NX, with an expiry) in the database a test has claimed, so two test runs on one Redis server
+never share a broker queue, nor flush each other's."""
 
 
 PRECISION = "fp32"
@@ -137,4 +140,8 @@ def describe_run(stack, run_id: str, dag_id: str = PIPELINE) -> str:
     except Exception as exc:
         states = {"error": str(exc)}
     logs = "\n".join(f"--- {proc.name}\n{proc.tail(30)}" for proc in stack.procs)
-    return f"task states: {states}\n{logs}"
+    run_logs = stack.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+    tails = {path: path.read_text(errors="replace")[-4000:] for path in sorted(run_logs.glob("task_id=*/**/*.log"))}
+    failed = [(path, tail) for path, tail in tails.items() if '"level":"error"' in tail.replace(" ", "")]
+    tasks = "\n".join(f"--- task log {path.parent.name}/{path.name}\n{tail}" for path, tail in failed[-2:])
+    return f"task states: {states}\n{tasks}\n{logs}"

@@ -12,7 +12,8 @@ from tests.integration._helpers import (  # noqa: F401
     PIPELINE,
     PRECISION,
     PROJECT_ROOT,
-    REDIS_DB,
+    REDIS_CLAIM_KEY,
+    REDIS_DBS,
     REDUCED_USERS,
     WATCH,
     copy_source,
@@ -52,16 +53,29 @@ def airflow_postgres_url(postgres_url):
 
 @pytest.fixture
 def celery_broker_url():
-    """Redis database 5 as the Celery broker, empty before and flushed after."""
+    """A Redis database claimed for this test alone as the Celery broker, empty before and flushed after."""
+    import uuid
+
     redis = pytest.importorskip("redis")
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_timeout=5)
+    token = uuid.uuid4().hex
+    client = None
+    for db in REDIS_DBS:
+        candidate = redis.Redis(host="127.0.0.1", port=6379, db=db, socket_timeout=5)
+        try:
+            claimed = candidate.set(REDIS_CLAIM_KEY, token, nx=True, ex=3600)
+        except redis.RedisError as exc:
+            pytest.skip(f"Redis at 127.0.0.1:6379 is not reachable: {exc}")
+        if claimed:
+            client = candidate
+            break
+        candidate.close()
+    if client is None:
+        pytest.fail(f"every Redis database in {REDIS_DBS} is claimed by another test run ({REDIS_CLAIM_KEY})")
+    for key in client.scan_iter():  # what an earlier, killed run left (not the claim)
+        if key.decode() != REDIS_CLAIM_KEY:
+            client.delete(key)
     try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis at 127.0.0.1:6379 is not reachable: {exc}")
-    client.flushdb()
-    try:
-        yield f"redis://127.0.0.1:6379/{REDIS_DB}"
+        yield f"redis://127.0.0.1:6379/{client.connection_pool.connection_kwargs['db']}"
     finally:
-        client.flushdb()
+        client.flushdb()  # the claim goes with it
         client.close()
