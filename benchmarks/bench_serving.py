@@ -38,6 +38,8 @@ import requests  # noqa: E402
 from components.settings import PROJECT_ROOT  # noqa: E402
 from devtools.stack import BentoServer, ManagedProcess, free_port, wait_for  # noqa: E402
 
+RESULTS = PROJECT_ROOT / "benchmarks" / "results"
+
 RECOMMEND_LUA = """
 math.randomseed(os.time())
 request = function()
@@ -177,7 +179,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--ab-rounds", type=int, default=3, help="alternations of the impression-log A/B")
     parser.add_argument("--skip-unbatched", action="store_true", help="skip the scored run with micro-batching off")
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "serving.json")
+    parser.add_argument(
+        "--ab-only",
+        action="store_true",
+        help="only the impression-log A/B (written to serving_ab.json unless --out is given)",
+    )
+    parser.add_argument("--out", type=Path, help="where the results go (default benchmarks/results/serving.json)")
     return parser.parse_args()
 
 
@@ -330,8 +337,11 @@ def main() -> None:
         results["model"] = info
         recommend = RECOMMEND_LUA.replace("%USERS%", str(args.users))
         sweep = SWEEP_LUA.replace("%USERS%", str(args.users)).replace("%%", "%")
-        throughput_runs(bento, bare_port, recommend, sweep, args, results)
+        if not args.ab_only:
+            throughput_runs(bento, bare_port, recommend, sweep, args, results)
         impression_ab_runs(bento, env, work, recommend, sweep, args, results)
+        if args.ab_only:
+            return finish(results, args.out or RESULTS / "serving_ab.json")
         results["rss_mb_worker"], results["rss_mb_tree"] = tree_rss_mb(bento)
         feedback_runs(bento, feedback_db, item, args, results)
         results["rss_mb_worker_after_feedback"], results["rss_mb_tree_after_feedback"] = tree_rss_mb(bento)
@@ -345,9 +355,13 @@ def main() -> None:
         bare.stop()
     if not args.skip_unbatched:
         unbatched_runs(env, work, recommend, args, results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    finish(results, args.out or RESULTS / "serving.json")
+
+
+def finish(results: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

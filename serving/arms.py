@@ -10,13 +10,13 @@ id) picks one model; in interleave mode both rank and their lists are merged by 
 challenger that fails is counted (an error impression, for the guardrail) and the champion answers
 instead. Every answer gets a ``recommendation_id``, its ``arm`` and ``model_version``; while an experiment
 runs (or always, with ``serving.impressions: always``) the impression is written durably before the
-answer goes out, through a group-committing writer like feedback's. If that write fails the answer
+answer goes out: on SQLite in one transaction per event-loop iteration on the loop itself, else (and
+whenever the loop cannot) through a group-committing writer thread like feedback's. If that write fails the answer
 still goes out, with ``recommendation_id`` None, so no id is handed out that the store does not hold.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -25,7 +25,7 @@ import uuid
 from starlette.responses import Response
 
 from serving.champion import Loaded
-from serving.feedback_writer import FeedbackWriter
+from serving.feedback_writer import ImpressionWriter
 
 log = logging.getLogger("lmrecsys.serving")
 CHAMPION, CHALLENGER, INTERLEAVED = "champion", "challenger", "interleaved"
@@ -44,7 +44,7 @@ class Arms:
         self.forgotten = forgotten
         """``forgotten(unit)``: is this user forgotten? Their impressions are logged without their id."""
         """Runs for a newly loaded challenger engine (the service drops forgotten users from its memory)."""
-        self.writer = FeedbackWriter(store, health=health, method="log_impressions")
+        self.writer = ImpressionWriter(store, health=health)
         self.running: dict | None = None
         self.challenger: Loaded | None = None
         self.last_decision: dict | None = None
@@ -135,7 +135,7 @@ class Arms:
         response, rows = self._finish(endpoint, unit, rec_id, experiment, outcomes)
         if rows:
             try:
-                await asyncio.wrap_future(self.writer.submit(rows))
+                await self.writer.write(rows)
             except Exception as exc:
                 return self._unlogged(response, exc)
         return response

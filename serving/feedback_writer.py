@@ -213,6 +213,101 @@ class FeedbackWriter:
             start += len(events)
 
 
+class ImpressionWriter:
+    """Writes impressions durably before the answer goes out, at the least cost per answer.
+
+    On SQLite every answer finished in one event-loop iteration is written in one transaction right there
+    on the loop (``LoopImpressionConnection``: no thread hand-off, no wake-up per answer, no fsync), and
+    the WAL is checkpointed in a thread now and then. When that database is busy (another writer holds it:
+    the loop never waits for a lock) or the write fails, those answers go through the group-committing
+    writer thread instead, which waits, retries one by one and reports the store's health. PostgreSQL
+    always uses the writer thread (a network round trip must stay off the loop), as do callers outside
+    the loop (``submit``). The loop's connection is opened in a thread after the first write through
+    the writer thread succeeded, so a store that is down at start, or slow to open, never blocks the loop.
+    """
+
+    def __init__(self, store, health=None) -> None:
+        self.store = store
+        self.thread = FeedbackWriter(store, health=health, method="log_impressions")
+        self._loop_connection = None
+        self._opening = False
+        self._loop_off = False
+        """No loop connection for this store (PostgreSQL)."""
+        self._pending: list[tuple[list[dict], asyncio.Future]] = []
+        self._checkpointing = False
+        self.loop_transactions = 0
+        """Transactions written on the loop (the rest went through the thread)."""
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.alive
+
+    def submit(self, rows: list[dict]) -> concurrent.futures.Future:
+        """From any thread: the writer thread's future for ``rows``."""
+        return self.thread.submit(rows)
+
+    async def write(self, rows: list[dict]) -> list[tuple[str, bool]]:
+        """Write ``rows`` durably; returns (recommendation_id, True) per row, or raises what the store raised."""
+        loop = asyncio.get_running_loop()
+        if self._loop_connection is None:
+            written = await asyncio.wrap_future(self.thread.submit(rows))
+            if not (self._opening or self._loop_off):
+                self._opening = True
+                loop.run_in_executor(None, self._open)
+            return written
+        future = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush, loop)
+        self._pending.append((rows, future))
+        written = await future
+        if written is None:  # the loop could not write them: the writer thread will
+            return await asyncio.wrap_future(self.thread.submit(rows))
+        return written
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        group, self._pending = [(rows, f) for rows, f in self._pending if not f.done()], []  # done: cancelled
+        if not group:
+            return
+        try:
+            written = self._loop_connection.write([row for rows, _ in group for row in rows])
+        except Exception as exc:  # busy (never waited for), or anything else: the thread retries and reports
+            log.debug("impressions written through the writer thread instead of the loop: %s", exc)
+            written = None
+        start = 0
+        for rows, future in group:
+            future.set_result(None if written is None else written[start : start + len(rows)])
+            start += len(rows)
+        if written is not None:
+            self.loop_transactions += 1
+            if self._loop_connection.checkpoint_due and not self._checkpointing:
+                self._checkpointing = True
+                loop.run_in_executor(None, self._checkpoint)
+
+    def _open(self) -> None:
+        try:
+            connection = self.store.loop_impression_connection()
+        except Exception as exc:  # the writer thread goes on; a later write tries again
+            log.warning("the impression log's loop connection could not be opened: %s", exc)
+        else:
+            self._loop_off = connection is None
+            self._loop_connection = connection
+        finally:
+            self._opening = False
+
+    def _checkpoint(self) -> None:
+        try:
+            self.store.checkpoint()
+        except Exception as exc:  # the next one tries again; the WAL only grows meanwhile
+            log.warning("a WAL checkpoint of the impression log failed: %s", exc)
+        finally:
+            self._checkpointing = False
+
+    def close(self) -> None:
+        self.thread.close()
+        if self._loop_connection is not None:
+            self._loop_connection.close()
+
+
 def _settle(future: concurrent.futures.Future, *, result=None, exception: BaseException | None = None) -> None:
     """Resolve a request's future; one nobody waits for any more is left alone."""
     try:

@@ -17,6 +17,7 @@ tables beside its own.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from typing import Any
 
@@ -102,10 +103,12 @@ _SQLITE_INSERT = (
 )
 
 
-def _sqlite_insert(driver, params: list[tuple]) -> None:
+def _sqlite_insert(driver, params: list[tuple], toggle_synchronous: bool = True) -> None:
     """Impression rows in one ``BEGIN IMMEDIATE`` transaction on the driver connection (in autocommit mode
-    between transactions), committed with ``synchronous=NORMAL`` and the connection set back to FULL."""
-    driver.execute("PRAGMA synchronous=NORMAL")
+    between transactions), committed with ``synchronous=NORMAL``; a pooled connection
+    (``toggle_synchronous``) is set back to FULL afterwards."""
+    if toggle_synchronous:
+        driver.execute("PRAGMA synchronous=NORMAL")
     try:
         driver.execute("BEGIN IMMEDIATE")
         try:
@@ -116,7 +119,58 @@ def _sqlite_insert(driver, params: list[tuple]) -> None:
                 driver.execute("ROLLBACK")
             raise
     finally:
-        driver.execute("PRAGMA synchronous=FULL")
+        if toggle_synchronous:
+            driver.execute("PRAGMA synchronous=FULL")
+
+
+def impression_params(rows: list[dict]) -> list[dict]:
+    """The stored form of impression rows (``IMPRESSION_FIELDS`` in column order, ``item_ids``/``teams``
+    as JSON, ``created_at`` now when not given)."""
+    now = time.time()
+    return [
+        {
+            **{name: row.get(name) for name in IMPRESSION_FIELDS},
+            "item_ids": json.dumps([str(i) for i in row.get("item_ids") or []]),
+            "teams": json.dumps(list(row["teams"])) if row.get("teams") else None,
+            "error": int(bool(row.get("error"))),
+            "created_at": float(row.get("created_at") or now),
+        }
+        for row in rows
+    ]
+
+
+class LoopImpressionConnection:
+    """A SQLite connection of its own that writes impressions where it is called: the service calls it
+    on its event loop, once per loop iteration for every answer finished in it, with no thread hand-off.
+
+    It never waits: the busy timeout is 0, so a database another writer holds fails at once with
+    ``sqlite3.OperationalError`` (the caller hands those rows to the writer thread instead), and it
+    never checkpoints by itself (a checkpoint fsyncs); ``checkpoint_due`` says when the caller should run
+    ``ImpressionLog.checkpoint`` off the loop. Commits use ``synchronous=NORMAL`` in WAL mode, as
+    ``log_impressions`` does: a committed impression survives a crash of the service."""
+
+    CHECKPOINT_EVERY = 500
+    """Transactions between two checkpoints (each writes a few pages to the WAL)."""
+
+    def __init__(self, url: str) -> None:
+        path = url.removeprefix("sqlite:///")
+        self.driver = sqlite3.connect(path, isolation_level=None, timeout=0, check_same_thread=False)
+        for pragma in ("busy_timeout=0", "synchronous=NORMAL", "wal_autocheckpoint=0"):
+            self.driver.execute(f"PRAGMA {pragma}")
+        self.transactions = 0
+
+    def write(self, rows: list[dict]) -> list[tuple[str, bool]]:
+        params = impression_params(rows)
+        _sqlite_insert(self.driver, [tuple(p.values()) for p in params], toggle_synchronous=False)
+        self.transactions += 1
+        return [(p["recommendation_id"], True) for p in params]
+
+    @property
+    def checkpoint_due(self) -> bool:
+        return self.transactions > 0 and self.transactions % self.CHECKPOINT_EVERY == 0
+
+    def close(self) -> None:
+        self.driver.close()
 
 
 class ExperimentConflict(LmRecsysError):
@@ -161,17 +215,7 @@ class ImpressionLog:
         keep the full fsync. This halves the cost of the log that every answer pays."""
         if not rows:
             return []
-        now = time.time()
-        params = [
-            {
-                **{name: row.get(name) for name in IMPRESSION_FIELDS},
-                "item_ids": json.dumps([str(i) for i in row.get("item_ids") or []]),
-                "teams": json.dumps(list(row["teams"])) if row.get("teams") else None,
-                "error": int(bool(row.get("error"))),
-                "created_at": float(row.get("created_at") or now),
-            }
-            for row in rows
-        ]
+        params = impression_params(rows)
         with self._connection(write=True) as conn:
             if self.is_postgres:
                 with conn.begin():
@@ -180,6 +224,17 @@ class ImpressionLog:
             else:  # every answer pays this: one driver transaction, no statement compiled per call
                 _sqlite_insert(conn.connection.driver_connection, [tuple(p.values()) for p in params])
         return [(p["recommendation_id"], True) for p in params]
+
+    def loop_impression_connection(self) -> LoopImpressionConnection | None:
+        """A ``LoopImpressionConnection`` on this SQLite store; None on PostgreSQL, where every write is a
+        network round trip that must stay off the event loop."""
+        return None if self.is_postgres else LoopImpressionConnection(self.url)
+
+    def checkpoint(self) -> None:
+        """A passive WAL checkpoint on SQLite (what ``LoopImpressionConnection`` leaves to a thread)."""
+        if not self.is_postgres:
+            with self._connection() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _attribute(self, conn: sa.Connection, written: list[tuple[tuple, str, Any]]) -> None:
         """Inside ``append``'s transaction: one attribution row per newly written event naming a recommendation."""
