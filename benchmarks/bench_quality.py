@@ -121,6 +121,21 @@ EXPERIMENTS: dict[str, dict] = {
         "blend": ["blend_seeds3_pat20", "ease"],
         "note": "that ensemble blended with EASE, weight tuned on validation",
     },
+    "lm_sasrec_maskseen": {
+        "model": "lm_sasrec",
+        "config": {"mask_seen": True},
+        "note": "seen items left out of the training softmax, as they are left out of a ranking",
+    },
+    "lm_sasrec_ema8": {
+        "model": "lm_sasrec",
+        "config": {"weight_average": 0.8},
+        "note": "validation and early stopping on a moving average of the weights (decay 0.8 per epoch)",
+    },
+    "lm_sasrec_ema8_maskseen": {
+        "model": "lm_sasrec",
+        "config": {"weight_average": 0.8, "mask_seen": True},
+        "note": "both: the weight average and the seen-item mask",
+    },
     "lm_sasrec_dual_h32": {
         "model": "lm_sasrec",
         "config": {"dual_view": True, "hidden": 32},

@@ -250,6 +250,21 @@ class SASRec(Recommender):
             targets[:, : config.max_len - config.loss_positions] = 0
         return inputs, targets
 
+    def _averaged(self, average: dict | None, decay: float) -> tuple[dict, dict]:
+        """Fold the network's weights into the moving ``average`` and load the average into the
+        network; returns (the training weights, the new average)."""
+        current = {key: value.detach().clone() for key, value in self.network.state_dict().items()}
+        if average is None:
+            average = {key: value.clone() for key, value in current.items()}
+        else:
+            for key, value in current.items():
+                if value.is_floating_point():
+                    average[key].mul_(decay).add_(value, alpha=1.0 - decay)
+                else:
+                    average[key].copy_(value)
+        self.network.load_state_dict(average)
+        return current, average
+
     def _epoch(self, inputs, targets, optimiser, rng: np.random.Generator, epoch: int) -> float:
         """One pass over the sequences in random order; returns the mean training loss."""
         import math
@@ -257,6 +272,7 @@ class SASRec(Recommender):
         import torch
 
         from components.errors import TrainingDiverged
+        from components.models.sasrec_network import mask_seen_logits
 
         config, network, device = self.config, self.network, self.device
         sampler = getattr(self, "_sampler", None)
@@ -276,6 +292,8 @@ class SASRec(Recommender):
                 if sampler is None:
                     logits = states[keep] @ table.T
             if sampler is None:
+                if config.mask_seen:
+                    logits = mask_seen_logits(logits, batch_inputs, batch_targets, keep)
                 loss = torch.nn.functional.cross_entropy(logits.float(), batch_targets[keep] - 1)
             else:
                 loss = sampler.loss(states[keep].float(), table.float(), batch_targets[keep] - 1)
@@ -316,6 +334,7 @@ class SASRec(Recommender):
         inputs, targets = self._windows(sequences, rng)
         optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         best_score, best_state, best_epoch, stale = -1.0, None, 0, 0
+        average = None
         if score_start:
             best_score = self.warm_start_score = self._validation_ndcg(val_histories, val_targets)
             best_state = copy.deepcopy(network.state_dict())
@@ -327,6 +346,8 @@ class SASRec(Recommender):
             if config.random_windows and epoch > 1:
                 inputs, targets = self._windows(sequences, rng)
             postfix = {"loss": f"{self._epoch(inputs, targets, optimiser, rng, epoch):.3f}"}
+            if config.weight_average:
+                current, average = self._averaged(average, config.weight_average)
             if early_stopping:
                 score = self._validation_ndcg(val_histories, val_targets)
                 self.validation_curve.append(score)
@@ -337,6 +358,8 @@ class SASRec(Recommender):
                 else:
                     stale += 1
             bar.set_postfix(postfix)
+            if config.weight_average and (early_stopping or epoch < total):
+                network.load_state_dict(current)  # training goes on from its own weights, not the average
             if early_stopping and stale >= patience:
                 break
         bar.close()

@@ -43,6 +43,14 @@ class SASRecConfig(BaseModel):
     random_windows: bool = True
     """Each epoch, a history longer than ``max_len`` contributes a random window of it rather than
     always its newest ``max_len`` items (the newest window is still what is scored)."""
+    weight_average: float = Field(0.0, ge=0.0, lt=1.0)
+    """Decay of an exponential moving average of the weights, updated after every epoch (0: off).
+    With it on, validation scores the averaged weights, early stopping keeps the best average, and a
+    fit without early stopping ends on the average. 0.8 averages over about the last five epochs."""
+    mask_seen: bool = False
+    """Leave the items a sequence already holds (up to each position) out of that position's training
+    softmax, as ranking leaves seen items out of a served list; a target that repeats an earlier item is
+    kept. Off: seen items are negatives like any other."""
     epochs: int | None = Field(None, ge=1)
     """Train exactly this many epochs on every interaction, with no hold-out and no early stopping."""
     serve_epochs: int = Field(2, ge=0)

@@ -127,6 +127,26 @@ def left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
     return out
 
 
+def mask_seen_logits(
+    logits: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
+    """``logits`` (one row per kept position, in ``keep``'s row-major order, one column per item) with
+    every item the sequence holds up to that position set to -inf, except the position's own target.
+
+    ``inputs``/``targets`` are (batch, length) item ids, 0 for padding; ids are 1-based, columns 0-based.
+    The index pairs number about batch × length² / 2, so the mask costs little next to the logits."""
+    length = inputs.shape[1]
+    row_of = torch.full(keep.shape, -1, dtype=torch.long, device=logits.device)
+    row_of[keep] = torch.arange(int(keep.sum()), device=logits.device)
+    earlier = torch.tril(torch.ones(length, length, dtype=torch.bool, device=logits.device))  # [t, t'] = t' <= t
+    items = inputs[:, None, :].expand(-1, length, -1)  # (batch, t, t') = inputs[b, t']
+    chosen = earlier[None] & keep[:, :, None] & (items > 0) & (items != targets[:, :, None])
+    b, t, t_earlier = chosen.nonzero(as_tuple=True)
+    masked = logits.clone()
+    masked[row_of[b, t], inputs[b, t_earlier] - 1] = float("-inf")
+    return masked
+
+
 class SampledSoftmax:
     """Sampled softmax with the logQ correction, for catalogues too big for the full softmax.
 

@@ -138,6 +138,30 @@ def test_sasrec_learns_the_next_item_of_a_cycle():
     assert model.recommend([History(np.array([2, 1, 0]))], 1)[0][0, 0] != 3
 
 
+def test_sasrec_with_the_weight_average_and_the_seen_mask_still_learns_the_cycle():
+    data = cyclic_data()
+    config = {**FAST, "hidden": 16, "max_epochs": 40, "patience": 40, "lr": 1e-2, "dropout": 0.0}
+    model = SASRec({**config, "weight_average": 0.5, "mask_seen": True}).fit(data)
+    for start in range(data.n_items):
+        history = History(np.array([(start + step) % data.n_items for step in range(3)]))
+        assert model.recommend([history], 1)[0][0, 0] == (start + 3) % data.n_items
+
+
+def test_sasrec_fixed_epochs_with_the_weight_average_ends_on_the_average():
+    import torch
+
+    # fits of 1, 2 and 3 epochs from one seed follow one trajectory: w1, w2, w3
+    w1, w2, w3 = (
+        [p.detach().clone() for p in SASRec({**FAST, "epochs": n}).fit(tiny_data()).network.parameters()]
+        for n in (1, 2, 3)
+    )
+    averaged = SASRec({**FAST, "epochs": 3, "weight_average": 0.5}).fit(tiny_data())
+    for a, b, c, got in zip(w1, w2, w3, averaged.network.parameters(), strict=True):
+        # decay 0.5: ((w1 · 0.5 + w2 · 0.5) · 0.5 + w3 · 0.5)
+        torch.testing.assert_close(got.detach(), 0.25 * a + 0.25 * b + 0.5 * c)
+    assert not torch.allclose(w3[0], next(averaged.network.parameters()))
+
+
 def test_sasrec_fixed_epochs_trains_without_a_hold_out():
     model = SASRec({**FAST, "epochs": 2}).fit(tiny_data())
     assert model.best_epoch == 2
