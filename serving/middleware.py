@@ -10,6 +10,7 @@ import inspect
 import json
 import logging
 
+from pydantic_core import to_json
 from starlette.responses import Response
 
 from serving.schemas import MAX_BODY_BYTES
@@ -132,7 +133,7 @@ class FastLane:
         if isinstance(result, Response):  # an error answer the endpoint built itself
             result.headers["x-lmrecsys-lane"] = "fast"
             return await result(scope, receive, send)
-        return await self._send(send, 200, json.dumps(result, separators=(",", ":")).encode())
+        return await self._send(send, 200, to_json(result))  # compact, as json.dumps with no spaces
 
     @staticmethod
     def _is_json(headers) -> bool:
