@@ -112,7 +112,13 @@ def act(settings: Settings, experiment: dict, action: str, reason: str, stats: d
                     },
                 )
             state = "promoted" if action == "promote" else "stopped"
-            store.finish_experiment(exp_id, state, full_reason, _summary(stats))
+            if not store.finish_experiment(exp_id, state, full_reason, _summary(stats)):
+                # Another decider recorded this experiment's end first (one outside the lock: the decision
+                # row's primary key lets only one in). Its record stands; this one tags nothing.
+                ended = [e for e in store.experiments(model_name=name) if e["experiment_id"] == exp_id]
+                final = ended[0]["state"] if ended else "missing"
+                log.warning("experiment %s had already ended (%s); this %s was not recorded", exp_id, final, state)
+                return {"changed": False, "experiment_id": exp_id, "state": final}
         tags = {"state": state, "decision": state, "reason": full_reason, "decided_at": utc_now(), "by": by}
         test = stats.get("test") or {}
         tags.update(p_value=test.get("always_valid_p"), difference=test.get("difference"))

@@ -193,6 +193,29 @@ def test_a_challenger_that_errors_breaks_the_guardrail(registry):
     assert str(get_alias_version(configure(settings), "recommender", "champion").version) == "2"
 
 
+def test_an_end_recorded_first_by_another_decider_stands(registry, monkeypatch):
+    from components.experiments.decision import act
+
+    settings = registry
+    champion = str(get_alias_version(configure(settings), "recommender", "champion").version)
+    challenger = "2" if champion == "1" else "1"
+    experiment = start_experiment(settings, challenger, smoke=False)
+    exp_id = experiment["experiment_id"]
+    stats = evaluate(settings, experiment, apply=False)["stats"]
+    original = FeedbackStore.finish_experiment
+
+    def raced(self, experiment_id, state, reason, decision):
+        original(self, experiment_id, "stopped", "stopped elsewhere", {})  # the other decider's insert lands first
+        return original(self, experiment_id, state, reason, decision)
+
+    monkeypatch.setattr(FeedbackStore, "finish_experiment", raced)
+    outcome = act(settings, experiment, "stop", "the guardrail", stats)
+    assert outcome == {"changed": False, "experiment_id": exp_id, "state": "stopped"}
+    assert get_experiment(settings, exp_id)["reason"] == "stopped elsewhere"
+    tags = configure(settings).get_model_version("recommender", challenger).tags
+    assert "the guardrail" not in tags.get("experiment.reason", "")  # the losing decider tagged nothing
+
+
 def test_the_cli_starts_shows_lists_and_stops(registry, monkeypatch):
     from components.cli import app
 
