@@ -21,16 +21,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from serving.schemas import Finite, Int
+
 log = logging.getLogger("lmrecsys.serving")
 router = APIRouter()
 
 
 class StartIn(BaseModel):
-    challenger: str | int
-    share: float | None = None
+    challenger: str | Int
+    share: Finite | None = None
     mode: str | None = None
     metric: str = "like_rate"
-    max_days: float | None = None
+    max_days: Finite | None = None
 
 
 class StopIn(BaseModel):

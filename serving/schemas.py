@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, Strict
 from starlette.responses import JSONResponse
 
 from components.data.events import EventType
@@ -24,8 +24,12 @@ MAX_BODY_BYTES = 1 << 20
 NOT_READY = "no model is loaded yet; see /readyz"
 log = logging.getLogger("lmrecsys.serving")
 
+# Numbers and flags are strict: JSON true is not the id 1 or k=1, and "5" is not k=5 (a string id stays a
+# string id). A float field still takes a JSON integer.
+Int = Annotated[int, Strict()]
+Flag = Annotated[bool, Strict(), Field(description="JSON true or false")]
 Id = Annotated[
-    int | Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)],
+    Int | Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)],
     Field(description="A user or item id: an integer for MovieLens, any non-empty string for generic catalogues"),
 ]
 Categories = Annotated[
@@ -42,18 +46,18 @@ Query = Annotated[
     str,
     Field(min_length=1, max_length=MAX_QUERY_CHARS, description=f"Free text, at most {MAX_QUERY_CHARS} characters"),
 ]
-HistoryLimit = Annotated[int, Field(ge=1, le=200)]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+HistoryLimit = Annotated[int, Strict(), Field(ge=1, le=200)]
+Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 EventId = Annotated[str, Field(min_length=1, max_length=128)]
 RecommendationId = Annotated[
     str, Field(min_length=1, max_length=64, description="The recommendation_id of the answer the event responds to")
 ]
-Position = Annotated[int, Field(ge=0, le=10_000, description="The item's position (from 0) in that answer")]
+Position = Annotated[int, Strict(), Field(ge=0, le=10_000, description="The item's position (from 0) in that answer")]
 
 
 def top_k(max_k: int):
     """The type of ``k``: how many items to return, 1 to ``max_k`` (the setting ``serving.max_k``)."""
-    return Annotated[int, Field(ge=1, le=max_k, description=f"How many items to return (1 to {max_k})")]
+    return Annotated[int, Strict(), Field(ge=1, le=max_k, description=f"How many items to return (1 to {max_k})")]
 
 
 class FeedbackIn(BaseModel):
@@ -62,14 +66,10 @@ class FeedbackIn(BaseModel):
     user_id: Id
     item_id: Id
     event: EventType
-    value: float | None = Field(
-        default=None,
-        allow_inf_nan=False,
-        description="Rating value (required for ratings), or a strength for other events",
+    value: Finite | None = Field(
+        default=None, description="Rating value (required for ratings), or a strength for other events"
     )
-    timestamp: float | None = Field(
-        default=None, allow_inf_nan=False, description="Epoch seconds; defaults to the time received"
-    )
+    timestamp: Finite | None = Field(default=None, description="Epoch seconds; defaults to the time received")
     event_id: EventId | None = Field(default=None, description="Idempotency key: re-sending the same id is a no-op")
     recommendation_id: RecommendationId | None = None
     position: Position | None = None

@@ -154,7 +154,7 @@ class RecommenderService:
         self,
         user_id: schemas.Id,
         k: K = 10,
-        exclude_seen: bool = True,
+        exclude_seen: schemas.Flag = True,
         categories: schemas.Categories | None = None,
         session_item_ids: schemas.SessionItems | None = None,
     ) -> dict:
