@@ -131,19 +131,12 @@ def experiments_decide(as_json: bool = JsonOption):
     """
     _quiet_env()
     from components.errors import LmRecsysError
-    from components.experiments import evaluate, list_experiments
+    from components.pipeline import decide_experiments
 
     try:
-        settings = _settings()
-        running = [e for e in list_experiments(settings) if e["state"] == "running"]
-        if not running:
-            _fail("no experiment is running", EXIT_ERROR)
-        result = evaluate(settings, running[0])
+        decisions = decide_experiments(_settings())
     except LmRecsysError as exc:
         _fail(str(exc), EXIT_ERROR)
-    decision = result["decision"]
-    _emit(
-        decision,
-        as_json,
-        f"{running[0]['experiment_id']}: {decision.get('state', decision['action'])}: {decision['reason']}",
-    )
+    if not decisions:
+        _fail("no experiment is running", EXIT_ERROR)
+    _emit(decisions, as_json, "\n".join(f"{d['experiment_id']}: {d['decision']}: {d['reason']}" for d in decisions))

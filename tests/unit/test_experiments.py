@@ -231,7 +231,10 @@ def test_the_cli_starts_shows_lists_and_stops(registry, monkeypatch):
     assert shown["experiment"]["state"] == "running" and set(shown["stats"]["arms"]) == {CHAMPION, CHALLENGER}
     assert exp_id in runner.invoke(app, ["experiments", "list"]).stdout
     decided = runner.invoke(app, ["experiments", "decide", "--json"])  # no impressions yet: carry on
-    assert decided.exit_code == 0 and json.loads(decided.stdout)["action"] == "continue", decided.output
+    assert decided.exit_code == 0, decided.output
+    assert [(d["experiment_id"], d["decision"], d["changed"]) for d in json.loads(decided.stdout)] == [
+        (exp_id, "continue", False)
+    ]
     stopped = runner.invoke(app, ["experiments", "stop", exp_id, "--reason", "cli test"])
     assert stopped.exit_code == 0 and "stopped" in stopped.stdout
     assert runner.invoke(app, ["experiments", "stop", exp_id, "--reason", "again"]).exit_code == 1
