@@ -317,10 +317,26 @@ class AirflowStack:
             lambda: self.api("GET", f"/dags/{dag_id}"), timeout, what=f"DAG {dag_id} to be parsed", procs=self.procs
         )
 
-    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
-        return self.api("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})[
-            "dag_run_id"
-        ]
+    def trigger(self, dag_id: str, conf: dict | None = None, attempts: int = 4) -> str:
+        """Trigger a run under a run id chosen here, so the POST can be repeated: a locked SQLite
+        database can hold the answer past the timeout after the run was created, and then the
+        repeat's 409 (the id exists) says the first attempt landed."""
+        run_id = f"manual__{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}_{secrets.token_hex(4)}"
+        body = {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}}
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.api("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
+            except (requests.ConnectionError, requests.Timeout):
+                if attempt == attempts:
+                    raise
+            except requests.HTTPError as exc:
+                status = exc.response.status_code
+                if status == 409 and attempt > 1:
+                    return run_id
+                if status not in TRANSIENT_STATUS or attempt == attempts:
+                    raise
+            time.sleep(attempt)
+        raise AssertionError("unreachable")
 
     def runs(self, dag_id: str) -> list[dict]:
         return self.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100, "order_by": "start_date"})["dag_runs"]

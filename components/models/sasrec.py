@@ -230,41 +230,6 @@ class SASRec(Recommender):
             "validation_curve": [round(v, 5) for v in self.validation_curve],
         }
 
-    def _windows(self, sequences: list[np.ndarray], rng: np.random.Generator):
-        """Inputs and next-item targets (inputs are items[:-1], targets items[1:]), the newest
-        ``max_len`` of each sequence, or a random stretch of a long one if ``random_windows``."""
-        import torch
-
-        from components.models.sasrec_network import left_pad
-
-        config = self.config
-        chosen = list(sequences)
-        if config.random_windows:
-            for i, sequence in enumerate(sequences):
-                if len(sequence) > config.max_len + 1:
-                    start = int(rng.integers(0, len(sequence) - config.max_len))
-                    chosen[i] = sequence[start : start + config.max_len + 1]
-        inputs = torch.as_tensor(left_pad([s[:-1] for s in chosen], config.max_len))
-        targets = torch.as_tensor(left_pad([s[1:] for s in chosen], config.max_len))
-        if config.loss_positions is not None and config.loss_positions < config.max_len:
-            targets[:, : config.max_len - config.loss_positions] = 0
-        return inputs, targets
-
-    def _averaged(self, average: dict | None, decay: float) -> tuple[dict, dict]:
-        """Fold the network's weights into the moving ``average`` and load the average into the
-        network; returns (the training weights, the new average)."""
-        current = {key: value.detach().clone() for key, value in self.network.state_dict().items()}
-        if average is None:
-            average = {key: value.clone() for key, value in current.items()}
-        else:
-            for key, value in current.items():
-                if value.is_floating_point():
-                    average[key].mul_(decay).add_(value, alpha=1.0 - decay)
-                else:
-                    average[key].copy_(value)
-        self.network.load_state_dict(average)
-        return current, average
-
     def _epoch(self, inputs, targets, optimiser, rng: np.random.Generator, epoch: int) -> float:
         """One pass over the sequences in random order; returns the mean training loss."""
         import math
@@ -325,13 +290,13 @@ class SASRec(Recommender):
         import torch
         from tqdm.auto import tqdm
 
-        from components.models.sasrec_network import SampledSoftmax
+        from components.models.sasrec_network import SampledSoftmax, fold_into_average, training_windows
 
         config, network = self.config, self.network
         self._sampler = None
         if self.samples_softmax(self.n_items):
             self._sampler = SampledSoftmax(self.popularity, config.negatives, config.seed, self.device)
-        inputs, targets = self._windows(sequences, rng)
+        inputs, targets = training_windows(sequences, config, rng)
         optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         best_score, best_state, best_epoch, stale = -1.0, None, 0, 0
         average = None
@@ -344,10 +309,10 @@ class SASRec(Recommender):
         started = time.perf_counter()
         for epoch in bar:
             if config.random_windows and epoch > 1:
-                inputs, targets = self._windows(sequences, rng)
+                inputs, targets = training_windows(sequences, config, rng)
             postfix = {"loss": f"{self._epoch(inputs, targets, optimiser, rng, epoch):.3f}"}
             if config.weight_average:
-                current, average = self._averaged(average, config.weight_average)
+                current, average = fold_into_average(network, average, config.weight_average)
             if early_stopping:
                 score = self._validation_ndcg(val_histories, val_targets)
                 self.validation_curve.append(score)

@@ -171,3 +171,35 @@ class SampledSoftmax:
         negative = negative.masked_fill(drawn[None, :] == targets[:, None], float("-inf"))
         logits = torch.cat([positive[:, None], negative], dim=1)
         return nn.functional.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=states.device))
+
+
+def training_windows(sequences: list[np.ndarray], config: SASRecConfig, rng: np.random.Generator):
+    """Inputs and next-item targets (inputs are items[:-1], targets items[1:]), the newest
+    ``max_len`` of each sequence, or a random stretch of a long one if ``random_windows``."""
+    chosen = list(sequences)
+    if config.random_windows:
+        for i, sequence in enumerate(sequences):
+            if len(sequence) > config.max_len + 1:
+                start = int(rng.integers(0, len(sequence) - config.max_len))
+                chosen[i] = sequence[start : start + config.max_len + 1]
+    inputs = torch.as_tensor(left_pad([s[:-1] for s in chosen], config.max_len))
+    targets = torch.as_tensor(left_pad([s[1:] for s in chosen], config.max_len))
+    if config.loss_positions is not None and config.loss_positions < config.max_len:
+        targets[:, : config.max_len - config.loss_positions] = 0
+    return inputs, targets
+
+
+def fold_into_average(network: nn.Module, average: dict | None, decay: float) -> tuple[dict, dict]:
+    """Fold ``network``'s weights into the moving ``average`` (``weight_average``) and load the average
+    into the network; returns (the training weights, the new average)."""
+    current = {key: value.detach().clone() for key, value in network.state_dict().items()}
+    if average is None:
+        average = {key: value.clone() for key, value in current.items()}
+    else:
+        for key, value in current.items():
+            if value.is_floating_point():
+                average[key].mul_(decay).add_(value, alpha=1.0 - decay)
+            else:
+                average[key].copy_(value)
+    network.load_state_dict(average)
+    return current, average
