@@ -131,6 +131,24 @@ EXPERIMENTS: dict[str, dict] = {
         "config": {"weight_average": 0.8},
         "note": "validation and early stopping on a moving average of the weights (decay 0.8 per epoch)",
     },
+    "lm_sasrec_ema8_seed2": {
+        "model": "lm_sasrec",
+        "config": {"weight_average": 0.8, "seed": 7},
+        "note": "the weight average on the second seed",
+    },
+    "lm_sasrec_ema8_seed3": {
+        "model": "lm_sasrec",
+        "config": {"weight_average": 0.8, "seed": 13},
+        "note": "the weight average on the third seed",
+    },
+    "blend_ema8_seeds3": {
+        "mean": ["lm_sasrec_ema8", "lm_sasrec_ema8_seed2", "lm_sasrec_ema8_seed3"],
+        "note": "three seeds with the weight average, the mean of their z-scores (no weight tuned)",
+    },
+    "blend_ema8_seeds3_ease": {
+        "blend": ["blend_ema8_seeds3", "ease"],
+        "note": "that ensemble blended with EASE, weight tuned on validation",
+    },
     "lm_sasrec_ema8_maskseen": {
         "model": "lm_sasrec",
         "config": {"weight_average": 0.8, "mask_seen": True},

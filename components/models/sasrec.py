@@ -120,6 +120,7 @@ class SASRec(Recommender):
                 early_stopping=early_stopping,
                 patience=config.warm_patience if warm is not None else config.patience,
                 score_start=warm is not None and early_stopping,
+                average_from_start=warm is not None,
             )
         return self
 
@@ -216,6 +217,7 @@ class SASRec(Recommender):
                 early_stopping=False,
                 patience=1,
                 score_start=False,
+                average_from_start=True,
             )
             self.best_epoch, self.validation_curve, self.warm_start_score = best_epoch, curve, start
         self.serve_epochs_done = config.serve_epochs
@@ -284,6 +286,7 @@ class SASRec(Recommender):
         early_stopping: bool,
         patience: int,
         score_start: bool,
+        average_from_start: bool = False,
     ) -> None:
         """Epochs of full-softmax (or sampled-softmax) training; with early stopping the best epoch's weights are kept
         (epoch 0, the starting weights, competes when ``score_start``: a warm start)."""
@@ -299,7 +302,8 @@ class SASRec(Recommender):
         inputs, targets = training_windows(sequences, config, rng)
         optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         best_score, best_state, best_epoch, stale = -1.0, None, 0, 0
-        average = None
+        # a fit that starts from trained weights (a warm start, the serving epochs) continues their average
+        average = copy.deepcopy(network.state_dict()) if config.weight_average and average_from_start else None
         if score_start:
             best_score = self.warm_start_score = self._validation_ndcg(val_histories, val_targets)
             best_state = copy.deepcopy(network.state_dict())

@@ -162,6 +162,20 @@ def test_sasrec_fixed_epochs_with_the_weight_average_ends_on_the_average():
     assert not torch.allclose(w3[0], next(averaged.network.parameters()))
 
 
+def test_the_serving_epochs_continue_the_weight_average_from_the_served_weights():
+    import copy
+
+    import torch
+
+    averaged = SASRec({**FAST, "epochs": 2, "weight_average": 0.5, "serve_epochs": 1}).fit(tiny_data())
+    start = [p.detach().clone() for p in averaged.network.parameters()]
+    plain = copy.deepcopy(averaged)
+    plain.config = plain.config.model_copy(update={"weight_average": 0.0})
+    after = [p.detach().clone() for p in plain.continue_training(tiny_data()).network.parameters()]
+    for s0, w1, got in zip(start, after, averaged.continue_training(tiny_data()).network.parameters(), strict=True):
+        torch.testing.assert_close(got.detach(), 0.5 * s0 + 0.5 * w1)
+
+
 def test_sasrec_fixed_epochs_trains_without_a_hold_out():
     model = SASRec({**FAST, "epochs": 2}).fit(tiny_data())
     assert model.best_epoch == 2
