@@ -208,25 +208,17 @@ class ServingEngine:
             else:
                 scored.append(position)
         if scored:
-            # one copy and one top-k for the whole batch; each row ranks exactly as ``rank`` would
-            matrix = np.array(self.model.score([requests[p].history for p in scored]), dtype=np.float32, copy=True)
+            matrix = self.model.score([requests[position].history for position in scored])
             for row, position in enumerate(scored):
-                history, _, exclude_seen, categories = requests[position]
+                history, k, exclude_seen, categories = requests[position]
                 disliked = list(history.disliked)
-                exclude = np.r_[history.items, disliked].astype(np.int64) if exclude_seen else disliked
-                if len(exclude):
-                    matrix[row, exclude] = -np.inf
-                if categories:
-                    matrix[row, ~self.category_mask(categories)] = -np.inf
-            # top_k orders by score, then index, so a row's top k is the prefix of its top max-k
-            indexes, values = top_k(matrix, max(requests[p].k for p in scored))
-            for row, position in enumerate(scored):
-                k, history = requests[position].k, requests[position].history
-                keep = np.isfinite(values[row, :k])
-                answers[position] = (
-                    self._package(indexes[row, :k][keep], values[row, :k][keep], history),
-                    self.model.name,
+                exclude = (
+                    np.unique(np.r_[history.items, disliked]).astype(np.int64)
+                    if exclude_seen
+                    else np.array(disliked, dtype=np.int64)
                 )
+                indexes, values = self.rank(matrix[row], k, exclude=exclude, categories=categories)
+                answers[position] = (self._package(indexes, values, history), self.model.name)
         return answers
 
     def recommend_user(self, user_id, history: History, k: int) -> list[Recommendation]:
