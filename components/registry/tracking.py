@@ -7,12 +7,14 @@ Every other registry module reaches MLflow through :func:`configure` and reads a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import time
 from pathlib import Path
 
+import filelock
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -56,15 +58,16 @@ def configure(settings: Settings) -> MlflowClient:
         for name, value in HTTP_RETRY_DEFAULTS.items():
             os.environ.setdefault(name, value)
     mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
     try:
-        experiment = client.get_experiment_by_name(settings.registry.experiment_name)
-        if experiment is None:
-            artifact_location = None
-            if not tracking_uri.startswith("http"):
-                Path(settings.artifact_root).mkdir(parents=True, exist_ok=True)
-                artifact_location = Path(settings.artifact_root).resolve().as_uri()
-            client.create_experiment(settings.registry.experiment_name, artifact_location=artifact_location)
+        with _first_use_lock(tracking_uri):
+            client = MlflowClient(tracking_uri)  # its first call creates and migrates a SQLite store
+            experiment = client.get_experiment_by_name(settings.registry.experiment_name)
+            if experiment is None:
+                artifact_location = None
+                if not tracking_uri.startswith("http"):
+                    Path(settings.artifact_root).mkdir(parents=True, exist_ok=True)
+                    artifact_location = Path(settings.artifact_root).resolve().as_uri()
+                client.create_experiment(settings.registry.experiment_name, artifact_location=artifact_location)
     except MlflowException as exc:
         retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "the default")
         raise RegistryError(
@@ -74,6 +77,24 @@ def configure(settings: Settings) -> MlflowClient:
         ) from exc
     mlflow.set_experiment(settings.registry.experiment_name)
     return client
+
+
+def _first_use_lock(tracking_uri: str):
+    """For a SQLite store, an exclusive lock on a file beside the database while it is first used.
+
+    MLflow creates and migrates a SQLite store's tables on first use; two processes doing that at once
+    (two Celery workers starting tasks on a fresh data root) collide, and the loser's half-done
+    migration (a leftover ``_alembic_tmp_*`` table) breaks every later attempt. Under the lock the
+    first process migrates and the others find the tables made. Other stores need no lock."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(f"{database}.init.lock", timeout=LOCK_WAIT_S)
+
+
+LOCK_WAIT_S = 300.0
+"""How long a process waits for another's first use of a SQLite store (a migration takes seconds)."""
 
 
 def get_alias_version(client: MlflowClient, name: str, alias: str):

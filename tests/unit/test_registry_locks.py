@@ -88,3 +88,29 @@ def test_file_lock_excludes_another_process_and_names_the_lock_on_timeout(tmp_pa
     assert child.returncode == 0
     with promotion_lock(settings, timeout_s=1):  # the kernel released it with the holder's file
         pass
+
+
+FIRST_USE = """
+import sys
+from components.registry import configure
+from components.settings import load_settings
+configure(load_settings(data_root=sys.argv[1]))
+print("ok")
+"""
+
+
+def test_processes_first_using_one_sqlite_store_at_once_all_succeed(tmp_path):
+    """Four processes configure a fresh SQLite store at the same moment (as Celery workers do on a fresh
+    data root): MLflow migrates it once, under the first-use lock, and every process gets the experiment."""
+    env = {**os.environ, **TELEMETRY_OFF}
+    command = [sys.executable, "-c", FIRST_USE, str(tmp_path)]
+    procs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "abcd"
+    ]
+    outcomes = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    assert all(code == 0 and out.strip() == "ok" for code, out, _ in outcomes), outcomes
+    from components.registry import configure
+
+    settings = load_settings(data_root=tmp_path)
+    names = [e.name for e in configure(settings).search_experiments()]
+    assert names.count(settings.registry.experiment_name) == 1
